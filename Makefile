@@ -1,0 +1,55 @@
+# saltx — every setup step lives here; `make demo` and `make test` install on their own.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+TORCH_VERSION ?= 2.13.0
+STAMP := $(VENV)/.installed
+EXPERIMENT ?= gn2_mup
+DEMO_DIR ?= demo_data
+DEMO_RUN ?= demo_runs/demo
+export OMP_NUM_THREADS ?= 2
+export WANDB_MODE ?= offline
+export HYDRA_FULL_ERROR ?= 1
+
+.PHONY: install test lint demo fixtures bench bench-peer mup-shapes clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "torch==$(TORCH_VERSION)"
+	$(PY) -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > $(VENV)/torch-pin.txt
+	$(PIP) install -q -c $(VENV)/torch-pin.txt -e ".[dev]"
+	$(PIP) install -q -c $(VENV)/torch-pin.txt --no-deps "mup==1.0.0"
+	$(PY) -c "import torch, mup, saltx; print('installed saltx with torch', torch.__version__)"
+	touch $(STAMP)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/pytest -q -p no:cacheprovider tests
+
+fixtures: install
+	$(PY) -m saltx.data.synthetic --out $(DEMO_DIR) --n-jets 60000 --seed 1
+
+demo: install
+	bash scripts/demo.sh $(DEMO_DIR) $(DEMO_RUN)
+
+bench: install
+	$(PY) scripts/bench.py
+
+bench-peer: install
+	$(PY) scripts/bench.py --peer
+
+mup-shapes: install
+	$(PY) -m saltx.mup.shapes +experiment=$(EXPERIMENT)
+
+clean:
+	rm -rf $(DEMO_DIR) demo_runs outputs multirun
