@@ -59,10 +59,14 @@ class ModelConfig:
 
 @dataclass
 class TrainerConfig:
+    """The training loop (``conf/trainer/*.yaml``); see docs/training.md."""
+
     max_epochs: int = 1
     max_steps: int = -1
     precision: str = "32"
     compile: bool = False
+    compile_mode: str | None = None
+    compile_backend: str = "inductor"
     accelerator: str = "auto"
     devices: int = 1
     num_nodes: int = 1
@@ -80,9 +84,71 @@ class TrainerConfig:
     num_threads: int | None = None
     progress_bar: bool = True
     ddp_timeout_s: int = 600
+    find_unused_parameters: bool = False
     performance_writer: dict[str, Any] = field(
-        default_factory=lambda: {"enabled": True, "dir_path": None, "add_metrics": []}
+        default_factory=lambda: {
+            "enabled": True,
+            "dir_path": None,
+            "add_metrics": [],
+            "std_out": True,
+        }
     )
+
+
+@dataclass
+class LRSConfig:
+    """Salt's ``lrs_config``: OneCycle learning-rate schedule and weight decay.
+
+    ``total_steps`` (optimizer steps of the whole cycle) is derived from the trainer when
+    null; set it to keep one schedule across runs that stop early and resume.
+    """
+
+    initial: float = 1e-7
+    max: float = 5e-4
+    end: float = 1e-7
+    pct_start: float = 0.1
+    weight_decay: float = 1e-5
+    total_steps: int | None = None
+    cycle_momentum: bool = True
+    base_momentum: float = 0.85
+    max_momentum: float = 0.95
+
+
+@dataclass
+class MupDimConfig:
+    """One muP width dimension (Salt's ``muP_config.<dim>``); see docs/mup.md.
+
+    ``apply_to[i]`` is a config node (``model``, ``model.init_nets``; a bare ``init_nets``
+    means ``model.init_nets``) and ``parameter_name[i]`` the key set under it (found
+    recursively). The base and delta models get ``parameter_base`` / ``parameter_delta``.
+    """
+
+    apply_to: list[str] = field(default_factory=lambda: ["model"])
+    parameter_name: list[str] = field(default_factory=lambda: ["embed_dim"])
+    parameter_base: int = MISSING
+    parameter_delta: int = MISSING
+
+
+@dataclass
+class MupCoordCheckConfig:
+    """Settings of ``python -m saltx.mup.coord_check`` (widths, steps, lr, batch, output)."""
+
+    widths: list[int] = field(default_factory=lambda: [64, 128, 256, 512])
+    steps: int = 5
+    lr: float = 0.01
+    batch_size: int = 64
+    seeds: int = 2
+    out_dir: str = "mup_coord_check"
+
+
+@dataclass
+class MupConfig:
+    """The ``mup:`` block (Salt's ``muP_config``): base-shape file and scaled dimensions."""
+
+    shape_path: str = MISSING
+    embed_dim: MupDimConfig | None = None
+    num_heads: MupDimConfig | None = None
+    coord_check: MupCoordCheckConfig = field(default_factory=MupCoordCheckConfig)
 
 
 @dataclass
@@ -101,10 +167,11 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    lrs: LRSConfig = field(default_factory=LRSConfig)
     optimizer: Any = None
     logger: Any = None
     paths: PathsConfig = field(default_factory=PathsConfig)
-    mup: Any = None
+    mup: MupConfig | None = None
 
 
 def _local_dir(path: str) -> str:

@@ -1,0 +1,1 @@
+"""saltx's Optuna sweeper for Hydra (``hydra/sweeper=saltx_optuna``); see ``docs/hpo.md``."""

@@ -1,0 +1,147 @@
+"""Training throughput: jets/s of full training steps (forward, backward, optimizer).
+
+Examples
+--------
+    python scripts/bench_train.py --experiment gn2 --steps 30
+    python scripts/bench_train.py --experiment gn2 --file train.h5 --batch-size 1000 \\
+        --compile --precision bf16 --json bench.json
+
+Without ``--file`` a synthetic training file is written to a temporary folder. Prints
+the median jets/s over the steps after the warm-up and the peak resident memory (MB); the
+JSON has ``jets_per_s`` and ``peak_rss_mb`` (plus the settings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+
+import saltx
+import saltx.config
+from saltx.engine.distributed import DistInfo, resolve_accelerator
+from saltx.engine.loop import compile_model, train_step
+from saltx.engine.precision import Precision, enable_tf32
+from saltx.engine.schedule import build_optimizer
+
+CONF_DIR = str(Path(saltx.__file__).resolve().parent / "conf")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--experiment", default="gn2", help="experiment config (conf/experiment)")
+    p.add_argument("--file", help="training h5 file (default: synthetic jets)")
+    p.add_argument("--norm-dict", help="norm_dict.yaml (default: next to --file)")
+    p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--steps", type=int, default=20, help="timed steps after the warm-up")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation)")
+    p.add_argument("--compile", action="store_true", help="compile the transformer blocks")
+    p.add_argument("--precision", default="32", choices=["32", "bf16", "fp16"])
+    p.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu"])
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--json", help="write the results to this JSON file")
+    p.add_argument("overrides", nargs="*", help="extra Hydra overrides (key=value)")
+    return p.parse_args(argv)
+
+
+def prepare_data(args: argparse.Namespace, tmp: Path) -> tuple[str, str, str | None]:
+    """(train file, norm dict, class dict): the user's, or freshly written synthetic ones."""
+    if args.file:
+        norm = args.norm_dict or str(Path(args.file).with_name("norm_dict.yaml"))
+        cls = Path(args.file).with_name("class_dict.yaml")
+        return args.file, norm, str(cls) if cls.exists() else None
+    from saltx.data.synthetic import write_dataset
+
+    n = args.batch_size * (args.steps + args.warmup)
+    paths = write_dataset(tmp, {"train": n, "val": args.batch_size}, splits=("train", "val"))
+    return str(paths["train"]), str(paths["norm_dict"]), str(paths["class_dict"])
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    args = parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="saltx-bench-") as tmpdir:
+        train_file, norm, cls = prepare_data(args, Path(tmpdir))
+        overrides = [
+            f"experiment={args.experiment}",
+            f"data.train_file={train_file}",
+            f"data.val_file={train_file}",
+            f"data.norm_dict={norm}",
+            f"data.class_dict={cls}" if cls else "data.class_dict=null",
+            f"data.batch_size={args.batch_size}",
+            f"data.num_workers={args.num_workers}",
+            f"paths.output_dir={tmpdir}/run",
+            *args.overrides,
+        ]
+        with initialize_config_dir(CONF_DIR, version_base="1.3"):
+            cfg = compose("train", overrides=overrides)
+        acc = resolve_accelerator(args.accelerator)
+        device = torch.device("cuda", 0) if acc == "gpu" else torch.device("cpu")
+        enable_tf32(device)
+        info = DistInfo(device=device)
+
+        from saltx.train import build
+
+        torch.manual_seed(int(cfg.seed))
+        parts = build(cfg, info)
+        model = parts.model.to(device).train()
+        if args.compile:
+            compile_model(model)
+        optimizer = build_optimizer(
+            cfg.get("optimizer"),
+            model.parameters(),
+            lr=float(cfg.lrs.max),
+            weight_decay=float(cfg.lrs.weight_decay),
+            device=device,
+        )
+        precision = Precision(args.precision, device)
+        times: list[float] = []
+        jets: list[int] = []
+        step = 0
+        while step < args.warmup + args.steps:
+            for batch in parts.train_loader:
+                if step >= args.warmup + args.steps:
+                    break
+                t0 = time.perf_counter()
+                batch = batch.to(device, non_blocking=True)
+                train_step(model, batch, precision, accumulate=1, sync=True)
+                precision.step(optimizer, model.parameters(), clip_val=None)
+                optimizer.zero_grad(set_to_none=True)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                if step >= args.warmup:
+                    times.append(time.perf_counter() - t0)
+                    jets.append(batch.num_jets)
+                step += 1
+    if not times:
+        raise SystemExit("no timed steps: raise --steps or provide more jets")
+    median = statistics.median(times)
+    result = {
+        "experiment": args.experiment,
+        "batch_size": args.batch_size,
+        "precision": args.precision,
+        "compile": bool(args.compile),
+        "device": str(device),
+        "steps": len(times),
+        "median_step_s": median,
+        "jets_per_s": statistics.median(jets) / median,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    if device.type == "cuda":
+        result["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    print(f"training: {result['jets_per_s']:.1f} jets/s (median of {len(times)} steps)")
+    print(f"peak RSS: {result['peak_rss_mb']:.1f} MB")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,114 @@
+"""Class weights (UPP's ``class_dict.yaml``): load and compute.
+
+Format: ``{dataset: {label: [w_0, w_1, ...]}}``, weights ordered by sorted label value,
+``w = total / count`` normalised so the smallest is 1, rounded to 2 decimals, counted over
+valid constituents. Labels containing ``VertexIndex`` or ``barcode`` are skipped::
+
+    python -m saltx.data.class_weights --file train.h5 --out class_dict.yaml [--num N]
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from saltx.data.errors import DataError
+from saltx.data.h5 import H5Source, describe_source, open_h5
+from saltx.data.norm import _read_yaml, parse_variables, write_yaml
+
+SKIPPED_SUBSTRINGS = ("VertexIndex", "barcode")
+
+
+def load_class_dict(path: str) -> dict[str, dict[str, list[float]]]:
+    """Read a class dict YAML: ``{dataset: {label: [weights]}}``."""
+    data = _read_yaml(path, "class dict")
+    if not isinstance(data, dict):
+        raise DataError(f"class dict '{path}' must map dataset -> label -> [weights]")
+    return data
+
+
+def class_weights(counts: Mapping[int, int]) -> list[float]:
+    """Weights ``total/count`` normalised to a minimum of 1, rounded, by sorted label value."""
+    values = sorted(counts)
+    n = np.array([counts[v] for v in values], dtype=np.float64)
+    w = n.sum() / n
+    return [round(float(x), 2) for x in w / w.min()]
+
+
+def _integer_labels(dtype: np.dtype) -> list[str]:
+    return [
+        n
+        for n in dtype.names
+        if dtype[n].kind in "iu" and not any(s in n for s in SKIPPED_SUBSTRINGS)
+    ]
+
+
+def compute_class_dict(
+    source: H5Source,
+    labels: Mapping[str, Sequence[str]] | None = None,
+    num: int = -1,
+    batch_size: int = 100_000,
+) -> dict[str, dict[str, list[float]]]:
+    """Count label values over valid constituents and turn counts into weights.
+
+    Parameters
+    ----------
+    source
+        The h5 file.
+    labels
+        ``{dataset: [label, ...]}``; default: every integer field of every dataset,
+        except those containing VertexIndex or barcode.
+    num
+        Jets to use from the start (-1 = all).
+    batch_size
+        Jets read at a time.
+    """
+    out: dict[str, dict[str, list[float]]] = {}
+    with open_h5(source) as f:
+        names = labels or {
+            k: _integer_labels(f[k].dtype) for k in f if hasattr(f[k], "dtype") and f[k].dtype.names
+        }
+        for ds_name, fields in names.items():
+            fields = [n for n in fields if not any(s in n for s in SKIPPED_SUBSTRINGS)]
+            if not fields:
+                continue
+            if ds_name not in f:
+                raise DataError(f"no dataset '{ds_name}' in '{describe_source(source)}'")
+            ds = f[ds_name]
+            missing = [v for v in fields if v not in ds.dtype.names]
+            if missing:
+                raise DataError(
+                    f"labels {missing} not in dataset '{ds_name}' of "
+                    f"'{describe_source(source)}'; available: {list(ds.dtype.names)}"
+                )
+            counts: dict[str, dict[int, int]] = {v: {} for v in fields}
+            total = ds.shape[0] if num < 0 else min(num, ds.shape[0])
+            for start in range(0, total, batch_size):
+                rows = ds[start : min(start + batch_size, total)]
+                if "valid" in ds.dtype.names:
+                    rows = rows[rows["valid"]]
+                for v in fields:
+                    values, n = np.unique(rows[v], return_counts=True)
+                    for value, c in zip(values.tolist(), n.tolist(), strict=True):
+                        counts[v][value] = counts[v].get(value, 0) + c
+            out[ds_name] = {v: class_weights(c) for v, c in counts.items() if c}
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """CLI: compute a class dict from an h5 file."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--file", required=True, help="h5 file (usually the training file)")
+    parser.add_argument("--out", required=True, help="output YAML path")
+    parser.add_argument("--num", type=int, default=-1, help="jets to use (-1 = all)")
+    parser.add_argument("--labels", nargs="*", help="DATASET=label1,label2 ... (default: all)")
+    args = parser.parse_args(argv)
+    weights = compute_class_dict(args.file, parse_variables(args.labels), num=args.num)
+    write_yaml(weights, args.out)
+    print(f"wrote {args.out}: " + ", ".join(f"{k} {list(v)}" for k, v in weights.items()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,220 @@
+"""Normalisation dicts (UPP's ``norm_dict.yaml``): load, validate and compute.
+
+Format: ``{dataset: {variable: {mean: float, std: float}}}``. Computing (the CLI) pools
+nan-aware per-batch statistics over valid constituents, as UPP does::
+
+    python -m saltx.data.norm --file train.h5 --out norm_dict.yaml \
+        [--num N] [--variables jets=pt_btagJes,eta_btagJes tracks=d0,z0SinTheta]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import yaml
+
+from saltx.data.errors import DataError
+from saltx.data.h5 import H5Source, describe_source, open_h5
+
+SKIPPED_INPUTS = ("PARAMETERS", "EDGE")
+
+
+def _read_yaml(path: str, what: str) -> Any:
+    from saltx.data.remote import open_any  # local paths and s3:// URLs
+
+    try:
+        with open_any(str(path), "r") as f:
+            return yaml.safe_load(f)
+    except FileNotFoundError as err:
+        raise DataError(f"{what} not found: '{path}'") from err
+    except yaml.YAMLError as err:
+        raise DataError(f"{what} '{path}' is not valid YAML: {err}") from err
+
+
+def load_norm_dict(path: str) -> dict[str, dict[str, dict[str, float]]]:
+    """Read a norm dict YAML (local path or URL).
+
+    Returns
+    -------
+    dict
+        ``{dataset: {variable: {"mean": float, "std": float}}}``.
+    """
+    norm = _read_yaml(path, "norm dict")
+    if not isinstance(norm, dict):
+        raise DataError(f"norm dict '{path}' must map dataset -> variable -> {{mean, std}}")
+    return norm
+
+
+def check_norm_dict(
+    norm: Mapping[str, Mapping[str, Mapping[str, float]]],
+    variables: Mapping[str, Sequence[str]],
+    global_object: str = "jets",
+    input_map: Mapping[str, str] | None = None,
+) -> None:
+    """Check that every input variable has a finite mean and a finite, non-zero std.
+
+    ``GLOBAL`` uses the global object's entries; ``PARAMETERS`` and ``EDGE`` are skipped.
+    Other inputs use the entry of their h5 dataset (``input_map``, default: same name).
+
+    Raises
+    ------
+    DataError
+        Naming the dataset and variable that is missing or invalid.
+    """
+    input_map = dict(input_map or {})
+    for name, names in variables.items():
+        if name in SKIPPED_INPUTS:
+            continue
+        key = global_object if name == "GLOBAL" else input_map.get(name, name)
+        entries = norm.get(key)
+        if entries is None:
+            raise DataError(
+                f"norm dict has no dataset '{key}' (needed by input '{name}'); "
+                f"available: {sorted(norm)}"
+            )
+        for var in names:
+            stats = entries.get(var)
+            if not isinstance(stats, Mapping) or "mean" not in stats or "std" not in stats:
+                raise DataError(
+                    f"norm dict has no mean/std for variable '{var}' of dataset '{key}' "
+                    f"(input '{name}')"
+                )
+            mean, std = float(stats["mean"]), float(stats["std"])
+            if not (math.isfinite(mean) and math.isfinite(std)) or std == 0:
+                raise DataError(
+                    f"norm dict entry for '{key}.{var}' needs a finite mean and a finite, "
+                    f"non-zero std; got mean={mean}, std={std}"
+                )
+
+
+class RunningStats:
+    """Pooled nan-aware mean/variance (Chan et al.) over batches, per column, in float64."""
+
+    def __init__(self, num: int) -> None:
+        self.n = np.zeros(num)
+        self.mean = np.zeros(num)
+        self.m2 = np.zeros(num)
+
+    def update(self, x: np.ndarray) -> None:
+        """Add rows ``x: (R, num)``; NaNs are ignored."""
+        x = x.astype(np.float64)
+        n = np.sum(~np.isnan(x), axis=0).astype(np.float64)
+        has = n > 0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(has, np.nansum(x, axis=0) / np.maximum(n, 1), 0.0)
+            m2 = np.nansum((x - mean) ** 2, axis=0)
+        total = self.n + n
+        delta = mean - self.mean
+        with np.errstate(invalid="ignore", divide="ignore"):
+            frac = np.where(total > 0, n / np.maximum(total, 1), 0.0)
+        self.mean = self.mean + delta * frac
+        self.m2 = self.m2 + m2 + delta**2 * self.n * frac
+        self.n = total
+
+    @property
+    def std(self) -> np.ndarray:
+        """Population standard deviation (``ddof=0``, as ``np.nanstd``)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.sqrt(np.where(self.n > 0, self.m2 / self.n, np.nan))
+
+
+def _numeric_fields(dtype: np.dtype) -> list[str]:
+    return [n for n in dtype.names if n != "valid" and dtype[n].kind in "fiub"]
+
+
+def compute_norm_dict(
+    source: H5Source,
+    variables: Mapping[str, Sequence[str]] | None = None,
+    num: int = -1,
+    batch_size: int = 100_000,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Compute ``{dataset: {var: {mean, std}}}`` over valid constituents.
+
+    Parameters
+    ----------
+    source
+        The h5 file (usually the training file).
+    variables
+        ``{dataset: [field, ...]}``; default: every numeric field of every dataset.
+        Requested variables with non-finite or zero std raise; with the default, such
+        fields are left out with a warning.
+    num
+        Jets to use from the start (-1 = all).
+    batch_size
+        Jets read at a time.
+    """
+    explicit = variables is not None
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    with open_h5(source) as f:
+        names = variables or {
+            k: _numeric_fields(f[k].dtype) for k in f if hasattr(f[k], "dtype") and f[k].dtype.names
+        }
+        for ds_name, fields in names.items():
+            if ds_name not in f:
+                raise DataError(f"no dataset '{ds_name}' in '{describe_source(source)}'")
+            ds = f[ds_name]
+            missing = [v for v in fields if v not in ds.dtype.names]
+            if missing:
+                raise DataError(
+                    f"variables {missing} not in dataset '{ds_name}' of "
+                    f"'{describe_source(source)}'; available: {list(ds.dtype.names)}"
+                )
+            total = ds.shape[0] if num < 0 else min(num, ds.shape[0])
+            stats = RunningStats(len(fields))
+            for start in range(0, total, batch_size):
+                rows = ds[start : min(start + batch_size, total)]
+                if "valid" in ds.dtype.names:
+                    rows = rows[rows["valid"]]
+                x = np.stack([rows[v].astype(np.float64).ravel() for v in fields], axis=-1)
+                stats.update(x)
+            out[ds_name] = {}
+            for var, mean, std in zip(fields, stats.mean, stats.std, strict=True):
+                if not (np.isfinite(mean) and np.isfinite(std)) or std == 0:
+                    msg = f"'{ds_name}.{var}' has mean={mean}, std={std}"
+                    if explicit:
+                        raise DataError(f"cannot normalise {msg}: need finite values, std != 0")
+                    print(f"warning: skipping {msg}", file=sys.stderr)
+                    continue
+                out[ds_name][var] = {"mean": float(mean), "std": float(std)}
+    return out
+
+
+def parse_variables(items: Sequence[str] | None) -> dict[str, list[str]] | None:
+    """Parse ``["jets=a,b", "tracks=c"]`` into ``{"jets": ["a", "b"], "tracks": ["c"]}``."""
+    if not items:
+        return None
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise DataError(f"expected DATASET=var1,var2 in --variables, got '{item}'")
+        ds, names = item.split("=", 1)
+        out[ds] = [n for n in names.split(",") if n]
+    return out
+
+
+def write_yaml(data: Mapping[str, Any], path: str) -> None:
+    """Write a dict as block-style YAML, keeping key order."""
+    with open(path, "w") as f:
+        yaml.safe_dump(dict(data), f, sort_keys=False)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """CLI: compute a norm dict from an h5 file."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--file", required=True, help="h5 file (usually the training file)")
+    parser.add_argument("--out", required=True, help="output YAML path")
+    parser.add_argument("--num", type=int, default=-1, help="jets to use (-1 = all)")
+    parser.add_argument("--variables", nargs="*", help="DATASET=var1,var2 ... (default: all)")
+    args = parser.parse_args(argv)
+    norm = compute_norm_dict(args.file, parse_variables(args.variables), num=args.num)
+    write_yaml(norm, args.out)
+    print(f"wrote {args.out}: " + ", ".join(f"{k} ({len(v)} vars)" for k, v in norm.items()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+"""Process groups, devices and the collectives the loop needs.
+
+Two ways to run data-parallel:
+
+* ``torchrun --nproc_per_node=N [--nnodes=M ...] -m saltx.train ...``: torchrun sets
+  ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_ADDR``/``MASTER_PORT`` and every process
+  joins with ``init_method="env://"``;
+* ``trainer.devices=N`` from inside one process (one Hydra job): :func:`spawn` starts N
+  processes with ``torch.multiprocessing`` on a free port of 127.0.0.1, each setting the
+  same environment variables as torchrun would.
+
+NCCL is used on GPUs, gloo on CPUs. Every collective has ``trainer.ddp_timeout_s``, so a
+dead or stuck rank gives an error naming the timeout instead of a silent hang.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import signal
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process sits in the job."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def is_main(self) -> bool:
+        """True on rank 0, the only rank that writes files and logs."""
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        """True when a process group with more than one rank is running."""
+        return self.world_size > 1
+
+
+def launched_by_torchrun() -> bool:
+    """Whether the environment holds a torchrun/spawn rendezvous (``RANK`` and ``WORLD_SIZE``)."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def resolve_accelerator(accelerator: str) -> str:
+    """``cpu`` or ``gpu`` from ``trainer.accelerator`` (``auto`` picks gpu when CUDA works)."""
+    acc = str(accelerator).lower()
+    if acc in {"gpu", "cuda"}:
+        if not torch.cuda.is_available():
+            raise RuntimeError("trainer.accelerator=gpu but CUDA is not available on this machine")
+        return "gpu"
+    if acc == "cpu":
+        return "cpu"
+    if acc == "auto":
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    raise ValueError(f"trainer.accelerator={accelerator!r}; use cpu, gpu or auto")
+
+
+def setup_distributed(accelerator: str, timeout_s: float = 600) -> DistInfo:
+    """Join the process group when launched by torchrun or :func:`spawn`; pick the device.
+
+    Parameters
+    ----------
+    accelerator
+        ``trainer.accelerator`` (``cpu | gpu | auto``).
+    timeout_s
+        Timeout of every collective (``trainer.ddp_timeout_s``).
+    """
+    acc = resolve_accelerator(accelerator)
+    rank, world, local = 0, 1, 0
+    if launched_by_torchrun():
+        rank = int(os.environ["RANK"])
+        world = int(os.environ["WORLD_SIZE"])
+        local = int(os.environ.get("LOCAL_RANK", rank))
+    if acc == "gpu":
+        device = torch.device("cuda", local % max(1, torch.cuda.device_count()))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if acc == "gpu" else "gloo"
+        dist.init_process_group(
+            backend=backend,
+            init_method="env://",
+            rank=rank,
+            world_size=world,
+            timeout=datetime.timedelta(seconds=float(timeout_s)),
+            device_id=device if backend == "nccl" else None,
+        )
+    return DistInfo(rank=rank, world_size=world, local_rank=local, device=device)
+
+
+def cleanup() -> None:
+    """Leave the process group (no-op when none is running)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(info: DistInfo) -> None:
+    """Wait for every rank (no-op on one rank)."""
+    if info.enabled:
+        if info.device.type == "cuda":
+            dist.barrier(device_ids=[info.device.index])
+        else:
+            dist.barrier()
+
+
+def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Sum ``tensor`` over ranks in place and return it."""
+    if info.enabled:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def all_reduce_max(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Maximum of ``tensor`` over ranks, in place."""
+    if info.enabled:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor
+
+
+def broadcast_object(obj: Any, info: DistInfo) -> Any:
+    """Rank 0's ``obj`` on every rank."""
+    if not info.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(
+        box, src=0, device=info.device if info.device.type == "cuda" else None
+    )
+    return box[0]
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _spawned_entry(local_rank: int, world: int, fn: Callable[..., Any], args: tuple) -> None:
+    os.environ.update(
+        {"RANK": str(local_rank), "LOCAL_RANK": str(local_rank), "WORLD_SIZE": str(world)}
+    )
+    fn(*args)
+
+
+def spawn(fn: Callable[..., Any], nprocs: int, args: tuple = ()) -> None:
+    """Run ``fn(*args)`` in ``nprocs`` fresh processes that form one process group.
+
+    ``fn`` must be importable (a module-level function). If any process fails, the others
+    are terminated and the error is raised here. A SIGTERM sent to this process is passed
+    on to every rank (so each saves and stops as under SLURM).
+    """
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    previous = None
+    try:
+        ctx = mp.start_processes(
+            _spawned_entry, args=(nprocs, fn, args), nprocs=nprocs, join=False, start_method="spawn"
+        )
+
+        def forward(signum: int, frame: Any) -> None:
+            for proc in ctx.processes:
+                if proc.is_alive() and proc.pid is not None:
+                    os.kill(proc.pid, signal.SIGTERM)
+
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, forward)
+        while not ctx.join():
+            pass
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The bare model inside a ``DistributedDataParallel`` wrapper."""
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model

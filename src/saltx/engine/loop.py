@@ -1,0 +1,640 @@
+"""The training loop.
+
+Read top to bottom: :func:`fit` joins the process group and calls :func:`run`, which
+prepares the run directory, builds model, optimizer, schedule and precision, resumes when
+asked, and then loops over epochs and batches with :func:`train_step` and
+:func:`evaluate`, saving checkpoints with :func:`save_checkpoint`.
+
+What the loop needs from the rest of saltx comes through a *build function*
+``build(cfg, info) -> Components`` (model, train/val loaders, metadata, files to copy), so
+the loop runs on any model whose ``forward(inputs, masks, labels)`` returns
+``(preds, losses)`` and any loader of :class:`~saltx.data.batch.Batch` objects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from torch.nn.parallel import DistributedDataParallel
+
+from saltx.data.batch import Batch
+from saltx.engine import checkpoint as ckpt_io
+from saltx.engine.callbacks import PerformanceWriter
+from saltx.engine.distributed import (
+    DistInfo,
+    all_reduce_max,
+    all_reduce_sum,
+    barrier,
+    cleanup,
+    setup_distributed,
+    unwrap,
+)
+from saltx.engine.loggers import LoggerGroup, build_loggers
+from saltx.engine.precision import Precision, enable_tf32
+from saltx.engine.progress import ProgressBar, count_parameters, print_model_summary
+from saltx.engine.rundir import RunDir
+from saltx.engine.runfiles import (
+    local_dir_for,
+    plain_config,
+    resolve_run_dir,
+    write_run_files,
+)
+from saltx.engine.schedule import OneCycleSchedule, build_optimizer, total_optimizer_steps
+from saltx.engine.state import TrainState, preserve_rng, rank_seed, seed_everything
+
+#: Exit code of a run stopped by SIGTERM after saving ``last.pt`` (128 + SIGTERM).
+EXIT_CODE_SIGTERM = 143
+
+
+class NonFiniteLossError(RuntimeError):
+    """A training loss became NaN or infinite."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGTERM arrived and ``last.pt`` was saved; ``saltx.train`` exits with code 143."""
+
+    def __init__(self, step: int, checkpoint: str | None) -> None:
+        super().__init__(f"stopped by SIGTERM at step {step}; last checkpoint: {checkpoint}")
+        self.step = step
+        self.checkpoint = checkpoint
+
+
+@dataclass
+class Components:
+    """What a build function hands to the loop.
+
+    Attributes
+    ----------
+    model
+        The model on CPU; ``model(inputs, masks, labels) -> (preds, losses)`` with
+        ``losses`` a dict of weighted scalar losses per task.
+    train_loader
+        This rank's training batches; ``len()`` is the batches per epoch. When it has
+        ``set_epoch(epoch, start_batch)`` it is called before each epoch (exact resume).
+    val_loader
+        This rank's validation batches (every jet on exactly one rank), or ``None``.
+    metadata
+        Entries for ``metadata.yaml`` (files, jet counts, class names, UPP attributes).
+    files
+        ``{name in run dir: source path}`` copied into the run directory (norm/class dicts).
+    """
+
+    model: torch.nn.Module
+    train_loader: Iterable[Batch]
+    val_loader: Iterable[Batch] | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+
+
+BuildFn = Callable[[DictConfig, DistInfo], Components]
+
+
+# -- small helpers ---------------------------------------------------------------------------
+def configure_torch(tcfg: DictConfig, info: DistInfo) -> None:
+    """Threads, determinism and TF32 for this process."""
+    if tcfg.get("num_threads"):
+        torch.set_num_threads(int(tcfg.num_threads))
+    if tcfg.get("deterministic", False):
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    enable_tf32(info.device)
+
+
+def compile_model(model: torch.nn.Module, options: Mapping[str, Any] | None = None) -> int:
+    """Compile every transformer block in place; returns how many modules were compiled.
+
+    ``nn.Module.compile`` keeps the module object, so state-dict keys carry no
+    ``_orig_mod.`` prefix. Models without ``encoder.layers`` are compiled whole (in place).
+    ``options`` go to ``torch.compile`` (``mode``, ``backend``, ``dynamic``, ...).
+    """
+    kwargs = dict(options or {})
+    layers = getattr(getattr(model, "encoder", None), "layers", None)
+    if isinstance(layers, torch.nn.ModuleList) and len(layers) > 0:
+        for block in layers:
+            block.compile(**kwargs)
+        return len(layers)
+    model.compile(**kwargs)
+    return 1
+
+
+def set_loader_position(loader: Iterable[Batch], epoch: int, start_batch: int) -> int:
+    """Tell ``loader`` the epoch and start batch; returns batches the caller must skip."""
+    set_epoch = getattr(loader, "set_epoch", None)
+    if set_epoch is None:
+        return start_batch
+    if "start_batch" in inspect.signature(set_epoch).parameters:
+        set_epoch(epoch, start_batch=start_batch)
+        return 0
+    set_epoch(epoch)
+    return start_batch
+
+
+def epoch_batches(loader: Iterable[Batch], epoch: int, start_batch: int) -> Iterator[Batch]:
+    """Batches of ``epoch`` from ``start_batch`` on (iterator created RNG-neutrally)."""
+    with preserve_rng():
+        skip = set_loader_position(loader, epoch, start_batch)
+        it = iter(loader)
+        for _ in range(skip):
+            next(it)
+    return it
+
+
+class NonFiniteGuard:
+    """Remembers, on the device and without syncing, the first step with a non-finite loss."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.first_step = torch.full((), -1, dtype=torch.long, device=device)
+        self.bad_tasks: torch.Tensor | None = None
+
+    def update(self, losses: torch.Tensor, step: int) -> None:
+        """``losses``: ``(T,)`` detached per-task losses of optimizer step ``step``."""
+        bad = ~torch.isfinite(losses)
+        if self.bad_tasks is None:
+            self.bad_tasks = torch.zeros_like(bad)
+        new = bad.any() & (self.first_step < 0)
+        self.first_step = torch.where(new, torch.full_like(self.first_step, step), self.first_step)
+        self.bad_tasks = torch.where(new, bad, self.bad_tasks)
+
+    def check(self, names: list[str], info: DistInfo, epoch: int, last_good: str | None) -> None:
+        """Raise :class:`NonFiniteLossError` (on every rank) if any rank saw a bad loss."""
+        if self.bad_tasks is None:
+            return
+        flags = torch.cat([self.first_step.view(1) + 1, self.bad_tasks.long()])
+        flags = all_reduce_max(flags, info).tolist()
+        if flags[0] <= 0:
+            return
+        tasks = [n for n, bad in zip(names, flags[1:], strict=True) if bad]
+        where = last_good or "none (no checkpoint was written before the failure)"
+        raise NonFiniteLossError(
+            f"non-finite training loss at optimizer step {int(flags[0]) - 1} (epoch {epoch}) "
+            f"in task(s) {', '.join(tasks)}. Training stopped; the last good checkpoint is "
+            f"{where}. Try a lower lrs.max, trainer.gradient_clip_val, trainer.precision=32, "
+            "or check the inputs (data.non_finite_to_num)."
+        )
+
+
+class SigtermFlag:
+    """Catches SIGTERM (e.g. SLURM before the time limit) and remembers it."""
+
+    def __init__(self) -> None:
+        self.received = False
+        self._previous: Any = None
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = True
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+
+class LossMeter:
+    """Sums per-task losses on the device between two logs (no sync per step)."""
+
+    def __init__(self) -> None:
+        self.sum: torch.Tensor | None = None
+        self.steps = 0
+        self.jets = 0
+        self.t0 = time.perf_counter()
+
+    def add(self, losses: torch.Tensor, jets: int) -> None:
+        self.sum = losses.detach().clone() if self.sum is None else self.sum + losses.detach()
+        self.steps += 1
+        self.jets += jets
+
+    def reset(self) -> None:
+        self.sum, self.steps, self.jets = None, 0, 0
+        self.t0 = time.perf_counter()
+
+
+# -- the named steps --------------------------------------------------------------------------
+def forward_losses(
+    model: torch.nn.Module, batch: Batch, precision: Precision
+) -> dict[str, torch.Tensor]:
+    """Forward pass under autocast; returns the weighted loss per task."""
+    with precision.autocast():
+        _, losses = model(batch.inputs, batch.masks, batch.labels)
+    if not losses:
+        raise RuntimeError("the model returned no losses: are the batch labels missing?")
+    return losses
+
+
+def train_step(
+    model: torch.nn.Module,
+    batch: Batch,
+    precision: Precision,
+    accumulate: int,
+    sync: bool,
+) -> dict[str, torch.Tensor]:
+    """Forward and backward of one (micro-)batch; gradients are accumulated.
+
+    ``sync=False`` skips DDP's gradient all-reduce (inside an accumulation window).
+    """
+    no_sync = (
+        model.no_sync()
+        if isinstance(model, DistributedDataParallel) and not sync
+        else contextlib.nullcontext()
+    )
+    with no_sync:
+        losses = forward_losses(model, batch, precision)
+        total = torch.stack([v.float() for v in losses.values()]).sum()
+        precision.backward(total / accumulate)
+    return losses
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    loader: Iterable[Batch],
+    precision: Precision,
+    info: DistInfo,
+    task_names: list[str] | None = None,
+    limit_batches: int = -1,
+) -> dict[str, float]:
+    """Validation losses over every jet, each counted once across ranks.
+
+    Per task: ``sum over batches and ranks (loss × jets) / total jets``. ``task_names``
+    fixes the order of the all-reduced vector (default: the first batch's loss names).
+    Runs RNG-neutrally, so validating never changes the training random stream.
+    """
+    bare = unwrap(model)
+    was_training = bare.training
+    bare.eval()
+    names = list(task_names or [])
+    sums = torch.zeros(len(names) + 1, dtype=torch.float64, device=info.device)
+    with preserve_rng():
+        for i, batch in enumerate(loader):
+            if 0 <= limit_batches <= i:
+                break
+            batch = batch.to(info.device, non_blocking=True)
+            losses = forward_losses(bare, batch, precision)
+            if not names:
+                names = list(losses)
+                sums = torch.zeros(len(names) + 1, dtype=torch.float64, device=info.device)
+            n = batch.num_jets
+            values = torch.stack([losses[k].detach().double() for k in names])
+            sums[:-1] += values * n
+            sums[-1] += n
+    bare.train(was_training)
+    sums = all_reduce_sum(sums, info).tolist()
+    count = sums[-1]
+    if count == 0:
+        return {}
+    per_task = {f"val/{k}_loss": v / count for k, v in zip(names, sums[:-1], strict=True)}
+    return {"val/loss": sum(per_task.values()), **per_task}
+
+
+def save_checkpoint(
+    state: TrainState, rundir: RunDir, names: list[str], info: DistInfo
+) -> str | None:
+    """Rank 0 writes ``checkpoints/<name>`` for every name; all ranks then meet at a barrier.
+
+    Every rank's RNG state is gathered so that a resume with the same world size restores
+    each rank's random stream exactly.
+    """
+    rng = _gather_rng(info)
+    path = None
+    if info.is_main:
+        ckpt = state.state_dict(rng=rng)
+        for name in names:
+            path = ckpt_io.save_checkpoint(rundir, name, ckpt)
+    barrier(info)
+    return path
+
+
+def _gather_rng(info: DistInfo) -> list[dict[str, Any]]:
+    from saltx.engine.state import capture_rng
+
+    mine = capture_rng()
+    if not info.enabled:
+        return [mine]
+    out: list[Any] = [None] * info.world_size
+    torch.distributed.all_gather_object(out, mine)
+    return out
+
+
+# -- the run ----------------------------------------------------------------------------------
+def fit(cfg: DictConfig, build: BuildFn) -> dict[str, float]:
+    """Join the process group (when launched distributed), train, leave the group."""
+    tcfg = cfg.trainer
+    info = setup_distributed(tcfg.accelerator, tcfg.get("ddp_timeout_s", 600))
+    try:
+        return run(cfg, build, info)
+    finally:
+        cleanup()
+
+
+def run(cfg: DictConfig, build: BuildFn, info: DistInfo) -> dict[str, float]:
+    """Train on this rank; returns the last logged metrics (``val/loss`` ...)."""
+    tcfg = cfg.trainer
+    configure_torch(tcfg, info)
+    rundir = RunDir(resolve_run_dir(cfg, info))
+    config = plain_config(cfg, rundir.root)
+
+    # build (same seed on every rank: identical initial weights)
+    seed_everything(int(cfg.seed))
+    parts = build(cfg, info)
+    model = parts.model.to(info.device)
+    if tcfg.get("compile", False):
+        options = {"backend": str(tcfg.get("compile_backend", "inductor"))}
+        if tcfg.get("compile_mode"):
+            options["mode"] = str(tcfg.compile_mode)
+        compile_model(model, options)
+    lrs = cfg.lrs
+    optimizer = build_optimizer(
+        cfg.get("optimizer"),
+        model.parameters(),
+        lr=float(lrs.max),
+        weight_decay=float(lrs.weight_decay),
+        device=info.device,
+    )
+    accumulate = max(1, int(tcfg.accumulate_grad_batches))
+    batches_per_epoch = len(parts.train_loader)  # type: ignore[arg-type]
+    if batches_per_epoch < 1:
+        raise ValueError("the training loader yields no batches on this rank")
+    total_steps = int(lrs.get("total_steps") or 0) or total_optimizer_steps(
+        tcfg.max_epochs, tcfg.max_steps, batches_per_epoch, accumulate
+    )
+    scheduler = OneCycleSchedule(
+        optimizer,
+        total_steps,
+        initial=float(lrs.initial),
+        peak=float(lrs.max),
+        end=float(lrs.end),
+        pct_start=float(lrs.pct_start),
+        cycle_momentum=bool(lrs.get("cycle_momentum", True)),
+        base_momentum=float(lrs.get("base_momentum", 0.85)),
+        max_momentum=float(lrs.get("max_momentum", 0.95)),
+    )
+    precision = Precision(tcfg.precision, info.device)
+    state = TrainState(model, optimizer, scheduler, precision, config)
+    seed_everything(rank_seed(int(cfg.seed), info.rank))
+
+    # resume
+    resume_from = ckpt_io.find_resume_checkpoint(cfg.get("ckpt_path"), tcfg.resume, rundir)
+    if resume_from is not None:
+        state.load_state_dict(
+            ckpt_io.load_checkpoint(resume_from, map_location=info.device), rank=info.rank
+        )
+    last_good = resume_from
+
+    # run directory files, console summary
+    if info.is_main:
+        meta = dict(parts.metadata)
+        meta["trainable_params"] = count_parameters(model)
+        meta["world_size"] = info.world_size
+        meta["resumed_from"] = resume_from
+        write_run_files(rundir, config, meta, parts.files)
+        print_model_summary(model)
+        print(f"run directory: {rundir.root}", flush=True)
+    barrier(info)
+
+    if info.enabled:
+        ddp_ids = [info.device.index] if info.device.type == "cuda" else None
+        model = DistributedDataParallel(
+            model,
+            device_ids=ddp_ids,
+            find_unused_parameters=bool(tcfg.get("find_unused_parameters", False)),
+        )
+        state.model = model
+
+    loggers = build_loggers(
+        cfg.get("logger"),
+        rundir,
+        local_dir=local_dir_for(rundir.root),
+        run_name=str(cfg.get("name", "saltx")),
+        is_main=info.is_main,
+    )
+    loggers.log_hyperparams(config)
+    pw_cfg = tcfg.get("performance_writer") or {}
+    writer = None
+    if info.is_main and pw_cfg.get("enabled", True):
+        writer = PerformanceWriter(
+            rundir,
+            dir_path=pw_cfg.get("dir_path"),
+            add_metrics=pw_cfg.get("add_metrics") or [],
+            std_out=bool(pw_cfg.get("std_out", True)),
+            truncate=resume_from is None,
+        )
+    loop = _Loop(
+        cfg, info, rundir, state, parts, loggers, writer, total_steps, batches_per_epoch, last_good
+    )
+    sigterm = SigtermFlag()
+    sigterm.install()
+    try:
+        return loop.run(sigterm)
+    finally:
+        sigterm.restore()
+        loggers.close()
+        loop.bar.close()
+
+
+class _Loop:
+    """The epoch/batch loop of :func:`run` (one object so the steps can share counters)."""
+
+    def __init__(
+        self,
+        cfg: DictConfig,
+        info: DistInfo,
+        rundir: RunDir,
+        state: TrainState,
+        parts: Components,
+        loggers: LoggerGroup,
+        writer: PerformanceWriter | None,
+        total_steps: int,
+        batches_per_epoch: int,
+        last_good: str | None,
+    ) -> None:
+        t = cfg.trainer
+        self.cfg, self.info, self.rundir, self.state = cfg, info, rundir, state
+        self.parts, self.loggers, self.writer = parts, loggers, writer
+        self.batches_per_epoch = batches_per_epoch
+        self.max_epochs = int(t.max_epochs) if t.max_epochs and t.max_epochs > 0 else math.inf
+        self.stop_step = int(t.max_steps) if t.max_steps and t.max_steps > 0 else total_steps
+        self.accumulate = max(1, int(t.accumulate_grad_batches))
+        self.clip = t.get("gradient_clip_val")
+        self.log_every = max(1, int(t.log_every_n_steps))
+        self.val_every = int(t.val_check_interval) if t.get("val_check_interval") else None
+        self.ckpt_every = int(t.checkpoint_every_n_steps or 0)
+        self.limit_val = int(t.get("limit_val_batches", -1))
+        self.monitor, self.mode = str(t.monitor), str(t.monitor_mode)
+        self.save_every_epoch = bool(t.get("save_every_epoch", False))
+        self.guard = NonFiniteGuard(info.device)
+        self.meter = LossMeter()
+        self.task_names: list[str] = []
+        self.metrics: dict[str, float] = {}
+        self.last_good = last_good
+        self.validated_at = -1
+        show = bool(t.get("progress_bar", True)) and info.is_main
+        self.bar = ProgressBar(self.stop_step, enabled=show, start_step=state.progress.step)
+
+    # -- the loop ----------------------------------------------------------------------------
+    def run(self, sigterm: SigtermFlag) -> dict[str, float]:
+        p = self.state.progress
+        model = self.state.model
+        model.train()
+        while p.epoch < self.max_epochs and p.step < self.stop_step:
+            micro = 0
+            for batch in epoch_batches(self.parts.train_loader, p.epoch, p.batch_in_epoch):
+                batch = batch.to(self.info.device, non_blocking=True)
+                p.batch_in_epoch += 1
+                micro += 1
+                boundary = micro == self.accumulate or p.batch_in_epoch >= self.batches_per_epoch
+                losses = train_step(model, batch, self.state.precision, self.accumulate, boundary)
+                self._track(losses, batch.num_jets)
+                if not boundary:
+                    continue
+                micro = 0
+                self._optimizer_step()
+                if self._after_step(sigterm):
+                    break
+            if p.batch_in_epoch >= self.batches_per_epoch:
+                self._end_epoch()
+        self.guard.check(self.task_names, self.info, p.epoch, self.last_good)
+        if self.validated_at != p.step:
+            self._validate()
+        self._save([ckpt_io.LAST])
+        return dict(self.metrics)
+
+    def _track(self, losses: Mapping[str, torch.Tensor], jets: int) -> None:
+        if not self.task_names:
+            self.task_names = list(losses)
+        vec = torch.stack([losses[k].detach().float() for k in self.task_names])
+        self.guard.update(vec, self.state.progress.step)
+        self.meter.add(vec / self.accumulate, jets)
+
+    def _optimizer_step(self) -> None:
+        s = self.state
+        params = unwrap(s.model).parameters()
+        s.precision.step(s.optimizer, params, self.clip)
+        s.scheduler.step()
+        s.optimizer.zero_grad(set_to_none=True)
+        s.progress.step += 1
+
+    def _after_step(self, sigterm: SigtermFlag) -> bool:
+        """Logging, validation, checkpoints and stop checks after an optimizer step."""
+        p = self.state.progress
+        self.bar.update(p.step)
+        log_now = p.step % self.log_every == 0
+        if log_now:
+            self.guard.check(self.task_names, self.info, p.epoch, self.last_good)
+            self._log_train()
+        if self.val_every and p.step % self.val_every == 0:
+            self._validate()
+        if self.ckpt_every and p.step % self.ckpt_every == 0:
+            self._save([ckpt_io.LAST])
+        if self._sigterm_received(sigterm, log_now):
+            self._save([ckpt_io.LAST])
+            raise TrainingInterrupted(p.step, self.last_good)
+        return p.step >= self.stop_step
+
+    def _sigterm_received(self, sigterm: SigtermFlag, log_now: bool) -> bool:
+        if not self.info.enabled:
+            return sigterm.received
+        if not log_now:  # in DDP, agree on the flag only at log steps (one small all-reduce)
+            return False
+        flag = torch.tensor([int(sigterm.received)], device=self.info.device)
+        return bool(all_reduce_max(flag, self.info).item())
+
+    def _end_epoch(self) -> None:
+        p = self.state.progress
+        finished = p.epoch
+        p.epoch += 1
+        p.batch_in_epoch = 0
+        if self.val_every is None:
+            self._validate(epoch=finished)
+        names = [ckpt_io.LAST]
+        if self.save_every_epoch:
+            names.append(ckpt_io.epoch_name(finished))
+        self._save(names)
+
+    # -- logging, validation, checkpoints ------------------------------------------------------
+    def _log_train(self) -> None:
+        m, p = self.meter, self.state.progress
+        if m.sum is None:
+            return
+        stats = torch.cat([m.sum / m.steps, torch.tensor([float(m.jets)], device=m.sum.device)])
+        stats = all_reduce_sum(stats.double(), self.info).tolist()
+        world = self.info.world_size
+        elapsed = max(time.perf_counter() - m.t0, 1e-9)
+        per_task = {f"train/{k}_loss": v / world for k, v in zip(self.task_names, stats[:-1])}
+        out = {"train/loss": sum(per_task.values()), **per_task}
+        out["train/lr"] = self.state.scheduler.get_last_lr()[0]
+        out["train/jets_per_s"] = stats[-1] / elapsed
+        out["epoch"] = float(p.epoch)
+        self.metrics.update(out)
+        self.loggers.log_metrics(out, p.step)
+        self.bar.update(
+            p.step,
+            epoch=p.epoch,
+            loss=out["train/loss"],
+            jets_per_s=f"{out['train/jets_per_s']:.0f}",
+        )
+        m.reset()
+
+    def _validate(self, epoch: int | None = None) -> None:
+        p = self.state.progress
+        loader = self.parts.val_loader
+        if loader is None:
+            return
+        self.guard.check(self.task_names, self.info, p.epoch, self.last_good)
+        t0 = time.perf_counter()
+        vals = evaluate(
+            self.state.model,
+            loader,
+            self.state.precision,
+            self.info,
+            self.task_names,
+            self.limit_val,
+        )
+        self.validated_at = p.step
+        self.meter.t0 += time.perf_counter() - t0  # keep validation out of jets/s
+        if not vals:
+            return
+        vals["epoch"] = float(p.epoch if epoch is None else epoch)
+        self.metrics.update(vals)
+        self.loggers.log_metrics(vals, p.step)
+        if self.writer is not None:
+            self.writer.on_validation_end(int(vals["epoch"]), self.metrics)
+        value = self.metrics.get(self.monitor)
+        if value is not None and p.is_better(value, self.mode):
+            p.best, p.best_step = float(value), p.step
+            self._save([ckpt_io.BEST], update_last_good=False)
+        self._report_pruning(p.step)
+
+    def _report_pruning(self, step: int) -> None:
+        """Report to a running Optuna trial (``saltx.hpo.pruning``); may raise TrialPruned."""
+        try:
+            from saltx.hpo import pruning
+        except ImportError:
+            return
+        value = self.metrics.get(str(self.cfg.get("optimized_metric", "val/loss")))
+        if value is None:
+            return
+        try:
+            pruning.report(value, step)
+        except BaseException:
+            self._save([ckpt_io.LAST])
+            raise
+
+    def _save(self, names: list[str], update_last_good: bool = True) -> None:
+        p = self.state.progress
+        self.guard.check(self.task_names, self.info, p.epoch, self.last_good)
+        save_checkpoint(self.state, self.rundir, names, self.info)
+        if update_last_good and ckpt_io.LAST in names:
+            self.last_good = self.rundir.path(f"{ckpt_io.CKPT_DIR}/{ckpt_io.LAST}")

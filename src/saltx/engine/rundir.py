@@ -1,0 +1,174 @@
+"""Every file of a run directory goes through :class:`RunDir`.
+
+A run directory is a local folder or a remote URL (``s3://bucket/runs/GN2_...``). Writes
+are atomic in both cases:
+
+* local: the bytes go to a temporary file in the same folder, are ``fsync``-ed, and the
+  temporary file is renamed over the target with ``os.replace``. A write that dies half
+  way never replaces the previous good file;
+* remote: the complete object is written to a local temporary file first and then
+  uploaded in one ``put`` (object stores publish an object only once it is complete).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+
+from saltx.data.remote import open_any, url_to_fs  # s3:// with saltx's endpoint/retries
+
+
+def is_remote(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a URL with a scheme other than ``file://``."""
+    text = str(path)
+    return "://" in text and not text.startswith("file://")
+
+
+class RunDir:
+    """A run directory, local or remote, with atomic writes.
+
+    Parameters
+    ----------
+    root
+        Local path or URL (``s3://...``) of the run directory.
+    """
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = str(root).rstrip("/")
+        self.fs, self._root_path = url_to_fs(self.root)
+        self.remote = is_remote(self.root)
+
+    def __repr__(self) -> str:
+        return f"RunDir({self.root!r})"
+
+    # -- paths ---------------------------------------------------------------------------
+    def path(self, rel: str) -> str:
+        """Full path or URL of ``rel`` inside the run directory."""
+        return f"{self.root}/{rel}" if rel else self.root
+
+    def _fs_path(self, rel: str) -> str:
+        return f"{self._root_path}/{rel}" if rel else self._root_path
+
+    def exists(self, rel: str) -> bool:
+        """Whether ``rel`` exists in the run directory."""
+        return self.fs.exists(self._fs_path(rel))
+
+    def makedirs(self, rel: str = "") -> None:
+        """Create ``rel`` (and the run directory) when local; remote stores need no folders."""
+        if not self.remote:
+            os.makedirs(self._fs_path(rel), exist_ok=True)
+
+    # -- writing ---------------------------------------------------------------------------
+    def write_with(self, rel: str, writer: Callable[[IO[bytes]], None]) -> str:
+        """Atomically write ``rel`` by calling ``writer(binary_file)``.
+
+        Returns the full path of the written file.
+        """
+        if self.remote:
+            with tempfile.TemporaryDirectory(prefix="saltx-upload-") as tmpdir:
+                local = os.path.join(tmpdir, os.path.basename(rel))
+                with open(local, "wb") as f:
+                    writer(f)
+                self.fs.put_file(local, self._fs_path(rel))
+            return self.path(rel)
+        target = Path(self._fs_path(rel))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                writer(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        _fsync_dir(target.parent)
+        return str(target)
+
+    def write_bytes(self, rel: str, data: bytes) -> str:
+        """Atomically write ``data`` to ``rel``."""
+        return self.write_with(rel, lambda f: f.write(data))
+
+    def write_text(self, rel: str, text: str) -> str:
+        """Atomically write UTF-8 ``text`` to ``rel``."""
+        return self.write_bytes(rel, text.encode("utf-8"))
+
+    def save_torch(self, rel: str, obj: Any) -> str:
+        """Atomically ``torch.save`` ``obj`` to ``rel``."""
+        return self.write_with(rel, lambda f: torch.save(obj, f))
+
+    def append_text(self, rel: str, text: str) -> None:
+        """Append ``text`` to ``rel`` (``metrics.jsonl``, ``performance_metric.json``).
+
+        Local files are appended to and flushed; a remote object is rewritten whole with
+        the new text at its end (object stores cannot append).
+        """
+        if self.remote:
+            old = self.read_bytes(rel) if self.exists(rel) else b""
+            self.write_bytes(rel, old + text.encode("utf-8"))
+            return
+        target = Path(self._fs_path(rel))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target, "a", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+
+    def copy_in(self, src: str | os.PathLike, rel: str) -> str:
+        """Copy the file at ``src`` (local path or URL) to ``rel``."""
+        with open_any(str(src), "rb") as f:
+            data = f.read()
+        return self.write_bytes(rel, data)
+
+    # -- reading ---------------------------------------------------------------------------
+    def read_bytes(self, rel: str) -> bytes:
+        """Bytes of ``rel``."""
+        with self.fs.open(self._fs_path(rel), "rb") as f:
+            return f.read()
+
+    def read_text(self, rel: str) -> str:
+        """UTF-8 text of ``rel``."""
+        return self.read_bytes(rel).decode("utf-8")
+
+    @contextlib.contextmanager
+    def open_read(self, rel: str) -> Iterator[IO[bytes]]:
+        """Open ``rel`` for binary reading."""
+        with self.fs.open(self._fs_path(rel), "rb") as f:
+            yield f
+
+
+def load_torch(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)`` for a local path or URL."""
+    if not is_remote(path):
+        return torch.load(str(path), map_location=map_location, weights_only=True)
+    with open_any(str(path), "rb") as f:
+        data = io.BytesIO(f.read())
+    return torch.load(data, map_location=map_location, weights_only=True)
+
+
+def path_exists(path: str | os.PathLike) -> bool:
+    """Whether a local path or URL exists."""
+    fs, p = url_to_fs(str(path))
+    return fs.exists(p)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable (best effort; not all platforms can open folders)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,108 @@
+"""Export a trained run to ONNX for Athena: ``RUN/network.onnx``.
+
+``python -m saltx.export run_dir=RUN [ckpt=best|last|PATH] [name=GN2] [include_aux=true]
+[overwrite=true]``
+
+The graph takes raw features (normalisation inside), follows Athena's input/output names
+(see :mod:`saltx.onnx.export`), carries the ``gnn_config`` metadata, and is checked
+against the torch model with onnxruntime before it is put in place.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from saltx.evaluate import load_run
+from saltx.onnx.check import compare_outputs
+from saltx.onnx.export import export_layout, export_onnx, onnx_model_name
+from saltx.onnx.metadata import add_metadata, build_gnn_config
+
+ONNX_NAME = "network.onnx"
+
+
+def export(ecfg: DictConfig) -> dict[str, Any]:
+    """Export, annotate and validate; returns ``{"path", "outputs", "max_abs_diff", ...}``.
+
+    Raises
+    ------
+    FileExistsError
+        When ``RUN/network.onnx`` exists and ``overwrite`` is false.
+    """
+    run = load_run(str(ecfg.run_dir), ecfg.get("ckpt"))
+    if run.rundir.exists(ONNX_NAME) and not ecfg.get("overwrite", False):
+        raise FileExistsError(
+            f"{run.rundir.path(ONNX_NAME)} already exists; pass overwrite=true to replace it"
+        )
+    cfg = run.cfg
+    name = onnx_model_name(ecfg.get("name") or cfg.get("name", "salt"))
+    variables = OmegaConf.to_container(cfg.data.variables, resolve=True)
+    input_map = cfg.data.get("input_map") or {}
+    layout = export_layout(
+        variables, str(cfg.data.get("global_object", "jets")), input_map.get("EDGE", "tracks")
+    )
+    include_aux = bool(ecfg.get("include_aux", False))
+    tmpdir = tempfile.mkdtemp(
+        prefix=".saltx-onnx-", dir=None if run.rundir.remote else run.rundir.root
+    )
+    tmp = Path(tmpdir) / ONNX_NAME
+    try:
+        outputs = export_onnx(run.model, layout, tmp, name, include_aux=include_aux)
+        gnn_config = build_gnn_config(
+            OmegaConf.to_container(cfg, resolve=True),
+            run.metadata,
+            layout,
+            run.ckpt_path,
+            name,
+            outputs,
+            str(ecfg.get("track_selection", "r22default")),
+        )
+        add_metadata(tmp, gnn_config, doc=name)
+        val = ecfg.get("validate") or {}
+        report = compare_outputs(
+            run.model,
+            layout,
+            tmp,
+            outputs,
+            include_aux=include_aux,
+            max_constituents=int(val.get("max_constituents", 40)),
+            trials=int(val.get("trials", 3)),
+        )
+        if run.rundir.remote:
+            path = run.rundir.copy_in(str(tmp), ONNX_NAME)
+        else:
+            path = run.rundir.path(ONNX_NAME)
+            os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+        os.rmdir(tmpdir)
+    print(f"ONNX model: {path}")
+    print(f"inputs: {', '.join(layout.input_names)}  (jet_features: {layout.jet_variables})")
+    print(f"outputs: {', '.join(outputs)}")
+    print(
+        f"validated against torch on {report.n_cases} inputs (max |Δp| = {report.max_abs_diff:.2e})"
+    )
+    return {
+        "path": str(path),
+        "outputs": outputs,
+        "inputs": layout.input_names,
+        "jet_variables": layout.jet_variables,
+        "max_abs_diff": report.max_abs_diff,
+        "n_cases": report.n_cases,
+    }
+
+
+@hydra.main(config_path="conf", config_name="export", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    """Hydra entry point of ``python -m saltx.export``."""
+    export(cfg)
+
+
+if __name__ == "__main__":
+    main()

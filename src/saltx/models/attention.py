@@ -1,0 +1,560 @@
+"""Multi-head attention with pluggable kernels (scaled dot-product or GATv2) and edges.
+
+Layout: ``q, k, v`` are ``(B, H, L, Dh)``; masks are bool with True = blocked.
+
+Two formulations of a kernel's sequence reductions exist:
+
+* **exact** (CPU, eager or compiled): the score and value products are computed as
+  batched GEMMs of fixed ``BLOCK x BLOCK`` tiles (the sequence is zero-padded to a
+  multiple of ``BLOCK``), and all sums along the keys are sequential
+  (:func:`saltx.models.masking.exact_sum`). Every BLAS call then has the same shape
+  whatever the padded length, and appended padded keys add exact zeros at the end, so
+  outputs of valid constituents are bit-identical with or without extra padding;
+* **fused** (CUDA, ONNX export, or ``fused=True``):
+  ``torch.nn.functional.scaled_dot_product_attention`` where there is no edge bias/gate,
+  plain ``matmul`` otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from saltx.models.masking import (
+    build_attn_mask,
+    exact_mode,
+    exact_sum,
+    masked_softmax,
+    stable_sigmoid,
+    stable_silu,
+)
+
+__all__ = [
+    "BLOCK",
+    "GATv2Attention",
+    "MultiheadAttention",
+    "ScaledDotProductAttention",
+    "get_activation",
+    "rowwise_linear",
+]
+
+BLOCK = 16
+"""Tile size of the padding-exact attention GEMMs."""
+
+
+# --------------------------------------------------------------------------------------
+# activations
+
+
+class _StableSiLU(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return stable_silu(x)
+
+
+class _StableSigmoid(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return stable_sigmoid(x)
+
+
+class _StableMish(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        softplus = torch.relu(x) + torch.log(1.0 + torch.exp(-x.abs()))
+        return x * torch.tanh(softplus)
+
+
+_STABLE_ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "SiLU": _StableSiLU,
+    "Sigmoid": _StableSigmoid,
+    "Mish": _StableMish,
+}
+
+
+def get_activation(name: str) -> nn.Module:
+    """An activation module by its ``torch.nn`` class name (ReLU, SiLU, GELU, Mish, ...).
+
+    SiLU, Sigmoid and Mish are replaced by position-independent equivalents (see
+    :mod:`saltx.models.masking`); the others are the ``torch.nn`` classes.
+    """
+    if name in _STABLE_ACTIVATIONS:
+        return _STABLE_ACTIVATIONS[name]()
+    cls = getattr(nn, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ValueError(
+            f"Unknown activation {name!r}: expected the name of a torch.nn activation "
+            "class such as 'ReLU', 'SiLU', 'GELU' or 'Mish'."
+        )
+    return cls()
+
+
+def rowwise_linear(layer: nn.Linear, x: Tensor) -> Tensor:
+    """``layer(x)``, computed row by row when the layer has a single output.
+
+    BLAS picks different reduction orders for an ``(M, K) @ (K, 1)`` product depending
+    on ``M``; an elementwise product and a last-dimension sum do not.
+    """
+    if layer.out_features != 1:
+        return layer(x)
+    out = (x * layer.weight[0]).sum(-1, keepdim=True)
+    return out if layer.bias is None else out + layer.bias
+
+
+# --------------------------------------------------------------------------------------
+# padding-exact tiled products
+
+
+def _pad_amount(length: int) -> int:
+    """Positions to add so that ``length`` becomes a positive multiple of BLOCK."""
+    if length == 0:
+        return BLOCK
+    return (-length) % BLOCK
+
+
+def _pad_seq(x: Tensor, dim: int, pad: int, value: float | bool = 0) -> Tensor:
+    """Zero-pad (or ``value``-pad) ``x`` at the end of dimension ``dim``."""
+    if pad == 0:
+        return x
+    spec = [0, 0] * (x.dim() - 1 - (dim % x.dim())) + [0, pad]
+    return F.pad(x, spec, value=value)
+
+
+def _sum_tiles(x: Tensor, dim: int) -> Tensor:
+    """Sum over the (small) tile dimension ``dim`` in order, one tile after the other."""
+    if torch.compiler.is_compiling():
+        return exact_sum(x, dim)
+    parts = x.unbind(dim)
+    out = parts[0]
+    for part in parts[1:]:
+        out = out + part
+    return out
+
+
+def _tiles(t: Tensor, lq: int, lk: int, value: float | bool) -> Tensor:
+    """View a ``(..., Lq or 1, Lk or 1)`` tensor in the tile layout of the scores.
+
+    Pads to the tiled lengths with ``value`` and returns ``(..., nq or 1, nk, BLOCK or 1,
+    BLOCK)`` (a view of the padded tensor, no copy beyond the padding).
+    """
+    if t.shape[-1] == 1 and lk != 1:
+        t = t.expand(*t.shape[:-1], lk)
+    t = _pad_seq(t, -1, _pad_amount(lk), value)
+    nk = t.shape[-1] // BLOCK
+    if t.shape[-2] == 1:
+        return t.unflatten(-1, (nk, BLOCK)).unsqueeze(-2)
+    t = _pad_seq(t, -2, _pad_amount(lq), value)
+    nq = t.shape[-2] // BLOCK
+    return t.unflatten(-1, (nk, BLOCK)).unflatten(-3, (nq, BLOCK)).transpose(-3, -2)
+
+
+def _exact_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None,
+    scale: float,
+    bias: Tensor | None,
+    gate: Tensor | None,
+    dropout: nn.Dropout,
+    return_scores: bool,
+) -> tuple[Tensor, Tensor | None]:
+    """Padding-exact attention from fixed-shape ``BLOCK x BLOCK`` tiles.
+
+    Scores live in the tile layout ``(B, H, nq, nk, BLOCK, BLOCK)``; the softmax max is
+    taken over ``(nk, BLOCK)``; sums over keys run inside a tile in one fixed-shape GEMM
+    (the denominator as an extra all-ones column of ``v`` when there is neither gate nor
+    dropout) and then sequentially over tiles. Returns the output ``(B, H, Lq, Dh)`` and
+    the pre-softmax scores ``(B, H, Lq, Lk)`` if requested.
+    """
+    b, h, lq, dh = q.shape
+    lk = k.shape[2]
+    pq, pk = _pad_amount(lq), _pad_amount(lk)
+    nq, nk = (lq + pq) // BLOCK, (lk + pk) // BLOCK
+    qb = _pad_seq(q * scale, -2, pq).reshape(b, h, nq, 1, BLOCK, dh)
+    kb = _pad_seq(k, -2, pk).reshape(b, h, 1, nk, BLOCK, dh)
+    s = torch.matmul(qb, kb.transpose(-1, -2))  # (B,H,nq,nk,BLOCK,BLOCK)
+    if bias is not None:
+        s = s + _tiles(bias, lq, lk, 0.0)
+    if mask is None:
+        blocked = torch.arange(lk + pk, device=q.device) >= lk
+        blocked = blocked.view(nk, 1, BLOCK)
+    else:
+        blocked = _tiles(mask, lq, lk, True)
+    # Row max over (nk, BLOCK); masked entries enter exp as 0 (exp of very negative
+    # numbers takes a slow path) and are zeroed afterwards.
+    top = s.masked_fill(blocked, torch.finfo(s.dtype).min).amax(-1, keepdim=True)
+    top = top.amax(3, keepdim=True)
+    e = torch.exp((s - top).masked_fill(blocked, 0.0)).masked_fill(blocked, 0.0)
+    v = _pad_seq(v, -2, pk)
+    tiny = torch.finfo(s.dtype).tiny
+    if gate is None and not (dropout.training and dropout.p > 0):
+        v1 = torch.cat([v, v.new_ones(b, h, lk + pk, 1)], dim=-1)
+        o = _sum_tiles(torch.matmul(e, v1.reshape(b, h, 1, nk, BLOCK, dh + 1)), dim=3)
+        out = o[..., :dh] / o[..., dh:].clamp_min(tiny)
+    else:
+        denom = _sum_tiles(exact_sum(e, 5, keepdim=True), 3).unsqueeze(3)
+        w = e / denom.clamp_min(tiny)
+        if gate is not None:
+            w = w * _tiles(gate, lq, lk, 0.0)
+        w = dropout(w)
+        out = _sum_tiles(torch.matmul(w, v.reshape(b, h, 1, nk, BLOCK, dh)), dim=3)
+    out = out.reshape(b, h, nq * BLOCK, dh)[:, :, :lq]
+    scores = None
+    if return_scores:
+        scores = s.transpose(3, 4).reshape(b, h, nq * BLOCK, nk * BLOCK)[:, :, :lq, :lk]
+    return out, scores
+
+
+def _tiled_weighted_sum(w: Tensor, v: Tensor) -> Tensor:
+    """``w @ v`` from fixed-shape tiles, summing tiles sequentially.
+
+    w ``(B,H,Lq,Lk)``, v ``(B,H,Lk,Dh)`` (any lengths; zero-padded here) -> ``(B,H,Lq,Dh)``.
+    """
+    lq, lk = w.shape[-2:]
+    pq, pk = _pad_amount(lq), _pad_amount(lk)
+    w = _pad_seq(_pad_seq(w, -1, pk), -2, pq)
+    v = _pad_seq(v, -2, pk)
+    b, h, lqp, lkp = w.shape
+    dh = v.shape[-1]
+    nq, nk = lqp // BLOCK, lkp // BLOCK
+    wb = w.reshape(b, h, nq, BLOCK, nk, BLOCK).permute(0, 1, 2, 4, 3, 5)
+    vb = v.reshape(b, h, 1, nk, BLOCK, dh)
+    out = _sum_tiles(torch.matmul(wb, vb), dim=3)  # (B,H,nq,BLOCK,Dh)
+    return out.reshape(b, h, lqp, dh)[:, :, :lq]
+
+
+def _finish(
+    scores: Tensor,
+    v: Tensor,
+    mask: Tensor | None,
+    gate: Tensor | None,
+    dropout: nn.Module,
+    exact: bool,
+) -> Tensor:
+    """Masked softmax over keys, optional post-softmax gate, dropout, weighted sum."""
+    w = masked_softmax(scores, mask)
+    if gate is not None:
+        w = w * gate
+    w = dropout(w)
+    return _tiled_weighted_sum(w, v) if exact else torch.matmul(w, v)
+
+
+def _fused_sdpa(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: float, scale: float
+) -> Tensor:
+    """torch's fused SDPA; fully masked rows are unmasked for the kernel and zeroed."""
+    if mask is None:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale)
+    empty = mask.all(-1, keepdim=True)
+    keep = ~mask | empty  # torch's bool convention: True = take part
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=dropout_p, scale=scale)
+    return out.masked_fill(empty, 0.0)
+
+
+# --------------------------------------------------------------------------------------
+# kernels
+
+
+class ScaledDotProductAttention(nn.Module):
+    """Scaled dot-product attention kernel.
+
+    Parameters
+    ----------
+    num_heads : int
+        Number of heads H (kept for the kernel factory interface).
+    head_dim : int
+        Head dimension Dh.
+    dropout : float
+        Dropout on the attention probabilities (after softmax and gate). Salt applied it
+        to the logits instead; saltx uses the standard placement (and the one of the
+        fused kernel).
+    scale : float, optional
+        Multiplier of ``q @ k^T``; default ``1 / sqrt(head_dim)`` (muP uses
+        ``1 / head_dim``).
+    fused : bool, optional
+        None (default): the padding-exact formulation on CPU, fused SDPA on other devices
+        and while exporting. True: always fused where possible. False: never fused.
+    """
+
+    def __init__(
+        self,
+        num_heads: int,
+        head_dim: int,
+        dropout: float = 0.0,
+        scale: float | None = None,
+        fused: bool | None = None,
+    ) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+        self.scale = scale if scale is not None else 1.0 / math.sqrt(head_dim)
+        self.fused = fused
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        mask: Tensor | None,
+        bias: Tensor | None = None,
+        gate: Tensor | None = None,
+        return_scores: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Attend.
+
+        Parameters
+        ----------
+        q : Tensor
+            ``(B, H, Lq, Dh)``.
+        k, v : Tensor
+            ``(B, H, Lk, Dh)``.
+        mask : Tensor or None
+            Bool, True = blocked, broadcastable to ``(B, H, Lq, Lk)``, e.g. from
+            :func:`~saltx.models.masking.build_attn_mask`.
+        bias : Tensor, optional
+            ``(B, H, Lq, Lk)`` added to the scaled logits.
+        gate : Tensor, optional
+            ``(B, H, Lq, Lk)`` multiplying the post-softmax weights.
+        return_scores : bool
+            Also return the pre-softmax logits ``(B, H, Lq, Lk)`` (after bias).
+
+        Returns
+        -------
+        Tensor or tuple
+            ``(B, H, Lq, Dh)``; fully masked rows give 0.
+        """
+        plain = bias is None and gate is None and not return_scores
+        exact = exact_mode(q) if self.fused is None else not self.fused
+        if plain and not exact:
+            p = self.dropout.p if self.training else 0.0
+            return _fused_sdpa(q, k, v, mask, p, self.scale)
+        if exact:
+            out, scores = _exact_attention(
+                q, k, v, mask, self.scale, bias, gate, self.dropout, return_scores
+            )
+            return (out, scores) if return_scores else out
+        scores = torch.matmul(q, k.transpose(-1, -2)) * self.scale
+        if bias is not None:
+            scores = scores + bias
+        out = _finish(scores, v, mask, gate, self.dropout, exact)
+        return (out, scores) if return_scores else out
+
+
+class GATv2Attention(nn.Module):
+    """GATv2 attention kernel: ``s_hij = sum_d a_hd * act(q_hid + k_hjd)``.
+
+    No scaling of the logits (as in Salt). Memory: materialises ``(B, H, Lq, Lk, Dh)``.
+
+    Parameters
+    ----------
+    num_heads, head_dim : int
+        H and Dh; must match the attention module that calls the kernel.
+    activation : str
+        A ``torch.nn`` activation name (see :func:`get_activation`); Salt's default SiLU.
+    dropout : float
+        Dropout on the attention probabilities (Salt had none).
+    scale : float, optional
+        Accepted for interface compatibility and ignored (GATv2 logits are unscaled).
+    """
+
+    def __init__(
+        self,
+        num_heads: int,
+        head_dim: int,
+        activation: str = "SiLU",
+        dropout: float = 0.0,
+        scale: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+        self.act = get_activation(activation)
+        self.dropout = nn.Dropout(dropout)
+        self.a = nn.Parameter(torch.empty(num_heads, head_dim))
+        nn.init.xavier_uniform_(self.a)
+
+    def forward(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        mask: Tensor | None,
+        bias: Tensor | None = None,
+        gate: Tensor | None = None,
+        return_scores: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Attend; same arguments and shapes as :meth:`ScaledDotProductAttention.forward`.
+
+        The bias is added with its ``(B, H, Lq, Lk)`` axes (Salt added an unpermuted
+        ``(B, Lq, Lk, H)`` tensor, a latent shape bug).
+        """
+        if q.shape[1] != self.num_heads or q.shape[-1] != self.head_dim:
+            raise ValueError(
+                f"GATv2Attention was built for {self.num_heads} heads of dim "
+                f"{self.head_dim}; got q of shape {tuple(q.shape)} (B, H, L, Dh). Set "
+                "the attention's num_heads/head_dim to the encoder's."
+            )
+        hidden = self.act(q.unsqueeze(3) + k.unsqueeze(2))  # (B,H,Lq,Lk,Dh)
+        scores = (hidden * self.a[None, :, None, None, :]).sum(-1)
+        if bias is not None:
+            scores = scores + bias
+        out = _finish(scores, v, mask, gate, self.dropout, exact_mode(q))
+        return (out, scores) if return_scores else out
+
+
+# --------------------------------------------------------------------------------------
+# multi-head attention
+
+
+def _normal_(layer: nn.Linear, fan: int) -> None:
+    nn.init.normal_(layer.weight, std=fan**-0.5)
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
+
+
+class MultiheadAttention(nn.Module):
+    """Multi-head attention with separate q/k/v projections and optional edges.
+
+    Parameters
+    ----------
+    embed_dim : int
+        Query and output width; divisible by ``num_heads``.
+    num_heads : int
+        H; the head dimension is ``embed_dim // num_heads``.
+    attention : callable, optional
+        Kernel factory called as ``attention(num_heads=H, head_dim=Dh)`` (plus
+        ``scale=1/Dh`` under muP), e.g. a Hydra ``_partial_`` of
+        :class:`GATv2Attention`. None: :class:`ScaledDotProductAttention`.
+    kv_dim : int, optional
+        Width of the key/value input; default ``embed_dim``.
+    edge_embed_dim : int
+        Edge feature width De; 0 = no edges. Edges give a per-head logit bias
+        (``linear_e``) and a per-head sigmoid gate on the post-softmax weights
+        (``linear_g``).
+    update_edges : bool
+        Also return ``linear_e_out`` (H -> De) of the pre-softmax logits.
+    muP : bool
+        muP parametrisation: logits scaled by ``1/Dh`` and Salt's muP initialisation
+        (zero ``linear_q`` weights; N(0, 1/fan_in) elsewhere; zero biases).
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        attention: Callable[..., nn.Module] | None = None,
+        kv_dim: int | None = None,
+        edge_embed_dim: int = 0,
+        update_edges: bool = False,
+        muP: bool = False,
+    ) -> None:
+        super().__init__()
+        if embed_dim % num_heads:
+            raise ValueError(f"embed_dim={embed_dim} must be divisible by num_heads={num_heads}.")
+        if update_edges and not edge_embed_dim:
+            raise ValueError("update_edges=True needs edge_embed_dim > 0.")
+        kv_dim = kv_dim or embed_dim
+        self.embed_dim = embed_dim
+        self.num_heads = num_heads
+        self.head_dim = embed_dim // num_heads
+        self.edge_embed_dim = edge_embed_dim
+        self.update_edges = update_edges
+        self.muP = muP
+        self.linear_q = nn.Linear(embed_dim, embed_dim)
+        self.linear_k = nn.Linear(kv_dim, embed_dim)
+        self.linear_v = nn.Linear(kv_dim, embed_dim)
+        self.linear_out = nn.Linear(embed_dim, embed_dim)
+        if edge_embed_dim:
+            self.linear_e = nn.Linear(edge_embed_dim, num_heads)
+            self.linear_g = nn.Linear(edge_embed_dim, num_heads)
+            if update_edges:
+                self.linear_e_out = nn.Linear(num_heads, edge_embed_dim)
+        factory = attention if attention is not None else ScaledDotProductAttention
+        extra = {"scale": 1.0 / self.head_dim} if muP else {}
+        self.attention = factory(num_heads=num_heads, head_dim=self.head_dim, **extra)
+        if muP:
+            self.reset_parameters_mup()
+
+    def reset_parameters_mup(self) -> None:
+        """Salt's muP initialisation."""
+        nn.init.zeros_(self.linear_q.weight)
+        nn.init.zeros_(self.linear_q.bias)
+        _normal_(self.linear_k, self.linear_k.in_features)
+        _normal_(self.linear_v, self.linear_v.in_features)
+        _normal_(self.linear_out, self.embed_dim)
+        if self.edge_embed_dim:
+            _normal_(self.linear_e, self.edge_embed_dim)
+            _normal_(self.linear_g, self.edge_embed_dim)
+            if self.update_edges:
+                _normal_(self.linear_e_out, self.num_heads)
+
+    def _heads(self, x: Tensor) -> Tensor:
+        b, n, _ = x.shape
+        return x.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def forward(
+        self,
+        q: Tensor,
+        kv: Tensor | None = None,
+        q_mask: Tensor | None = None,
+        kv_mask: Tensor | None = None,
+        edges: Tensor | None = None,
+        attn_mask: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Attend from ``q`` to ``kv`` (self-attention when ``kv`` is None).
+
+        Parameters
+        ----------
+        q : Tensor
+            ``(B, Lq, embed_dim)``.
+        kv : Tensor, optional
+            ``(B, Lk, kv_dim)``; default ``q``.
+        q_mask, kv_mask : Tensor, optional
+            ``(B, Lq)``, ``(B, Lk)`` bool, True = padded. ``kv_mask`` defaults to
+            ``q_mask`` for self-attention. Padded queries are not blocked (their outputs
+            are finite and meaningless); queries with no valid key get a zero attention
+            output (then ``linear_out``'s bias).
+        edges : Tensor, optional
+            ``(B, Lq, Lk, edge_embed_dim)``.
+        attn_mask : Tensor, optional
+            A precomputed :func:`~saltx.models.masking.build_attn_mask`; overrides the
+            masks above (build it once per batch and share it between layers).
+
+        Returns
+        -------
+        tuple
+            ``(B, Lq, embed_dim)`` output and, with edges and ``update_edges``, the edge
+            update ``(B, Lq, Lk, edge_embed_dim)`` (else None).
+        """
+        if kv is None:
+            kv = q
+            kv_mask = q_mask if kv_mask is None else kv_mask
+        if attn_mask is None:
+            attn_mask = build_attn_mask(q_mask, kv_mask)
+        qh = self._heads(self.linear_q(q))
+        kh = self._heads(self.linear_k(kv))
+        vh = self._heads(self.linear_v(kv))
+        if edges is None:
+            out = self.attention(qh, kh, vh, attn_mask)
+            edge_out = None
+        else:
+            if not self.edge_embed_dim:
+                raise ValueError(
+                    "Edges were given to a MultiheadAttention built with edge_embed_dim=0."
+                )
+            bias = rowwise_linear(self.linear_e, edges).permute(0, 3, 1, 2)
+            gate = stable_sigmoid(rowwise_linear(self.linear_g, edges)).permute(0, 3, 1, 2)
+            if self.update_edges:
+                out, scores = self.attention(
+                    qh, kh, vh, attn_mask, bias=bias, gate=gate, return_scores=True
+                )
+                edge_out = self.linear_e_out(scores.permute(0, 2, 3, 1))
+            else:
+                out = self.attention(qh, kh, vh, attn_mask, bias=bias, gate=gate)
+                edge_out = None
+        b, lq = q.shape[:2]
+        out = out.transpose(1, 2).reshape(b, lq, self.embed_dim)
+        return self.linear_out(out), edge_out

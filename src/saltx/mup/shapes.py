@@ -1,0 +1,411 @@
+"""muP step 1: base shapes from a base and a delta model (Salt's ``setup_muP``).
+
+``python -m saltx.mup.shapes experiment=gn2_mup [key=value ...]`` (or ``make mup-shapes``)
+composes the training config, derives from its ``mup:`` block the overrides that turn it
+into the *base* and the *delta* model (the same config with the scaled dimensions set to
+``parameter_base`` / ``parameter_delta``), composes both with Hydra's compose API, builds
+the two models and writes
+
+* ``<shape_path>/storeshapes``: ``mup.make_base_shapes(base, delta)`` (yaml; ``null`` marks
+  a fixed dimension, a number the base size of a width dimension);
+* ``<shape_path>/base.yaml`` and ``<shape_path>/delta.yaml``: the two resolved configs.
+
+The same functions give the base shapes in memory (:func:`base_shapes_from_config`) for the
+coordinate check and for runs whose shape file has not been written yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, MissingMandatoryValue, OmegaConf
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+#: the dimensions a ``mup:`` block may scale (Salt supports the same two)
+DIMENSIONS = ("embed_dim", "num_heads")
+#: name of the base-shape file inside ``mup.shape_path`` (Salt's name)
+SHAPE_FILE = "storeshapes"
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+class MupConfigError(ValueError):
+    """The ``mup:`` block or the widths it asks for are not usable."""
+
+
+# -- reading the mup block ----------------------------------------------------------------
+def _get(node: Any, key: str, default: Any = None) -> Any:
+    if node is None:
+        return default
+    if isinstance(node, Mapping | DictConfig):
+        return node.get(key, default)
+    return getattr(node, key, default)
+
+
+def mup_block(cfg: Any) -> Any:
+    """The ``mup:`` block of ``cfg``; raises with a hint when it is missing."""
+    block = _get(cfg, "mup")
+    if block is None:
+        raise MupConfigError(
+            "the config has no `mup:` block; add one (e.g. `- /mup: gn2` in the experiment's "
+            "defaults, see conf/mup/gn2.yaml and docs/mup.md)"
+        )
+    return block
+
+
+def mup_dimensions(cfg: Any) -> dict[str, dict[str, Any]]:
+    """The scaled dimensions of ``cfg.mup``, validated.
+
+    Returns
+    -------
+    dict
+        ``{dim: {"apply_to": [...], "parameter_name": [...], "base": int, "delta": int}}``
+        for every dimension of :data:`DIMENSIONS` that the block sets.
+
+    Raises
+    ------
+    MupConfigError
+        If no dimension is set, lists differ in length, a value is not a positive integer,
+        or base == delta.
+    """
+    block = mup_block(cfg)
+    out: dict[str, dict[str, Any]] = {}
+    for dim in DIMENSIONS:
+        entry = _get(block, dim)
+        if entry is None:
+            continue
+        where = f"mup.{dim}"
+        apply_to = list(_get(entry, "apply_to", None) or [])
+        names = list(_get(entry, "parameter_name", None) or [])
+        if not apply_to or len(apply_to) != len(names):
+            raise MupConfigError(
+                f"{where}: apply_to {apply_to} and parameter_name {names} must be non-empty "
+                "lists of the same length (one key per config node)"
+            )
+        values = {}
+        for which in ("base", "delta"):
+            try:
+                value = _get(entry, f"parameter_{which}")
+            except MissingMandatoryValue:
+                value = None
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise MupConfigError(
+                    f"{where}.parameter_{which} must be a positive integer, got {value!r}"
+                )
+            values[which] = int(value)
+        if values["base"] == values["delta"]:
+            raise MupConfigError(
+                f"{where}: parameter_base and parameter_delta are both {values['base']}; they "
+                "must differ, since the delta model only marks which dimensions scale "
+                "(leave a dimension out of the mup block to keep it fixed)"
+            )
+        out[dim] = {"apply_to": apply_to, "parameter_name": names, **values}
+    if "embed_dim" not in out:
+        raise MupConfigError(
+            "mup.embed_dim is not set: muP needs the width dimension "
+            "(apply_to, parameter_name, parameter_base, parameter_delta)"
+        )
+    return out
+
+
+def shape_file(cfg: Any) -> Path:
+    """``<mup.shape_path>/storeshapes``."""
+    path = _get(mup_block(cfg), "shape_path")
+    if not path:
+        raise MupConfigError("mup.shape_path is not set (the folder of the base-shape file)")
+    return Path(str(path)) / SHAPE_FILE
+
+
+# -- turning dimension values into config keys -------------------------------------------
+def _find_keys(node: Any, key: str, path: str) -> list[str]:
+    """Dotted paths of ``key`` under ``node``: the node's own key, else a recursive search."""
+    if not isinstance(node, Mapping):
+        return []
+    if key in node:
+        return [f"{path}.{key}"]
+    found: list[str] = []
+    for k, child in node.items():
+        found += _find_keys(child, key, f"{path}.{k}")
+    return found
+
+
+def _resolve_node(cfg: DictConfig, apply_to: str) -> tuple[str, Any]:
+    """The config node named by ``apply_to`` (root-relative; bare names are under model)."""
+    path = str(apply_to).strip(".")
+    root = path.split(".")[0]
+    if path and root not in cfg and "model" in cfg:
+        path = f"model.{path}"
+    node = OmegaConf.select(cfg, path) if path else cfg
+    if not isinstance(node, DictConfig):
+        raise MupConfigError(
+            f"mup: apply_to {apply_to!r} does not name a config node (looked for `{path}`)"
+        )
+    return path, node
+
+
+def dimension_assignments(cfg: DictConfig, values: Mapping[str, int]) -> dict[str, Any]:
+    """Config keys to set so that the scaled dimensions take ``values``.
+
+    Parameters
+    ----------
+    cfg
+        The composed config with a ``mup:`` block.
+    values
+        ``{dim: value}`` for dimensions of the block (e.g. ``{"embed_dim": 64}``).
+
+    Returns
+    -------
+    dict[str, Any]
+        ``{dotted key: value}``; a key holding a list (``hidden_layers``) gets the value in
+        every entry.
+
+    Raises
+    ------
+    MupConfigError
+        If a ``parameter_name`` is not found under its ``apply_to`` node.
+    """
+    dims = mup_dimensions(cfg)
+    out: dict[str, Any] = {}
+    for dim, value in values.items():
+        if dim not in dims:
+            raise MupConfigError(f"mup.{dim} is not set; the block scales {sorted(dims)}")
+        entry = dims[dim]
+        for apply_to, name in zip(entry["apply_to"], entry["parameter_name"], strict=True):
+            path, node = _resolve_node(cfg, apply_to)
+            keys = _find_keys(OmegaConf.to_container(node), str(name), path)
+            if not keys:
+                raise MupConfigError(
+                    f"mup.{dim}: no key {name!r} under `{path}`; saltx derives init-net output "
+                    "sizes and the encoder width from model.embed_dim, so use apply_to: "
+                    "[model], parameter_name: [embed_dim] for the width"
+                )
+            for key in keys:
+                current = OmegaConf.select(cfg, key)
+                if isinstance(current, ListConfig | list):
+                    out[key] = [int(value)] * len(current)
+                else:
+                    out[key] = int(value)
+    return out
+
+
+def as_overrides(assignments: Mapping[str, Any]) -> list[str]:
+    """Hydra override strings (``key=value``) for :func:`dimension_assignments`."""
+    out = []
+    for key, value in assignments.items():
+        text = "[" + ",".join(str(v) for v in value) + "]" if isinstance(value, list) else value
+        out.append(f"{key}={text}")
+    return out
+
+
+def with_assignments(cfg: DictConfig, assignments: Mapping[str, Any]) -> DictConfig:
+    """A copy of ``cfg`` with ``assignments`` set (for configs not made by compose)."""
+    out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    OmegaConf.set_struct(out, False)
+    for key, value in assignments.items():
+        OmegaConf.update(out, key, value, merge=False)
+    return out
+
+
+def check_widths(cfg: Any, what: str) -> None:
+    """Raise unless ``model.embed_dim`` is a positive multiple of ``model.num_heads``."""
+    embed, heads = int(cfg.model.embed_dim), int(cfg.model.num_heads)
+    if embed <= 0 or heads <= 0 or embed % heads:
+        raise MupConfigError(
+            f"{what}: model.embed_dim={embed} is not divisible by model.num_heads={heads}; "
+            "choose widths that are multiples of the number of heads"
+        )
+
+
+def base_delta_assignments(cfg: DictConfig) -> dict[str, dict[str, Any]]:
+    """``{"base": {key: value}, "delta": {key: value}}`` from ``cfg.mup``."""
+    dims = mup_dimensions(cfg)
+    return {
+        which: dimension_assignments(cfg, {d: e[which] for d, e in dims.items()})
+        for which in ("base", "delta")
+    }
+
+
+# -- building the shape models ------------------------------------------------------------
+def _unit_norm_dict(cfg: Any) -> dict[str, dict[str, dict[str, float]]]:
+    """A norm dict with mean 0, std 1 for every variable (shapes do not depend on it)."""
+    from saltx.models.inputnorm import UNNORMALISED, norm_dataset_name
+
+    data = cfg.data
+    variables = OmegaConf.to_container(data.variables, resolve=True)
+    input_map = _get(data, "input_map")
+    input_map = OmegaConf.to_container(input_map) if OmegaConf.is_config(input_map) else input_map
+    global_object = str(_get(data, "global_object", "jets"))
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for name, names in variables.items():
+        if name in UNNORMALISED:
+            continue
+        dataset = norm_dataset_name(name, global_object, input_map)
+        out.setdefault(dataset, {}).update({v: {"mean": 0.0, "std": 1.0} for v in names})
+    return out
+
+
+def shape_model(cfg: Any) -> nn.Module:
+    """Build the model of ``cfg`` for its parameter shapes only (no data files needed).
+
+    muP is switched off (it changes initial values, not shapes, and would need the base
+    shapes this model is built to produce) and class weights are not read.
+    """
+    from saltx.models.build import build_model
+
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    OmegaConf.set_struct(cfg, False)
+    cfg.model.muP = False
+    for task in (cfg.model.get("tasks") or {}).values():
+        if isinstance(task, DictConfig):
+            task.pop("use_class_dict", None)
+            task.pop("class_weights", None)
+    return build_model(cfg, _unit_norm_dict(cfg), class_names=_class_names(cfg))
+
+
+def _class_names(cfg: Any) -> list[str]:
+    """Jet class names from the training file, else placeholders.
+
+    Class counts are fixed (non-width) dimensions, so they do not enter the base shapes.
+    """
+    from saltx.data.labels import read_class_names
+
+    try:
+        return list(read_class_names(str(cfg.data.train_file), str(cfg.data.global_object)))
+    except Exception:  # no file here: any names will do for shapes
+        return ["b", "c", "u"]
+
+
+def base_shapes_from_config(cfg: DictConfig) -> dict[str, Any]:
+    """Base shapes (``{param name: InfShape}``) from the base and delta models of ``cfg.mup``.
+
+    Equivalent to reading the file :func:`write_shapes` writes for the same config.
+    """
+    import mup
+
+    configs = {}
+    for which, assign in base_delta_assignments(cfg).items():
+        configs[which] = with_assignments(cfg, assign)
+        check_widths(configs[which], f"the {which} model")
+    return mup.make_base_shapes(shape_model(configs["base"]), shape_model(configs["delta"]))
+
+
+def write_shapes(base_cfg: DictConfig, delta_cfg: DictConfig, out_dir: str | Path) -> Path:
+    """Build both models, write ``storeshapes`` and the two configs into ``out_dir``.
+
+    Returns
+    -------
+    Path
+        The base-shape file.
+    """
+    import mup
+
+    check_widths(base_cfg, "the base model")
+    check_widths(delta_cfg, "the delta model")
+    base, delta = shape_model(base_cfg), shape_model(delta_cfg)
+    if {k: tuple(p.shape) for k, p in base.named_parameters()} == {
+        k: tuple(p.shape) for k, p in delta.named_parameters()
+    }:
+        raise MupConfigError(
+            "the base and delta models have identical parameter shapes: the mup dimensions "
+            "change nothing in the model (check apply_to / parameter_name)"
+        )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / SHAPE_FILE
+    mup.make_base_shapes(base, delta, savefile=str(path))
+    for which, c in (("base", base_cfg), ("delta", delta_cfg)):
+        OmegaConf.save(c, out / f"{which}.yaml", resolve=True)
+    return path
+
+
+# -- command line -------------------------------------------------------------------------
+def _experiment_in_defaults() -> bool:
+    """Whether ``conf/train.yaml``'s defaults list has an ``experiment`` slot."""
+    import yaml
+
+    defaults = yaml.safe_load((CONF_DIR / "train.yaml").read_text()).get("defaults") or []
+    return any(isinstance(d, Mapping) and "experiment" in d for d in defaults)
+
+
+def normalise_overrides(overrides: Sequence[str]) -> list[str]:
+    """Accept both ``experiment=x`` and ``+experiment=x``, whichever train.yaml needs."""
+    slot = _experiment_in_defaults()
+    out = []
+    for o in overrides:
+        if slot and o.startswith("+experiment="):
+            o = o[1:]
+        elif not slot and o.startswith("experiment="):
+            o = "+" + o
+        out.append(o)
+    return out
+
+
+@contextmanager
+def _config_dir():
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        yield
+        return
+    with initialize_config_dir(str(CONF_DIR), version_base=None):
+        yield
+
+
+def compose_train(overrides: Sequence[str]) -> DictConfig:
+    """Compose ``conf/train.yaml`` with ``overrides`` (Hydra's compose API)."""
+    from hydra import compose
+
+    import saltx.config  # noqa: F401  (schemas and resolvers)
+
+    with _config_dir():
+        return compose("train", overrides=normalise_overrides(overrides))
+
+
+def make_shapes(overrides: Sequence[str]) -> Path:
+    """Compose the config, its base and delta variants, and write the shape files.
+
+    Parameters
+    ----------
+    overrides
+        Hydra overrides of the training config (``experiment=gn2_mup``, ...).
+
+    Returns
+    -------
+    Path
+        ``<mup.shape_path>/storeshapes``.
+    """
+    overrides = normalise_overrides(overrides)
+    cfg = compose_train(overrides)
+    assign = base_delta_assignments(cfg)
+    base_cfg = compose_train([*overrides, *as_overrides(assign["base"])])
+    delta_cfg = compose_train([*overrides, *as_overrides(assign["delta"])])
+    return write_shapes(base_cfg, delta_cfg, shape_file(cfg).parent)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m saltx.mup.shapes experiment=gn2_mup [key=value ...]``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m saltx.mup.shapes",
+        description="Write muP base shapes (<mup.shape_path>/storeshapes) for a config.",
+    )
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=gn2_mup")
+    args = parser.parse_args(argv)
+    try:
+        path = make_shapes(args.overrides)
+    except MupConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {path} (and base.yaml, delta.yaml next to it)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,198 @@
+"""Train a tagger: ``python -m saltx.train +experiment=gn2 [key=value ...]`` (or ``saltx-train``).
+
+``train(cfg) -> dict[str, float]`` is a plain function (tests and sweepers call it);
+:func:`main` is the thin ``@hydra.main`` wrapper that returns ``cfg.optimized_metric``.
+See docs/training.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import tempfile
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+import saltx.config  # noqa: F401  (registers the schemas and resolvers)
+from saltx.engine.distributed import DistInfo, launched_by_torchrun, spawn
+from saltx.engine.loop import (
+    EXIT_CODE_SIGTERM,
+    BuildFn,
+    Components,
+    TrainingInterrupted,
+    fit,
+)
+from saltx.engine.runfiles import hydra_run_dir
+
+NORM_DICT_COPY = "norm_dict.yaml"
+CLASS_DICT_COPY = "class_dict.yaml"
+
+
+# -- building model and data from the config ----------------------------------------------
+def _file_metadata(path: str, global_object: str) -> dict[str, Any]:
+    """Available jets and UPP attributes (``unique_jets``, ``jet_counts``, ``config``)."""
+    from saltx.data.h5 import open_h5
+
+    out: dict[str, Any] = {}
+    try:
+        with open_h5(path) as f:
+            if global_object in f:
+                out["available"] = int(f[global_object].shape[0])
+            attrs = dict(f.attrs)
+            if global_object in f:
+                attrs.update({k: v for k, v in f[global_object].attrs.items() if k not in attrs})
+            for key in ("unique_jets", "jet_counts", "config"):
+                if key in attrs:
+                    value = attrs[key]
+                    if isinstance(value, bytes):
+                        value = value.decode("utf-8", "replace")
+                    if isinstance(value, str) and key != "config":
+                        with contextlib.suppress(ValueError):
+                            value = json.loads(value)
+                    out[key] = value
+    except Exception as err:  # metadata is informative only
+        out["error"] = f"could not read attributes: {err}"
+    return out
+
+
+def build(cfg: DictConfig, info: DistInfo) -> Components:
+    """Model and loaders from ``cfg`` (``saltx.models`` and ``saltx.data``)."""
+    from saltx.data.class_weights import load_class_dict
+    from saltx.data.labels import read_class_names
+    from saltx.data.loader import build_dataloader, build_datasets
+    from saltx.data.norm import load_norm_dict
+    from saltx.models.build import build_model, required_labels
+
+    data = cfg.data
+    norm_dict = load_norm_dict(data.norm_dict)
+    class_dict = load_class_dict(data.class_dict) if data.get("class_dict") else None
+    try:
+        class_names = read_class_names(data.train_file, data.global_object)
+    except Exception:  # the task config may name the classes itself
+        class_names = None
+    model = build_model(cfg, norm_dict, class_dict, class_names)
+    datasets = build_datasets(data, required_labels(cfg, "fit"), "fit", seed=int(cfg.seed))
+    common = {
+        "batch_size": int(data.batch_size),
+        "num_workers": int(data.num_workers),
+        "seed": int(cfg.seed),
+        "rank": info.rank,
+        "world_size": info.world_size,
+        "pin_memory": bool(data.get("pin_memory", False)) and info.device.type == "cuda",
+        "prefetch_factor": data.get("prefetch_factor", 2),
+    }
+    train_loader = build_dataloader(
+        datasets["train"],
+        shuffle=True,
+        drop_last=True,
+        shuffle_buffer=int(data.get("shuffle_buffer", 0)),
+        **common,
+    )
+    val_loader = build_dataloader(
+        datasets["val"], shuffle=False, drop_last=False, shuffle_buffer=0, **common
+    )
+    metadata: dict[str, Any] = {
+        "train_file": str(data.train_file),
+        "val_file": str(data.val_file),
+        "num_train": len(datasets["train"]),
+        "num_val": len(datasets["val"]),
+        "batch_size": int(data.batch_size),
+        "num_workers": int(data.num_workers),
+        "jet_classes": dict(enumerate(class_names)) if class_names else None,
+    }
+    for split in ("train", "val"):
+        for key, value in _file_metadata(str(data[f"{split}_file"]), data.global_object).items():
+            metadata[f"{key}_{split}"] = value
+    files = {NORM_DICT_COPY: str(data.norm_dict)}
+    if data.get("class_dict"):
+        files[CLASS_DICT_COPY] = str(data.class_dict)
+    return Components(model, train_loader, val_loader, metadata, files)
+
+
+# -- entry points -------------------------------------------------------------------------
+def _spawned_rank(container: dict[str, Any], build_fn: BuildFn, result_path: str) -> None:
+    """One process of a ``trainer.devices=N`` job (started by :func:`spawn`)."""
+    cfg = OmegaConf.create(container)
+    try:
+        metrics = fit(cfg, build_fn)
+    except TrainingInterrupted:
+        sys.exit(EXIT_CODE_SIGTERM)
+    if int(os.environ.get("RANK", "0")) == 0:
+        with open(result_path, "w") as f:
+            json.dump(metrics, f)
+
+
+def _train_spawned(cfg: DictConfig, build_fn: BuildFn, nprocs: int) -> dict[str, float]:
+    """Spawn ``nprocs`` ranks on this machine; returns rank 0's metrics."""
+    import torch.multiprocessing as mp
+
+    cfg = cfg.copy()
+    OmegaConf.set_struct(cfg, False)
+    cfg.paths.output_dir = hydra_run_dir(cfg)  # one run dir, fixed before the ranks start
+    container = OmegaConf.to_container(cfg, resolve=True)
+    with tempfile.TemporaryDirectory(prefix="saltx-spawn-") as tmp:
+        result = os.path.join(tmp, "metrics.json")
+        try:
+            spawn(_spawned_rank, nprocs, (container, build_fn, result))
+        except mp.ProcessExitedException as err:
+            if err.exit_code == EXIT_CODE_SIGTERM:
+                raise TrainingInterrupted(-1, None) from err
+            raise
+        with open(result) as f:
+            return json.load(f)
+
+
+def train(cfg: DictConfig, build_fn: BuildFn | None = None) -> dict[str, float]:
+    """Train from a composed config; returns the last logged metrics.
+
+    Parameters
+    ----------
+    cfg
+        The composed ``train`` config.
+    build_fn
+        ``build(cfg, info) -> Components``; default :func:`build` (saltx data and models).
+
+    Returns
+    -------
+    dict[str, float]
+        ``val/loss``, ``val/<task>_loss``, ``train/loss``, ``train/lr`` ... at the end.
+
+    Raises
+    ------
+    TrainingInterrupted
+        SIGTERM arrived; ``last.pt`` was saved.
+    NonFiniteLossError
+        A loss became NaN/inf (names the step, the tasks and the last good checkpoint).
+    """
+    build_fn = build_fn or build
+    devices = int(cfg.trainer.get("devices", 1) or 1)
+    if devices > 1 and not launched_by_torchrun():
+        return _train_spawned(cfg, build_fn, devices)
+    return fit(cfg, build_fn)
+
+
+def run(cfg: DictConfig, build_fn: BuildFn | None = None) -> float:
+    """:func:`train`, returning ``metrics[cfg.optimized_metric]``; SIGTERM exits with 143."""
+    try:
+        metrics = train(cfg, build_fn)
+    except TrainingInterrupted as stop:
+        print(f"saltx.train: {stop}; exiting with code {EXIT_CODE_SIGTERM}", flush=True)
+        sys.exit(EXIT_CODE_SIGTERM)
+    key = str(cfg.get("optimized_metric", "val/loss"))
+    if key not in metrics:
+        raise KeyError(f"optimized_metric={key!r} was never logged; logged: {sorted(metrics)}")
+    return float(metrics[key])
+
+
+@hydra.main(config_path="conf", config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> float:
+    """``python -m saltx.train``: train and return the optimised metric (for sweepers)."""
+    return run(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,184 @@
+"""ONNX export building blocks: input layout, graph-friendly vertex finder, muP folding,
+metadata round trip and CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from saltx.models.union_find import connected_components
+from saltx.onnx.check import session
+from saltx.onnx.export import (
+    export_layout,
+    feature_input_name,
+    fold_mup_readouts,
+    onnx_class_suffix,
+    onnx_model_name,
+    vertex_index,
+)
+from saltx.onnx.metadata import add_metadata, build_gnn_config, main, read_metadata
+
+
+def test_layout_gathers_global_and_parameters_from_jet_features():
+    variables = {
+        "jets": ["pt_btagJes", "eta_btagJes"],
+        "tracks": ["d0", "z0"],
+        "electrons": ["pt"],
+        "GLOBAL": ["eta_btagJes", "mass"],
+        "PARAMETERS": ["mH"],
+        "EDGE": ["dR"],
+    }
+    layout = export_layout(variables)
+    assert layout.jet_variables == ["pt_btagJes", "eta_btagJes", "mass", "mH"]
+    assert layout.gather == {"jets": [0, 1], "GLOBAL": [1, 2], "PARAMETERS": [3]}
+    assert layout.constituents == ["tracks", "electrons"]
+    assert layout.input_names == [
+        "jet_features",
+        "track_features",
+        "electron_features",
+        "edge_features",
+    ]
+    assert layout.dynamic_axes == {
+        "track_features": {0: "n_tracks"},
+        "electron_features": {0: "n_electrons"},
+        "edge_features": {0: "n_tracks"},
+    }
+
+
+def test_names():
+    assert feature_input_name("tracks") == "track_features"
+    assert onnx_model_name("GN2-v01") == "GN2_v01"
+    assert [onnx_class_suffix(c) for c in ["bjets", "cjets", "ujets", "taujets"]] == [
+        "pb",
+        "pc",
+        "pu",
+        "ptau",
+    ]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_vertex_index_matches_union_find(seed):
+    g = torch.Generator().manual_seed(seed)
+    n = 12
+    adj = torch.rand(3, n, n, generator=g) > 0.85
+    adj = adj | adj.transpose(1, 2)
+    adj = adj & ~torch.eye(n, dtype=torch.bool)
+    mask = torch.zeros(3, n, dtype=torch.bool)
+    expected = connected_components(adj, mask)
+    assert torch.equal(vertex_index(adj), expected)
+
+
+def test_vertex_index_long_chain():
+    n = 50  # a path graph needs many propagation steps
+    adj = torch.zeros(1, n, n, dtype=torch.bool)
+    idx = torch.arange(n - 1)
+    adj[0, idx, idx + 1] = True
+    adj[0, idx + 1, idx] = True
+    assert torch.equal(vertex_index(adj), torch.zeros(1, n, dtype=torch.long))
+
+
+class _FakeInfShape:
+    def __init__(self, mult: float) -> None:
+        self.mult = mult
+
+    def width_mult(self) -> float:
+        return self.mult
+
+
+def test_fold_mup_readouts_keeps_outputs():
+    mup = pytest.importorskip("mup")
+    torch.manual_seed(0)
+    readout = mup.MuReadout(8, 3, output_mult=2.0)
+    readout.weight.infshape = _FakeInfShape(4.0)
+    model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), readout)
+    x = torch.randn(7, 5)
+    before = model(x)
+    fold_mup_readouts(model)
+    assert type(model[2]) is nn.Linear
+    torch.testing.assert_close(model(x), before)
+
+
+def test_fold_mup_needs_width_mult():
+    mup = pytest.importorskip("mup")
+    model = nn.Sequential(mup.MuReadout(4, 2))
+    with pytest.raises(ValueError, match="infshape"):
+        fold_mup_readouts(model)
+    x = torch.randn(3, 4)
+    expected = nn.functional.linear(x / 2.0, model[0].weight, model[0].bias)
+    fold_mup_readouts(model, width_mult=2.0)
+    torch.testing.assert_close(model(x), expected)
+
+
+def _tiny_onnx(path):
+    class M(nn.Module):
+        def forward(self, jet, trk):
+            return (jet.sum(-1) + trk.sum()).sigmoid()
+
+    torch.onnx.export(
+        M(),
+        (torch.rand(1, 2), torch.rand(3, 2)),
+        str(path),
+        dynamo=False,
+        input_names=["jet_features", "track_features"],
+        output_names=["GN2_pb"],
+        dynamic_axes={"track_features": {0: "n_tracks"}},
+    )
+
+
+def test_metadata_round_trip_and_cli(tmp_path, capsys):
+    path = tmp_path / "network.onnx"
+    _tiny_onnx(path)
+    layout = export_layout({"jets": ["pt_btagJes", "eta_btagJes"], "tracks": ["d0", "z0"]})
+    cfg = build_gnn_config(
+        {"name": "GN2", "data": {"batch_size": 3}},
+        {"jet_classes": {0: "bjets"}},
+        layout,
+        "run/checkpoints/best.pt",
+        "GN2",
+        ["GN2_pb"],
+    )
+    add_metadata(path, cfg, doc="GN2")
+    meta = read_metadata(path)
+    assert meta["inputs"][0]["name"] == "jet_var"
+    assert [v["name"] for v in meta["inputs"][0]["variables"]] == ["pt", "eta"]
+    assert {v["offset"] for v in meta["inputs"][0]["variables"]} == {0.0}
+    assert {v["scale"] for v in meta["inputs"][0]["variables"]} == {1.0}
+    assert meta["input_sequences"][0]["name"] == "tracks_r22default_sd0sort"
+    assert [v["name"] for v in meta["input_sequences"][0]["variables"]] == ["d0", "z0"]
+    assert meta["config.yaml"]["name"] == "GN2"
+    assert meta["onnx_model_version"] == "v1"
+    assert meta["layers"] == [] and meta["nodes"] == []
+    model = onnx.load(str(path))
+    assert model.doc_string == "GN2"
+    assert [p.key for p in model.metadata_props] == ["gnn_config"]
+    # the annotated model still runs
+    out = session(path).run(
+        None,
+        {
+            "jet_features": np.ones((1, 2), np.float32),
+            "track_features": np.ones((0, 2), np.float32),
+        },
+    )
+    assert out[0].shape == (1,)
+
+    main([str(path)])
+    text = capsys.readouterr().out
+    assert text.startswith("Printing config for model: 'GN2' and key: 'gnn_config'")
+    assert json.loads(text.split("\n", 1)[1])["model_name"] == "GN2"
+
+
+def test_metadata_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        read_metadata(tmp_path / "missing.onnx")
+    path = tmp_path / "n.onnx"
+    _tiny_onnx(path)
+    with pytest.raises(KeyError, match="gnn_config"):
+        read_metadata(path)
+    layout = export_layout({"jets": ["pt"], "tracks": ["d0"]})
+    with pytest.raises(ValueError, match="track_selection"):
+        build_gnn_config({}, {}, layout, "c.pt", "GN2", ["GN2_pb"], track_selection="bogus")
