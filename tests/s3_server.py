@@ -1,9 +1,12 @@
 """A real S3 endpoint on loopback for tests: moto's server behind a TCP proxy.
 
-Import the fixture into a test module (``tests/`` is put on ``sys.path`` first when it is
-not a package)::
+Use it from a test module (``tests/conftest.py`` puts ``tests/`` on ``sys.path``)::
 
-    from s3_server import S3Endpoint, s3_endpoint  # noqa: F401  (pytest fixture)
+    import s3_server
+
+    s3_endpoint = s3_server.s3_endpoint  # pytest fixture
+
+or ask for it everywhere with ``pytest_plugins = ["s3_server"]`` in ``tests/conftest.py``.
 
 ``s3_endpoint`` starts ``moto.server.ThreadedMotoServer`` on ``127.0.0.1`` and a free port,
 puts a small TCP proxy in front of it (so that a test can cut every connection at once, like
@@ -222,7 +225,7 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "src" / "saltx" / "conf"
 
 #: a few optimizer steps of the demo model on tiny batches
 QUICK_TRAIN = (
-    "experiment=demo",
+    "+experiment=demo",
     "data.batch_size=50",
     "trainer.max_epochs=1",
     "trainer.max_steps=2",

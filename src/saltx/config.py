@@ -38,7 +38,7 @@ class DataConfig:
     pin_memory: bool = False
     prefetch_factor: int = 2
     # Salt's `config_S3` block (download-first or direct S3 reads); secrets are redacted on save
-    config_S3: dict[str, Any] | None = None
+    config_S3: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -85,6 +85,7 @@ class TrainerConfig:
     progress_bar: bool = True
     ddp_timeout_s: int = 600
     find_unused_parameters: bool = False
+    peak_tflops: float | None = None
     performance_writer: dict[str, Any] = field(
         default_factory=lambda: {
             "enabled": True,
@@ -120,13 +121,14 @@ class MupDimConfig:
 
     ``apply_to[i]`` is a config node (``model``, ``model.init_nets``; a bare ``init_nets``
     means ``model.init_nets``) and ``parameter_name[i]`` the key set under it (found
-    recursively). The base and delta models get ``parameter_base`` / ``parameter_delta``.
+    recursively). The base and delta models get ``parameter_base`` / ``parameter_delta``;
+    both null = the dimension does not scale.
     """
 
     apply_to: list[str] = field(default_factory=lambda: ["model"])
     parameter_name: list[str] = field(default_factory=lambda: ["embed_dim"])
-    parameter_base: int = MISSING
-    parameter_delta: int = MISSING
+    parameter_base: int | None = None
+    parameter_delta: int | None = None
 
 
 @dataclass
@@ -139,6 +141,7 @@ class MupCoordCheckConfig:
     batch_size: int = 64
     seeds: int = 2
     out_dir: str = "mup_coord_check"
+    device: str = "auto"
 
 
 @dataclass
@@ -146,8 +149,10 @@ class MupConfig:
     """The ``mup:`` block (Salt's ``muP_config``): base-shape file and scaled dimensions."""
 
     shape_path: str = MISSING
-    embed_dim: MupDimConfig | None = None
-    num_heads: MupDimConfig | None = None
+    embed_dim: MupDimConfig | None = field(default_factory=MupDimConfig)
+    num_heads: MupDimConfig | None = field(
+        default_factory=lambda: MupDimConfig(apply_to=["model"], parameter_name=["num_heads"])
+    )
     coord_check: MupCoordCheckConfig = field(default_factory=MupCoordCheckConfig)
 
 

@@ -231,6 +231,9 @@ def load_run(run_dir: str, ckpt: str | None = None) -> LoadedRun:
     if not isinstance(state, dict) or "model" not in state:
         raise ValueError(f"{ckpt_path} is not a saltx checkpoint (a dict with a 'model' key)")
     weights = {k.removeprefix("module."): v for k, v in state["model"].items()}
+    # buffers the model no longer saves (non-persistent, e.g. class weights) are ignored
+    transient = {n for n, _ in model.named_buffers()} - set(model.state_dict())
+    weights = {k: v for k, v in weights.items() if k not in transient}
     _check_state_dict(model, weights, ckpt_path)
     model.load_state_dict(weights)
     model.eval()
@@ -264,12 +267,9 @@ def metric_labels(model: nn.Module, cfg: DictConfig, test_file: str) -> dict[str
                 continue
             ds = _dataset_name(cfg, task.input_name)
             have = set(f[ds].dtype.names or []) if ds in f else set()
-            fields = [task.label]
-            if task.kind == "classification" and getattr(task, "sample_weight", None):
-                fields = [task.label]
-            for fld in fields:
-                if fld in have and fld not in labels.setdefault(task.input_name, []):
-                    labels[task.input_name].append(fld)
+            fld = task.label
+            if fld in have and fld not in labels.setdefault(task.input_name, []):
+                labels[task.input_name].append(fld)
     return {k: v for k, v in labels.items() if v}
 
 
@@ -434,7 +434,7 @@ def print_summary(result: Mapping[str, Any], model_name: str) -> None:
         console.print(f"{name}: accuracy {m['accuracy']:.4f} on {m['n_tracks']} tracks")
     for name, m in result.get("vertexing", {}).items():
         p, r = m["pair_precision"], m["pair_recall"]
-        console.print(f"{name}: pair precision {p}, pair recall {r}")
+        console.print(f"{name}: pair precision {p:.4f}, pair recall {r:.4f}")
     console.print(f"predictions: {result['predictions']}")
     console.print(f"metrics: {result['metrics_file']}")
     for png in result.get("plots", []):
@@ -445,6 +445,125 @@ def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def _field_list(value: Any) -> list[str] | None:
+    return None if value is None else [str(v) for v in value]
+
+
+def write_predictions(
+    model: nn.Module,
+    loader: Any,
+    spec: Any,
+    cfg: DictConfig,
+    ecfg: DictConfig,
+    out_path: Path,
+    n_jets: int,
+    device: torch.device,
+    class_names: list[str] | None,
+) -> MetricState:
+    """Run the model over ``loader`` and stream the predictions h5 to ``out_path``.
+
+    The file appears under its final name only when every batch was written; on any
+    error the temporary file is removed.
+
+    Returns
+    -------
+    MetricState
+        The running metric sums over the test set.
+    """
+    from saltx.data.h5 import open_h5
+
+    test_file = str(cfg.data.test_file)
+    g = str(cfg.data.get("global_object", "jets"))
+    writer = H5Appender(out_path, chunk_rows=min(int(cfg.data.batch_size), 10_000))
+    state = MetricState()
+    try:
+        with open_h5(test_file) as f, torch.inference_mode():
+            jets_ds = f[_dataset_name(cfg, g)]
+            jet_fields = select_fields(
+                jets_ds,
+                _field_list(ecfg.get("jet_fields")),
+                f"jet_fields ({test_file}:{jets_ds.name})",
+            )
+            const_ds = {}
+            if ecfg.get("write_tracks", False):
+                for inp in spec.constituent_fields:
+                    ds = f[_dataset_name(cfg, inp)]
+                    fields = select_fields(
+                        ds,
+                        _field_list(ecfg.get("track_fields")),
+                        f"track_fields ({test_file}:{ds.name})",
+                    )
+                    const_ds[inp] = (ds, fields)
+            start = 0
+            for batch in loader:
+                on_device = batch.to(device)
+                preds, _ = model(on_device.inputs, on_device.masks)
+                outputs = task_outputs(model.tasks, preds, on_device)
+                stop = start + batch.num_jets
+                rows = read_rows(jets_ds, jet_fields, start, stop)
+                writer.append("jets", join_fields(rows, jet_columns(spec, outputs)))
+                for inp, (ds, fields) in const_ds.items():
+                    mask = batch.masks[inp].numpy()
+                    cols = constituent_columns(spec, inp, outputs, mask, ds.shape[1])
+                    writer.append(inp, join_fields(read_rows(ds, fields, start, stop), cols))
+                state.update(model, outputs, batch, spec.jet_classification_task)
+                start = stop
+            if start != n_jets:
+                raise RuntimeError(f"evaluated {start} jets but the test set has {n_jets}")
+        if class_names:
+            writer.set_attr("jets", "flavour_label", class_names)
+        writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    return state
+
+
+def read_reference_taggers(
+    cfg: DictConfig, model_name: str, n_jets: int
+) -> dict[str, dict[str, np.ndarray]]:
+    """``{prefix: {bjets: pb, cjets: pc, ujets: pu}}`` of the test file's reference taggers."""
+    from saltx.data.h5 import open_h5
+
+    out: dict[str, dict[str, np.ndarray]] = {}
+    with open_h5(str(cfg.data.test_file)) as f:
+        jets_ds = f[_dataset_name(cfg, str(cfg.data.get("global_object", "jets")))]
+        for ref in reference_taggers(list(jets_ds.dtype.names or []), model_name):
+            cols = jets_ds.fields([f"{ref}_pb", f"{ref}_pc", f"{ref}_pu"])[:n_jets]
+            out[ref] = {c: cols[f"{ref}_{M.prob_suffix(c)}"] for c in ("bjets", "cjets", "ujets")}
+    return out
+
+
+def track_metrics(state: MetricState) -> dict[str, Any]:
+    """Track-origin accuracy and vertexing pair precision/recall from the running sums."""
+    origin = {
+        n: {"accuracy": c / t if t else float("nan"), "n_tracks": t}
+        for n, (c, t) in state.origin.items()
+    }
+    vertexing = {}
+    for n, (tp, fp, fn) in state.vertex.items():
+        p, r = M.precision_recall(tp, fp, fn)
+        vertexing[n] = {"pair_precision": p, "pair_recall": r, "tp": tp, "fp": fp, "fn": fn}
+    return {"track_origin": origin, "vertexing": vertexing}
+
+
+def _prepare_config(run: LoadedRun, ecfg: DictConfig) -> str:
+    """Apply the ``data.*``/``batch_size`` overrides; return the checked test file."""
+    cfg = run.cfg
+    overrides = {k: v for k, v in (ecfg.get("data") or {}).items() if v is not None}
+    with open_dict(cfg):
+        cfg.data.update(overrides)
+        if ecfg.get("batch_size"):
+            cfg.data.batch_size = int(ecfg.batch_size)
+    test_file = cfg.data.get("test_file")
+    if not test_file:
+        raise ValueError("no test file: the run's config has none; pass data.test_file=...")
+    if not path_exists(str(test_file)):
+        raise FileNotFoundError(f"test file not found: '{test_file}'")
+    check_class_names(run.model, cfg, str(test_file))
+    return str(test_file)
 
 
 def evaluate(ecfg: DictConfig) -> dict[str, Any]:
@@ -458,26 +577,15 @@ def evaluate(ecfg: DictConfig) -> dict[str, Any]:
     from saltx.data.loader import build_dataloader, build_datasets
 
     run = load_run(str(ecfg.run_dir), ecfg.get("ckpt"))
+    test_file = _prepare_config(run, ecfg)
     cfg, model = run.cfg, run.model
-    overrides = {k: v for k, v in (ecfg.get("data") or {}).items() if v is not None}
-    with open_dict(cfg):
-        cfg.data.update(overrides)
-        if ecfg.get("batch_size"):
-            cfg.data.batch_size = int(ecfg.batch_size)
-    test_file = cfg.data.get("test_file")
-    if not test_file:
-        raise ValueError("no test file: the run's config has none; pass data.test_file=...")
-    test_file = str(test_file)
-    if not path_exists(test_file):
-        raise FileNotFoundError(f"test file not found: '{test_file}'")
-    check_class_names(model, cfg, test_file)
     device = _device(str(ecfg.get("device", "cpu")))
     model.to(device)
-    g = str(cfg.data.get("global_object", "jets"))
     model_name = str(cfg.get("name", "salt"))
-    spec = output_spec(model.tasks, model_name, g)
+    spec = output_spec(model.tasks, model_name, str(cfg.data.get("global_object", "jets")))
     labels = metric_labels(model, cfg, test_file)
     dataset = build_datasets(cfg.data, labels, "test", seed=int(cfg.get("seed", 0)))["test"]
+    n_jets = len(dataset)
     loader = build_dataloader(
         dataset,
         batch_size=int(cfg.data.batch_size),
@@ -485,76 +593,19 @@ def evaluate(ecfg: DictConfig) -> dict[str, Any]:
         drop_last=False,
         num_workers=int(cfg.data.get("num_workers", 0)),
     )
-    n_jets = len(dataset)
-
-    from saltx.data.h5 import open_h5
-
     rel = f"predictions/{prediction_file_name(run.ckpt_stem, test_file)}"
-    out_path = (
-        Path(run.rundir._fs_path(rel))
-        if not run.rundir.remote
-        else Path(tempfile.mkdtemp(prefix="saltx-eval-")) / Path(rel).name
-    )
-    writer = H5Appender(out_path, chunk_rows=min(int(cfg.data.batch_size), 10_000))
-    state = MetricState()
-    write_tracks = bool(ecfg.get("write_tracks", False))
-    jet_fields_cfg = ecfg.get("jet_fields")
-    track_fields_cfg = ecfg.get("track_fields")
-    ref_cols: dict[str, dict[str, np.ndarray]] = {}
+    if run.rundir.remote:  # written locally, then uploaded in one piece
+        out_path = Path(tempfile.mkdtemp(prefix="saltx-eval-")) / Path(rel).name
+    else:
+        out_path = Path(run.rundir._fs_path(rel))
     try:
-        with open_h5(test_file) as f, torch.inference_mode():
-            jets_ds = f[_dataset_name(cfg, g)]
-            jet_fields = select_fields(
-                jets_ds,
-                None if jet_fields_cfg is None else list(jet_fields_cfg),
-                f"jet_fields ({test_file}:{jets_ds.name})",
-            )
-            const_ds = {}
-            if write_tracks:
-                for inp in spec.constituent_fields:
-                    ds = f[_dataset_name(cfg, inp)]
-                    flds = select_fields(
-                        ds,
-                        None if track_fields_cfg is None else list(track_fields_cfg),
-                        f"track_fields ({test_file}:{ds.name})",
-                    )
-                    const_ds[inp] = (ds, flds)
-            start = 0
-            for batch in loader:
-                batch = batch.to(device)
-                preds, _ = model(batch.inputs, batch.masks)
-                cpu_batch = batch.to("cpu")
-                outputs = task_outputs(model.tasks, preds, cpu_batch)
-                stop = start + cpu_batch.num_jets
-                rows = read_rows(jets_ds, jet_fields, start, stop)
-                writer.append("jets", join_fields(rows, jet_columns(spec, outputs)))
-                for inp, (ds, flds) in const_ds.items():
-                    mask = cpu_batch.masks[inp].numpy()
-                    cols = constituent_columns(spec, inp, outputs, mask, ds.shape[1])
-                    writer.append(inp, join_fields(read_rows(ds, flds, start, stop), cols))
-                state.update(model, outputs, cpu_batch, spec.jet_classification_task)
-                start = stop
-            if start != n_jets:
-                raise RuntimeError(f"evaluated {start} jets but the test set has {n_jets}")
-            refs = reference_taggers(list(jets_ds.dtype.names or []), model_name)
-            for ref in refs:
-                cols = jets_ds.fields([f"{ref}_pb", f"{ref}_pc", f"{ref}_pu"])[:n_jets]
-                ref_cols[ref] = {
-                    c: cols[f"{ref}_{M.prob_suffix(c)}"] for c in ("bjets", "cjets", "ujets")
-                }
-        if run.class_names:
-            writer.set_attr("jets", "flavour_label", run.class_names)
-        writer.commit()
-    except BaseException:
-        writer.abort()
-        raise
+        state = write_predictions(
+            model, loader, spec, cfg, ecfg, out_path, n_jets, device, run.class_names
+        )
     finally:
         dataset.close()
-    pred_path = str(out_path)
-    if run.rundir.remote:
-        pred_path = run.rundir.copy_in(str(out_path), rel)
+    pred_path = run.rundir.copy_in(str(out_path), rel) if run.rundir.remote else str(out_path)
 
-    out_dir = Path(out_path).parent
     result: dict[str, Any] = {
         "run_dir": run.rundir.root,
         "checkpoint": run.ckpt_path,
@@ -571,30 +622,15 @@ def evaluate(ecfg: DictConfig) -> dict[str, Any]:
         idx = np.concatenate(state.truth)
         truth = np.where(idx >= 0, np.asarray(names, dtype=object)[idx.clip(0)], "")
         taggers = {model_name: {c: probs[:, i] for i, c in enumerate(names)}}
-        taggers.update(ref_cols)
-        flav, pngs = flavour_metrics(taggers, truth, ecfg, out_dir, model_name)
+        taggers.update(read_reference_taggers(cfg, model_name, n_jets))
+        flav, pngs = flavour_metrics(taggers, truth, ecfg, out_path.parent, model_name)
         result.update(flav)
-    result["track_origin"] = {
-        n: {"accuracy": c / t if t else float("nan"), "n_tracks": t}
-        for n, (c, t) in state.origin.items()
-    }
-    result["vertexing"] = {}
-    for n, (tp, fp, fn) in state.vertex.items():
-        p, r = M.precision_recall(tp, fp, fn)
-        result["vertexing"][n] = {
-            "pair_precision": p,
-            "pair_recall": r,
-            "tp": tp,
-            "fp": fp,
-            "fn": fn,
-        }
-    result["plots"] = pngs
-    metrics_rel = "predictions/metrics.json"
-    text = json.dumps(_finite(result), indent=2)
-    result["metrics_file"] = run.rundir.write_text(metrics_rel, text + "\n")
+    result.update(track_metrics(state))
     if run.rundir.remote:
-        for png in pngs:
-            run.rundir.copy_in(png, f"predictions/{Path(png).name}")
+        pngs = [run.rundir.copy_in(png, f"predictions/{Path(png).name}") for png in pngs]
+    result["plots"] = pngs
+    text = json.dumps(_finite(result), indent=2)
+    result["metrics_file"] = run.rundir.write_text("predictions/metrics.json", text + "\n")
     print_summary(result, model_name)
     return result
 

@@ -73,7 +73,7 @@ def demo_run(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     out = tmp_path_factory.mktemp("eval") / "run"
     cfg = compose_cfg(
         "train",
-        "experiment=demo",
+        "+experiment=demo",
         *TINY,
         "trainer.max_epochs=1",
         "trainer.max_steps=4",
@@ -216,7 +216,7 @@ def test_export_with_aux_matches_padded_evaluation(demo_run: Path, capsys) -> No
 def test_export_gn2emu_has_one_input_per_constituent_type(
     synthetic_dir: Path, tmp_path: Path
 ) -> None:
-    run = make_run_dir(synthetic_dir, tmp_path / "emu", "experiment=gn2emu")
+    run = make_run_dir(synthetic_dir, tmp_path / "emu", "+experiment=gn2emu")
     result = export(compose_cfg("export", f"run_dir={run}", "include_aux=true", *QUICK))
     assert result["inputs"] == ["jet_features", "track_features", "electron_features"]
     # GLOBAL (soft-muon) variables follow the jet variables in jet_features
@@ -245,7 +245,7 @@ def test_export_gn2emu_has_one_input_per_constituent_type(
 
 
 def test_export_parameterised_model(synthetic_dir: Path, tmp_path: Path) -> None:
-    run = make_run_dir(synthetic_dir, tmp_path / "param", "experiment=gn2_param")
+    run = make_run_dir(synthetic_dir, tmp_path / "param", "+experiment=gn2_param")
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     params = cfg["data"]["variables"]["PARAMETERS"]
     result = export(compose_cfg("export", f"run_dir={run}", *QUICK))
@@ -299,3 +299,23 @@ def test_class_list_that_does_not_match_the_head(tmp_path: Path, synthetic_dir: 
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
     with pytest.raises(ValueError, match=r"4 classes .* 3 outputs"):
         export(compose_cfg("export", f"run_dir={run}"))
+
+
+def test_write_tracks_with_truncated_inputs(tmp_path: Path, synthetic_dir: Path) -> None:
+    run = make_run_dir(
+        synthetic_dir, tmp_path / "run", "+experiment=demo", "+data.num_inputs.tracks=10"
+    )
+    evaluate(
+        compose_cfg(
+            "evaluate", f"run_dir={run}", "write_tracks=true", "plots=false", "track_fields=[valid]"
+        )
+    )
+    with h5py.File(run / "predictions" / "last__test_test.h5") as f:
+        tracks = f["tracks"][:]
+    # the file's 40 slots are kept; slots the model did not see are padded in the outputs
+    assert tracks.shape == (N_TEST, 40)
+    assert tracks.dtype.names[:2] == ("valid", "demo_pPileup")
+    assert tracks["mask"][:, 10:].all()
+    assert (tracks["VertexIndex"][:, 10:] == -1).all()
+    assert (tracks["demo_pFake"][:, 10:] == 0).all()
+    np.testing.assert_array_equal(tracks["mask"][:, :10], ~tracks["valid"][:, :10])

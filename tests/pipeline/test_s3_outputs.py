@@ -123,7 +123,7 @@ def test_download_first_then_rerun_skips(
     argv = [
         "download",
         "--no-progress",
-        "experiment=demo",
+        "+experiment=demo",
         "data.train_file=/data/train.h5",
         "data.val_file=/data/val.h5",
         "data.norm_dict=/data/norm_dict.yaml",

@@ -1,4 +1,4 @@
-"""The real thing: ``python -m saltx.train experiment=demo hparams_search=demo_optuna``.
+"""The real thing: ``python -m saltx.train +experiment=demo hparams_search=demo_optuna``.
 
 Two trials of the demo model on a tiny synthetic dataset, through the engine's training
 loop (which reports ``val/loss`` after each validation for pruning).
@@ -22,7 +22,7 @@ def test_demo_optuna_sweep_trains_each_trial_in_its_own_run_dir(tmp_path, tiny_d
     files = tiny_data(n_jets={"train": 200, "val": 100, "test": 100}, n_tracks=10, n_electrons=4)
     sweep_dir = tmp_path / "sweep"
     cmd = [
-        sys.executable, "-m", "saltx.train", "experiment=demo", "hparams_search=demo_optuna",
+        sys.executable, "-m", "saltx.train", "+experiment=demo", "hparams_search=demo_optuna",
         f"paths.data_dir={files['train'].parent}", f"paths.log_dir={tmp_path / 'logs'}",
         f"hydra.sweep.dir={sweep_dir}", "hydra.sweeper.n_trials=2", "data.batch_size=50",
     ]  # fmt: skip

@@ -22,7 +22,7 @@ from saltx.train import train
 CONF_DIR = str(Path(saltx.__file__).resolve().parent / "conf")
 KATIB_REGEX = r"([\w|-]+)\s*=\s*([+-]?\d*(\.\d+)?([Ee][+-]?\d+)?)"
 TINY = (
-    "experiment=demo",
+    "+experiment=demo",
     "model.embed_dim=16",
     "model.num_heads=2",
     "model.out_dim=16",

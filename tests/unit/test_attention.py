@@ -7,6 +7,7 @@ from functools import partial
 import pytest
 import torch
 
+from saltx.models import attention
 from saltx.models.attention import (
     GATv2Attention,
     MultiheadAttention,
@@ -31,6 +32,13 @@ def _one_thread():
     torch.manual_seed(0)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(params=[8, 64], ids=["tile8", "tile64"])
+def tile(request, monkeypatch):
+    """Attention tile size: small tiles exercise the multi-tile code path on tiny inputs."""
+    monkeypatch.setattr(attention, "BLOCK", request.param)
+    return request.param
 
 
 def _mask(b: int, n: int) -> torch.Tensor:
@@ -131,7 +139,7 @@ def _naive_sdpa(q, k, v, mask, scale, bias=None, gate=None):
 
 @pytest.mark.parametrize("fused", [None, True, False])
 @pytest.mark.parametrize("lq,lk", [(5, 5), (1, 23), (17, 3), (33, 40)])
-def test_sdpa_kernel_matches_naive(fused, lq, lk):
+def test_sdpa_kernel_matches_naive(fused, lq, lk, tile):
     b, h, dh = 3, 2, 8
     q, k, v = torch.randn(b, h, lq, dh), torch.randn(b, h, lk, dh), torch.randn(b, h, lk, dh)
     mask = build_attn_mask(None, _mask(b, lk))
@@ -180,7 +188,7 @@ def _naive_gatv2(q, k, v, mask, a, act, bias=None, gate=None):
 
 
 @pytest.mark.parametrize("activation", ["SiLU", "LeakyReLU"])
-def test_gatv2_matches_naive_loop(activation):
+def test_gatv2_matches_naive_loop(activation, tile):
     b, h, lq, lk, dh = 3, 2, 4, 5, 3
     q, k, v = torch.randn(b, h, lq, dh), torch.randn(b, h, lk, dh), torch.randn(b, h, lk, dh)
     mask = build_attn_mask(None, _mask(b, lk))
@@ -287,7 +295,7 @@ def test_mha_gatv2_factory_and_mup():
 
 
 @pytest.mark.parametrize("kernel", ["sdpa", "gatv2"])
-def test_mha_padding_invariance_bitwise(kernel):
+def test_mha_padding_invariance_bitwise(kernel, tile):
     b, n, p, d, h, de = 3, 6, 11, 8, 2, 4
     att = partial(GATv2Attention) if kernel == "gatv2" else None
     mha = MultiheadAttention(d, h, attention=att, edge_embed_dim=de, update_edges=True)

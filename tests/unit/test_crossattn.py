@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from saltx.models import attention
 from saltx.models.crossattn import TransformerCrossAttentionEncoder
 
 
@@ -16,6 +17,13 @@ def _one_thread():
     torch.manual_seed(0)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(params=[8, 64], ids=["tile8", "tile64"])
+def tile(request, monkeypatch):
+    """Attention tile size: small tiles exercise the multi-tile code path on tiny inputs."""
+    monkeypatch.setattr(attention, "BLOCK", request.param)
+    return request.param
 
 
 NAMES = ["tracks", "electrons", "muons"]
@@ -70,7 +78,7 @@ def test_layers_are_sequential():
 
 @pytest.mark.parametrize("ca_every_layer", [False, True])
 @pytest.mark.parametrize("pads", [(1, 2, 3), (11, 0, 20)])
-def test_padding_invariance_bitwise(ca_every_layer, pads):
+def test_padding_invariance_bitwise(ca_every_layer, pads, tile):
     enc = TransformerCrossAttentionEncoder(
         NAMES, 8, 3, 2, activation="SiLU", context_dim=2, ca_every_layer=ca_every_layer
     ).eval()

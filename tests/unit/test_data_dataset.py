@@ -174,6 +174,8 @@ def test_parameters_test_stage_and_checks(h5file):
             {"jets": ["pt_btagJes"], "PARAMETERS": ["mass", "weight"]},
             parameters={"weight": PARAMS["mass"], "mass": PARAMS["mass"]},
         )
+    with pytest.raises(DataError, match=r"data\.parameters\.mass\.test is needed"):
+        JetDataset(h5file, variables, parameters={"mass": {"train": [1.0]}}, stage="test")
     with pytest.raises(DataError, match=r"prob"):
         JetDataset(h5file, variables, parameters={"mass": {"train": [1, 2], "prob": [1.0]}})
 
@@ -291,3 +293,41 @@ def test_electrons_and_stage_check(h5file, arrays):
     )
     with pytest.raises(DataError, match=r"stage"):
         JetDataset(h5file, VARS, stage="train")
+
+
+def test_raw_reads_and_converting_fallback_agree(tmp_path, arrays):
+    from saltx.data.h5 import LazyH5
+
+    fast = write_h5(tmp_path / "fast.h5", arrays)
+    swapped = arrays["tracks"].astype(
+        [(n, arrays["tracks"].dtype[n].newbyteorder(">")) for n in arrays["tracks"].dtype.names]
+    )  # big-endian fields: HDF5 must convert, so the reader takes read_direct
+    slow = write_h5(tmp_path / "slow.h5", {**arrays, "tracks": swapped})
+    assert LazyH5(fast).reader("tracks").raw and LazyH5(fast).reader("jets").raw
+    assert not LazyH5(slow).reader("tracks").raw
+    labels = {"tracks": ["ftagTruthOriginLabel"]}
+    a = JetDataset(fast, VARS, labels=labels)[3:17]
+    b = JetDataset(slow, VARS, labels=labels)[3:17]
+    assert torch.equal(a.inputs["tracks"], b.inputs["tracks"])
+    assert torch.equal(a.masks["tracks"], b.masks["tracks"])
+    for path in (fast, slow):  # reading only the first 3 constituents gives the same values
+        cut = JetDataset(path, VARS, labels=labels, num_inputs={"tracks": 3})
+        assert cut._read_cols == {"jets": None, "tracks": 3}
+        c = cut[3:17]
+        assert torch.equal(c.inputs["tracks"], a.inputs["tracks"][:, :3])
+        assert torch.equal(
+            c.labels["tracks"]["ftagTruthOriginLabel"],
+            a.labels["tracks"]["ftagTruthOriginLabel"][:, :3],
+        )
+    assert torch.equal(
+        a.labels["tracks"]["ftagTruthOriginLabel"], b.labels["tracks"]["ftagTruthOriginLabel"]
+    )
+
+
+def test_gather_with_valid_zeroes_padding(arrays):
+    buf = arrays["tracks"]
+    runs = _field_runs(buf.dtype, ["d0", "pt", "numberOfPixelHits"])
+    out = gather_fields(buf, runs, 3, valid=buf["valid"])
+    naive = np.stack([buf[n].astype(np.float32) for n in ["d0", "pt", "numberOfPixelHits"]], -1)
+    naive[~buf["valid"]] = 0
+    np.testing.assert_array_equal(out, naive)

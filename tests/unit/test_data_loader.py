@@ -183,6 +183,8 @@ def test_shared_slots_match_default_transport_and_survive_early_breaks(h5file):
     plain = build_dataloader(dataset(h5file), shared_slots=False, **kw)
     slots = build_dataloader(dataset(h5file), **kw)
     assert plain.slots is None and slots.slots is not None
+    assert isinstance(slots.jet_dataset, JetDataset) and isinstance(plain.jet_dataset, JetDataset)
+    assert len(slots.dataset) == 103
     for epoch in range(3):
         plain.set_epoch(epoch)
         slots.set_epoch(epoch)
@@ -198,6 +200,7 @@ def test_shared_slots_match_default_transport_and_survive_early_breaks(h5file):
             )
         first = next(iter(slots))  # abandoned iterations must not leak slots or batches
         for i, held in enumerate(slots):
+            assert held.num_jets == 10
             if i == 2:
                 break
         assert jet_ids(first) == a[0][0]
@@ -208,3 +211,36 @@ def test_shared_slots_match_default_transport_and_survive_early_breaks(h5file):
     gc.collect()
     free = sorted(slots.slots.free.get(timeout=5) for _ in range(2 * 2 + 4))
     assert free == list(range(8))  # every slot is back once its batches are dropped
+
+
+def test_reads_the_synthetic_generator_files(synthetic_dir):
+    """The data layer reads saltx.data.synthetic's files with GN2's inputs, edges and dicts."""
+    from saltx.data.class_weights import load_class_dict
+    from saltx.data.labels import read_class_names
+    from saltx.data.norm import check_norm_dict, load_norm_dict
+
+    conf = Path(__file__).parents[2] / "src" / "saltx" / "conf" / "data" / "variables"
+    variables = dict(OmegaConf.to_container(OmegaConf.load(conf / "gn2.yaml")))
+    variables["EDGE"] = ["dR", "kt", "z", "subjetIndex", "isSelfLoop"]
+    labels = {"jets": ["flavour_label"], "tracks": ["ftagTruthOriginLabel", "ftagTruthVertexIndex"]}
+    ds = JetDataset(synthetic_dir / "train.h5", variables, labels=labels)
+    batch = next(iter(build_dataloader(ds, batch_size=100, shuffle=True, drop_last=True)))
+    assert batch.inputs["tracks"].shape == (100, 40, 19)
+    assert batch.inputs["EDGE"].shape == (100, 40, 4)
+    assert torch.isfinite(batch.inputs["tracks"]).all()
+    check_norm_dict(load_norm_dict(str(synthetic_dir / "norm_dict.yaml")), variables)
+    assert "flavour_label" in load_class_dict(str(synthetic_dir / "class_dict.yaml"))["jets"]
+    assert len(read_class_names(synthetic_dir / "train.h5")) == 4
+
+
+def test_worker_errors_reach_the_main_process(tmp_path):
+    arrays = make_arrays(n_jets=40, n_tracks=4)
+    arrays["tracks"]["d0"][25, 0] = np.nan  # jet 25, a valid slot
+    path = write_h5(tmp_path / "nan.h5", arrays)
+    ds = JetDataset(path, {"tracks": ["d0"]})
+    loader = build_dataloader(ds, batch_size=10, shuffle=False, drop_last=False, num_workers=1)
+    with pytest.raises(DataError, match=r"'d0' at jet index 25"):
+        list(loader)
+    ok = JetDataset(path, {"tracks": ["d0"]}, non_finite_to_num=True)
+    loader = build_dataloader(ok, batch_size=10, shuffle=False, drop_last=False, num_workers=1)
+    assert [b.num_jets for b in loader] == [10, 10, 10, 10]

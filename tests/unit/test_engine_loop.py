@@ -127,6 +127,8 @@ def toy_build(cfg, info: DistInfo) -> Components:
     """A build function: toy model + in-memory loaders sharded by rank."""
     toy = cfg.get("toy") or {}
     x, label, target = toy_data(int(toy.get("n_train", 64)), seed=1)
+    repeat = int(toy.get("repeat", 1))  # the same jets again: one small set to overfit
+    x, label, target = x.repeat(repeat, 1), label.repeat(repeat), target.repeat(repeat)
     if toy.get("nan_target_at") is not None:  # poison one jet's target
         target[int(toy["nan_target_at"])] = float("nan")
     vx, vlabel, vtarget = toy_data(int(toy.get("n_val", 40)), seed=2)
@@ -181,8 +183,8 @@ def read_jsonl(path: Path) -> list[dict]:
 def test_overfits_small_batch(tmp_path: Path) -> None:
     cfg = make_cfg(
         tmp_path / "run",
-        "toy={n_train: 16, dropout: 0.0}",
-        "trainer.max_epochs=150",
+        "toy={n_train: 16, repeat: 150, dropout: 0.0, shuffle: false}",
+        "trainer.max_epochs=1",
         "trainer.log_every_n_steps=10",
         "lrs.max=3e-2",
         "trainer.performance_writer.std_out=false",
@@ -388,3 +390,30 @@ def test_resume_never_starts_fresh(tmp_path: Path) -> None:
     assert torch.load(tmp_path / "run/checkpoints/last.pt")["state"]["step"] == 3
     meta = yaml.safe_load((tmp_path / "run/metadata.yaml").read_text())
     assert meta["resumed_from"] is None
+
+
+def test_fp16_step_saves_scaler_state(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path / "run", "trainer.precision=fp16", "trainer.max_steps=2")
+    metrics = train(cfg, toy_build)
+    assert math.isfinite(metrics["val/loss"])
+    ckpt = torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=True)
+    assert ckpt["scaler"]["scale"] > 0  # the GradScaler state is in the checkpoint
+
+
+def test_gradient_clipping_and_accumulation_run(tmp_path: Path) -> None:
+    cfg = make_cfg(
+        tmp_path / "run",
+        "trainer.gradient_clip_val=0.01",
+        "trainer.accumulate_grad_batches=3",  # 4 batches/epoch: steps after batch 3 and 4
+        "trainer.max_epochs=1",
+    )
+    train(cfg, toy_build)
+    ckpt = torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=True)
+    assert ckpt["state"]["step"] == 2 and ckpt["state"]["epoch"] == 1
+
+
+def test_mfu_is_logged_with_a_peak(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path / "run", "trainer.peak_tflops=0.001", "trainer.max_steps=4")
+    train(cfg, toy_build)
+    logs = [r for r in read_jsonl(tmp_path / "run/metrics.jsonl") if "train/loss" in r]
+    assert all(0 < r["train/mfu"] for r in logs)

@@ -189,7 +189,7 @@ def test_gn2_preset_translates_to_a_valid_experiment(tmp_path):
 
 
 def test_demo_preset_with_a_median_pruner_gets_medianstop():
-    manifest = katib.main(["hparams_search=demo_optuna", "experiment=demo", "out=/dev/null"])
+    manifest = katib.main(["hparams_search=demo_optuna", "+experiment=demo", "out=/dev/null"])
     check_manifest(manifest)
     assert manifest["spec"]["algorithm"] == {
         "algorithmName": "random",

@@ -266,7 +266,7 @@ def test_plugin_is_discovered_from_the_namespace_package():
 def test_preset_parameters_are_keys_of_the_training_config(preset):
     from saltx.hpo.katib import compose_train_config
 
-    cfg = compose_train_config([f"hparams_search={preset}", "experiment=demo"])
+    cfg = compose_train_config([f"hparams_search={preset}", "+experiment=demo"])
     sweeper = cfg.hydra.sweeper
     assert sweeper._target_.endswith("SaltxOptunaSweeper")
     assert cfg.optimized_metric == "val/loss"

@@ -42,13 +42,13 @@ def test_short_keys_map_to_the_mup_block():
 
 def test_mup_activations_stay_width_independent_and_sp_grows(synthetic_dir, tmp_path):
     cfg = compose_train(tiny(synthetic_dir))
-    result = coord_check(cfg, WIDTHS, steps=3, lr=0.02, batch_size=32, seeds=2)
+    result = coord_check(cfg, WIDTHS, steps=4, lr=0.01, batch_size=32, seeds=2)
     assert result["layers"][:3] == ["init_nets.tracks", "encoder.layers.0", "encoder.layers.1"]
     assert "encoder.final_linear" in result["layers"]
     for param in ("muP", "SP"):
         for layer in result["layers"]:
             assert set(result["sizes"][param][layer]) == {str(w) for w in WIDTHS}
-            assert all(len(v) == 4 for v in result["sizes"][param][layer].values())
+            assert all(len(v) == 5 for v in result["sizes"][param][layer].values())
     mup_spread = width_spread(result, "muP")
     sp_growth = width_growth(result, "SP")
     # after a few steps at a large lr: muP within a factor 2 across widths, for every layer

@@ -130,3 +130,16 @@ def test_missing_mup_block_is_explained():
     cfg = compose_train(["experiment=gn2"])
     with pytest.raises(MupConfigError, match="no `mup:` block"):
         base_delta_assignments(cfg)
+
+
+def test_num_heads_dimension_scales_heads_with_the_width(tmp_path):
+    heads = ["mup.num_heads.parameter_base=2", "mup.num_heads.parameter_delta=4"]
+    path = make_shapes(tiny_overrides(tmp_path, *heads))
+    base = OmegaConf.load(path.parent / "base.yaml")
+    delta = OmegaConf.load(path.parent / "delta.yaml")
+    assert (base.model.num_heads, delta.model.num_heads) == (2, 4)
+    assert (base.model.embed_dim, delta.model.embed_dim) == (16, 32)
+    with pytest.raises(MupConfigError, match="not divisible"):
+        make_shapes(tiny_overrides(tmp_path, heads[0], "mup.num_heads.parameter_delta=3"))
+    with pytest.raises(MupConfigError, match="parameter_delta must be a positive integer"):
+        make_shapes(tiny_overrides(tmp_path, heads[0]))

@@ -7,6 +7,7 @@ from functools import partial
 import pytest
 import torch
 
+from saltx.models import attention
 from saltx.models.attention import GATv2Attention
 from saltx.models.pooling import CrossAttentionPooling, GlobalAttentionPooling
 
@@ -19,6 +20,13 @@ def _one_thread():
     torch.manual_seed(0)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(params=[8, 64], ids=["tile8", "tile64"])
+def tile(request, monkeypatch):
+    """Attention tile size: small tiles exercise the multi-tile code path on tiny inputs."""
+    monkeypatch.setattr(attention, "BLOCK", request.param)
+    return request.param
 
 
 def _mask(b: int, n: int) -> torch.Tensor:
@@ -71,7 +79,7 @@ def test_gap_parameters_and_weighted_sum():
 
 @pytest.mark.parametrize("name", list(POOLINGS))
 @pytest.mark.parametrize("b,n,p", [(4, 6, 9), (3, 17, 1), (4, 2, 33)])
-def test_padding_invariance_bitwise(name, b, n, p):
+def test_padding_invariance_bitwise(name, b, n, p, tile):
     pool = _make(name)
     x = {"tracks": torch.randn(b, n, 8), "electrons": torch.randn(b, 3, 8)}
     masks = {"tracks": _mask(b, n), "electrons": _mask(b, 3)}

@@ -8,6 +8,7 @@ from functools import partial
 import pytest
 import torch
 
+from saltx.models import attention
 from saltx.models.attention import GATv2Attention, ScaledDotProductAttention
 from saltx.models.transformer import FeedForward, TransformerEncoder, TransformerEncoderLayer
 
@@ -20,6 +21,13 @@ def _one_thread():
     torch.manual_seed(0)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(params=[8, 64], ids=["tile8", "tile64"])
+def tile(request, monkeypatch):
+    """Attention tile size: small tiles exercise the multi-tile code path on tiny inputs."""
+    monkeypatch.setattr(attention, "BLOCK", request.param)
+    return request.param
 
 
 def _nparams(module: torch.nn.Module) -> int:
@@ -81,7 +89,7 @@ ENCODERS = {
 
 @pytest.mark.parametrize("name", list(ENCODERS))
 @pytest.mark.parametrize("b,n,p", [(4, 6, 9), (3, 17, 1), (4, 3, 30)])
-def test_padding_invariance_bitwise(name, b, n, p):
+def test_padding_invariance_bitwise(name, b, n, p, tile):
     kwargs = ENCODERS[name]
     enc = TransformerEncoder(8, 2, 2, **kwargs).eval()
     x = torch.randn(b, n, 8)
@@ -103,7 +111,7 @@ def test_padding_invariance_bitwise(name, b, n, p):
 
 @pytest.mark.parametrize("n,p_tracks,p_electrons", [(5, 3, 6), (14, 9, 1), (20, 13, 17)])
 @pytest.mark.parametrize("with_edges", [False, True])
-def test_padding_invariance_bitwise_two_inputs(n, p_tracks, p_electrons, with_edges):
+def test_padding_invariance_bitwise_two_inputs(n, p_tracks, p_electrons, with_edges, tile):
     """Padding appended to the first type lands mid-sequence, crossing attention tiles."""
     enc = TransformerEncoder(8, 2, 2, edge_embed_dim=4, update_edges=True).eval()
     x = {"tracks": torch.randn(3, n, 8), "electrons": torch.randn(3, 4, 8)}
@@ -124,7 +132,9 @@ def test_padding_invariance_bitwise_two_inputs(n, p_tracks, p_electrons, with_ed
         assert torch.equal(out[key][valid], outp[key][:, :n][valid])
 
 
-def test_permutation_equivariance():
+def test_permutation_equivariance(
+    tile,
+):
     enc = TransformerEncoder(8, 2, 2, edge_embed_dim=4, update_edges=True).eval()
     b, n = 3, 7
     x, mask, edges = torch.randn(b, n, 8), _mask(b, n), torch.randn(b, n, n, 4)

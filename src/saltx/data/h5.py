@@ -95,11 +95,16 @@ def open_h5(source: H5Source) -> h5py.File:
     except FileNotFoundError as err:
         raise DataError(f"h5 file not found: '{name}'") from err
     try:
-        return h5py.File(fobj, "r")
+        f = h5py.File(fobj, "r")
     except OSError as err:
+        if fobj is not source:
+            fobj.close()
         raise DataError(
             f"cannot read h5 file '{name}': not a valid HDF5 file or truncated/corrupt ({err})"
         ) from err
+    if fobj is not source:
+        f.saltx_owned_fileobj = fobj  # closed with the file by LazyH5.close
+    return f
 
 
 def _same_layout(ds: h5py.Dataset) -> bool:
@@ -153,11 +158,16 @@ class RowReader:
         return all(ref[n].tobytes() == raw[n].tobytes() for n in ref.dtype.names)
 
     def read(self, buf: np.ndarray, start: int) -> None:
-        """Fill ``buf`` (dtype ``ds.dtype``, C-contiguous) from row ``start`` on."""
+        """Fill ``buf`` (dtype ``ds.dtype``, C-contiguous) from row ``start`` on.
+
+        ``buf`` may hold fewer constituents than stored (``(B, n)`` of ``(N, T)``): the
+        first ``n`` of each row are read.
+        """
         if self.raw:
             self._raw_read(buf, start)
         else:
-            self.ds.read_direct(buf, np.s_[start : start + len(buf)])
+            rows = (slice(start, start + len(buf)), *(slice(0, n) for n in buf.shape[1:]))
+            self.ds.read_direct(buf, rows)
 
 
 class LazyH5:
@@ -199,7 +209,10 @@ class LazyH5:
     def close(self) -> None:
         """Close the handle if this process opened it."""
         if self._file is not None and self._pid == os.getpid():
+            owned = getattr(self._file, "saltx_owned_fileobj", None)
             self._file.close()
+            if owned is not None:
+                owned.close()
         self._file = None
         self._pid = None
         self._readers = {}

@@ -34,7 +34,7 @@ Spec = tuple  # ("slot", offset, shape, dtype str) or ("array", np.ndarray)
 
 
 class SlotBatch(NamedTuple):
-    """A batch a worker wrote into shared slot ``slot``; the loader copies it out."""
+    """A batch a worker wrote into shared slot ``slot`` (offsets, shapes, dtypes of its arrays)."""
 
     slot: int
     inputs: dict[str, Spec]
@@ -169,6 +169,11 @@ class BatchLoader(DataLoader):
     sampler: SliceSampler
     slots: SharedSlots | None = None
     _active: Iterator[Batch] | None = None
+
+    @property
+    def jet_dataset(self) -> JetDataset:
+        """The :class:`JetDataset` read (``dataset`` may be its shared-memory wrapper)."""
+        return self.dataset.dataset if isinstance(self.dataset, SlotReader) else self.dataset
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Select the epoch's batch order; skip the first ``start_batch`` batches."""

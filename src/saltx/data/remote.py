@@ -27,8 +27,8 @@ Tuning (environment variables, read when a file system is created):
 ``SALTX_S3_RETRIES`` / ``SALTX_S3_TIMEOUT_S``
     attempts per request and connect/read timeout in seconds (defaults 5 and 60).
 
-Command line: ``saltx-s3-download experiment=gn2 data.config_S3.bucket=...`` or
-``python -m saltx.data.remote download experiment=...`` downloads the files of a composed
+Command line: ``saltx-s3-download +experiment=gn2 data.config_S3.bucket=...`` or
+``python -m saltx.data.remote download +experiment=...`` downloads the files of a composed
 train config and prints the overrides that point a run at the local copies.
 """
 
@@ -548,9 +548,12 @@ def download(
             os.fsync(dst.fileno())
         if written != info["size"]:
             raise RemoteError(f"downloading {_where(url)}: got {written} of {info['size']} bytes")
-        if info.get("etag"):
-            _etag_sidecar(target).write_text(info["etag"] + "\n")
         os.replace(tmp, target)
+        sidecar = _etag_sidecar(target)
+        if info.get("etag"):  # recorded after the rename: a stale record only re-downloads
+            sidecar.write_text(info["etag"] + "\n")
+        else:
+            sidecar.unlink(missing_ok=True)
     except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -582,8 +585,8 @@ def download_many(
     Raises
     ------
     RemoteError
-        The first failure (other downloads are finished or abandoned; none leaves a
-        partial file under its final name).
+        The first failure (downloads not yet started are cancelled; none leaves a partial
+        file under its final name).
     """
     infos = [(url, Path(local), remote_info(url)) for url, local in jobs]
     results = [
@@ -591,6 +594,10 @@ def download_many(
         for url, local, info in infos
     ]
     todo = [(res, info) for res, (_, _, info) in zip(results, infos) if not res.skipped]
+    if show_progress:
+        for res in results:
+            if res.skipped:
+                print(f"{res.local}: complete, not downloaded again", file=sys.stderr)
     if not todo:
         return results
     from rich.progress import (
@@ -624,8 +631,13 @@ def download_many(
 
         with ThreadPoolExecutor(max_workers=max(1, max_workers)) as pool:
             futures = [pool.submit(run, res, info) for res, info in todo]
-            for future in futures:
-                future.result()
+            try:
+                for future in futures:
+                    future.result()
+            except BaseException:
+                for future in futures:
+                    future.cancel()  # not started yet: skip; running ones finish or fail
+                raise
     return results
 
 
@@ -877,7 +889,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--write-paths", default=None, help="also write {data key: local path} as JSON here"
     )
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=gn2")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. +experiment=gn2")
     args = parser.parse_intermixed_args(list(sys.argv[1:] if argv is None else argv))
     overrides = list(args.overrides)
     if overrides and overrides[0] == "download":

@@ -1,7 +1,7 @@
 """Experiment loggers: ``metrics.jsonl`` always, plus ``logger=none|wandb|tensorboard``.
 
 Only rank 0 logs. Metric names: ``train/loss``, ``train/<task>_loss``, ``train/lr``,
-``train/jets_per_s``, ``val/loss``, ``val/<task>_loss``.
+``train/jets_per_s``, ``train/mfu`` (GPUs), ``val/loss``, ``val/<task>_loss``.
 """
 
 from __future__ import annotations

@@ -35,10 +35,12 @@ from saltx.engine.distributed import (
     all_reduce_max,
     all_reduce_sum,
     barrier,
+    broadcast_object,
     cleanup,
     setup_distributed,
     unwrap,
 )
+from saltx.engine.flops import FlopCounter, peak_flops
 from saltx.engine.loggers import LoggerGroup, build_loggers
 from saltx.engine.precision import Precision, enable_tf32
 from saltx.engine.progress import ProgressBar, count_parameters, print_model_summary
@@ -385,8 +387,11 @@ def run(cfg: DictConfig, build: BuildFn, info: DistInfo) -> dict[str, float]:
     state = TrainState(model, optimizer, scheduler, precision, config)
     seed_everything(rank_seed(int(cfg.seed), info.rank))
 
-    # resume
-    resume_from = ckpt_io.find_resume_checkpoint(cfg.get("ckpt_path"), tcfg.resume, rundir)
+    # resume (rank 0 decides, so every rank loads the same file)
+    resume_from = None
+    if info.is_main:
+        resume_from = ckpt_io.find_resume_checkpoint(cfg.get("ckpt_path"), tcfg.resume, rundir)
+    resume_from = broadcast_object(resume_from, info)
     if resume_from is not None:
         state.load_state_dict(
             ckpt_io.load_checkpoint(resume_from, map_location=info.device), rank=info.rank
@@ -476,6 +481,9 @@ class _Loop:
         self.save_every_epoch = bool(t.get("save_every_epoch", False))
         self.guard = NonFiniteGuard(info.device)
         self.meter = LossMeter()
+        self.peak_flops = peak_flops(info.device, state.precision.name, t.get("peak_tflops"))
+        self.flops_per_batch: int | None = None
+        self.count_flops = self.peak_flops is not None and not t.get("compile", False)
         self.task_names: list[str] = []
         self.metrics: dict[str, float] = {}
         self.last_good = last_good
@@ -495,7 +503,12 @@ class _Loop:
                 p.batch_in_epoch += 1
                 micro += 1
                 boundary = micro == self.accumulate or p.batch_in_epoch >= self.batches_per_epoch
-                losses = train_step(model, batch, self.state.precision, self.accumulate, boundary)
+                with self._flop_counter() as counter:
+                    losses = train_step(
+                        model, batch, self.state.precision, self.accumulate, boundary
+                    )
+                if counter is not None:
+                    self.flops_per_batch = counter.total
                 self._track(losses, batch.num_jets)
                 if not boundary:
                     continue
@@ -510,6 +523,15 @@ class _Loop:
             self._validate()
         self._save([ckpt_io.LAST])
         return dict(self.metrics)
+
+    @contextlib.contextmanager
+    def _flop_counter(self) -> Iterator[FlopCounter | None]:
+        """Count FLOPs of the first training batch (for MFU) when a peak is known."""
+        if not self.count_flops or self.flops_per_batch is not None:
+            yield None
+            return
+        with FlopCounter() as counter:
+            yield counter
 
     def _track(self, losses: Mapping[str, torch.Tensor], jets: int) -> None:
         if not self.task_names:
@@ -576,6 +598,8 @@ class _Loop:
         out = {"train/loss": sum(per_task.values()), **per_task}
         out["train/lr"] = self.state.scheduler.get_last_lr()[0]
         out["train/jets_per_s"] = stats[-1] / elapsed
+        if self.flops_per_batch and self.peak_flops:
+            out["train/mfu"] = self.flops_per_batch * m.steps / elapsed / self.peak_flops
         out["epoch"] = float(p.epoch)
         self.metrics.update(out)
         self.loggers.log_metrics(out, p.step)

@@ -128,6 +128,19 @@ class RunDir:
             data = f.read()
         return self.write_bytes(rel, data)
 
+    def upload_tree(self, local_dir: str | os.PathLike, rel: str) -> None:
+        """Copy every file under the local folder ``local_dir`` to ``rel/...``.
+
+        For loggers that can only write to a local folder (TensorBoard, W&B offline) when
+        the run directory is remote; a local run directory needs no copy.
+        """
+        base = Path(local_dir)
+        if not self.remote or not base.is_dir():
+            return
+        for file in sorted(p for p in base.rglob("*") if p.is_file()):
+            dest = f"{rel}/{file.relative_to(base).as_posix()}"
+            self.fs.put_file(str(file), self._fs_path(dest))
+
     # -- reading ---------------------------------------------------------------------------
     def read_bytes(self, rel: str) -> bytes:
         """Bytes of ``rel``."""

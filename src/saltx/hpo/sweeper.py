@@ -258,6 +258,11 @@ class OptunaSweeperImpl:
             self.n_jobs,
         )
         log.info("search space: %s; fixed: %s", space.distributions, space.fixed)
+        if not space.params and custom is None:
+            log.warning(
+                "the search space is empty (no hydra.sweeper.params, no sweep override on the "
+                "command line): every trial runs the same configuration"
+            )
 
         # a grid has a fixed number of points: never ask for more (Optuna would repeat them)
         n_trials = min(self.n_trials, _grid_size(self.sampler, space, sampler))

@@ -103,10 +103,14 @@ def masked_softmax(x: Tensor, mask: Tensor | None, dim: int = -1) -> Tensor:
         mask = torch.zeros((), dtype=torch.bool, device=x.device)
     elif mask.dim() < x.dim():
         mask = mask.view(mask.shape[:1] + (1,) * (x.dim() - mask.dim()) + mask.shape[1:])
-    # A finite fill keeps fully masked rows free of inf - inf = NaN (also in backward);
-    # masked entries enter exp as 0 (no overflow, no slow underflow path), then are zeroed.
-    top = x.masked_fill(mask, torch.finfo(x.dtype).min).amax(dim, keepdim=True)
-    e = torch.exp((x - top).masked_fill(mask, 0.0)).masked_fill(mask, 0.0)
+    # The max over valid entries is a constant for autograd (softmax is shift invariant);
+    # the finite fill keeps fully masked rows free of inf - inf = NaN. Shifted logits are
+    # clamped into [-80, 0]: masked entries cannot overflow (they are zeroed after exp),
+    # and exp never takes its slow denormal path (e^-80 ~ 2e-35 is below the float
+    # resolution next to the max's weight 1).
+    with torch.no_grad():
+        top = x.masked_fill(mask, torch.finfo(x.dtype).min).amax(dim, keepdim=True)
+    e = torch.exp((x - top).clamp(-80.0, 0.0)).masked_fill(mask, 0.0)
     denom = exact_sum(e, dim, keepdim=True)
     return e / denom.clamp_min(torch.finfo(x.dtype).tiny)
 

@@ -1,6 +1,6 @@
 """Coordinate check: activation sizes per layer against width, under muP and SP.
 
-``python -m saltx.mup.coord_check experiment=gn2_mup widths=[64,128,256,512] [steps=5]
+``python -m saltx.mup.coord_check +experiment=gn2_mup widths=[64,128,256,512] [steps=5]
 [lr=0.01] [batch_size=64] [seeds=2] [out_dir=mup_coord_check] [key=value ...]``
 
 For every width (``model.embed_dim`` and every other key of ``mup.embed_dim``) and both
@@ -41,7 +41,7 @@ from saltx.mup.shapes import (
 )
 
 PARAMETRISATIONS = ("muP", "SP")
-SHORT_KEYS = ("widths", "steps", "lr", "batch_size", "seeds", "out_dir")
+SHORT_KEYS = ("widths", "steps", "lr", "batch_size", "seeds", "out_dir", "device")
 
 
 def tracked_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -136,38 +136,58 @@ def build_from_config(cfg: DictConfig) -> nn.Module:
     return build_model(cfg, load_norm_dict(data.norm_dict), class_dict, class_names)
 
 
-def model_and_optimizer(
-    cfg: DictConfig, width: int, muP: bool, lr: float, seed: int
-) -> tuple[nn.Module, torch.optim.Optimizer]:
-    """The model of ``cfg`` at ``width`` and its optimizer (MuAdamW under muP, else AdamW).
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto``: the first GPU if there is one, else the CPU."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
 
-    Weight decay is off; the learning rate is constant (no schedule).
+
+def model_and_optimizer(
+    cfg: DictConfig,
+    width: int,
+    muP: bool,
+    lr: float,
+    seed: int,
+    device: str | torch.device = "cpu",
+) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """The model of ``cfg`` at ``width`` on ``device`` and its optimizer.
+
+    MuAdamW under muP, else AdamW; weight decay off; constant learning rate (no schedule).
     """
     wcfg = width_config(cfg, width, muP)
     torch.manual_seed(seed)
     model = build_from_config(wcfg)
+    if muP and not getattr(model, "mup_applied", False):
+        apply_mup(model, wcfg)
+    model.to(resolve_device(device))  # in place: the parameters keep their infshape
     if muP:
-        if not getattr(model, "mup_applied", False):
-            apply_mup(model, wcfg)
         return model, mup.MuAdamW(model.parameters(), lr=lr, weight_decay=0.0)
     return model, torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
 
 
 def run_width(
-    cfg: DictConfig, width: int, muP: bool, batches: Sequence[Any], lr: float, seed: int
+    cfg: DictConfig,
+    width: int,
+    muP: bool,
+    batches: Sequence[Any],
+    lr: float,
+    seed: int,
+    device: str | torch.device = "cpu",
 ) -> dict[str, list[float]]:
     """Train one model for ``len(batches)`` steps; ``{layer: [size at forward t]}``.
 
     There are ``len(batches) + 1`` forwards: one before each step and one after the last.
     Under muP the base shapes come from ``cfg.mup.shape_path``.
     """
-    model, optimizer = model_and_optimizer(cfg, width, muP, lr, seed)
+    device = resolve_device(device)
+    model, optimizer = model_and_optimizer(cfg, width, muP, lr, seed, device)
     model.train()
     recorder = _Recorder(tracked_layers(model))
     sizes: dict[str, list[float]] = {}
     try:
         for t in range(len(batches) + 1):
-            batch = batches[min(t, len(batches) - 1)]
+            batch = batches[min(t, len(batches) - 1)].to(device)
             recorder.values.clear()
             _, losses = model(batch.inputs, batch.masks, batch.labels)
             for name, value in recorder.values.items():
@@ -200,13 +220,14 @@ def coord_check(
     batch_size: int = 64,
     seeds: int = 2,
     parametrisations: Sequence[str] = PARAMETRISATIONS,
+    device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
     """Activation sizes per parametrisation, layer, width and step (averaged over seeds).
 
     Parameters
     ----------
     cfg
-        A composed training config with a ``mup:`` block (e.g. ``experiment=gn2_mup``).
+        A composed training config with a ``mup:`` block (e.g. ``+experiment=gn2_mup``).
     widths
         Values of the ``embed_dim`` dimension; each a multiple of ``model.num_heads``.
     steps
@@ -215,6 +236,10 @@ def coord_check(
         Learning rate (the same for every width and both parametrisations).
     batch_size, seeds
         Jets per batch; initialisations averaged over.
+    parametrisations
+        ``muP`` and/or ``SP``.
+    device
+        ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
 
     Returns
     -------
@@ -234,7 +259,7 @@ def coord_check(
         for param in parametrisations:
             for width in widths:
                 runs = [
-                    run_width(cfg, width, param == "muP", batches, lr, seed)
+                    run_width(cfg, width, param == "muP", batches, lr, seed, device)
                     for seed in range(seeds)
                 ]
                 for layer in runs[0]:
@@ -355,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m saltx.mup.coord_check", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("overrides", nargs="*", help="experiment=gn2_mup widths=[64,128] ...")
+    parser.add_argument("overrides", nargs="*", help="+experiment=gn2_mup widths=[64,128] ...")
     args = parser.parse_args(argv)
     cfg = compose_train(split_args(args.overrides))
     cc = cfg.mup.coord_check
@@ -366,6 +391,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         lr=float(cc.lr),
         batch_size=int(cc.batch_size),
         seeds=int(cc.seeds),
+        device=str(cc.get("device", "auto")),
     )
     json_path, png_path = write_results(result, cc.out_dir)
     print(summary_table(result))

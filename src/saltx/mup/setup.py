@@ -27,7 +27,7 @@ import mup
 import torch
 from torch import Tensor, nn
 
-from saltx.mup.shapes import MupConfigError, _get, base_shapes_from_config, shape_file
+from saltx.mup.shapes import MupConfigError, base_shapes_from_config, cfg_get, shape_file
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +83,8 @@ def cache_readouts(model: nn.Module) -> int:
 
 def check_optimizer(cfg: Any) -> None:
     """Raise unless ``cfg.optimizer`` (when present) is a muP optimizer."""
-    opt = _get(cfg, "optimizer")
-    target = str(_get(opt, "_target_", "")) if opt is not None else ""
+    opt = cfg_get(cfg, "optimizer")
+    target = str(cfg_get(opt, "_target_", "")) if opt is not None else ""
     if target and target not in MUP_OPTIMIZERS:
         raise MupConfigError(
             f"model.muP is true but the optimizer is {target}; muP needs its per-group learning "

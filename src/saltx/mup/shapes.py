@@ -1,6 +1,6 @@
 """muP step 1: base shapes from a base and a delta model (Salt's ``setup_muP``).
 
-``python -m saltx.mup.shapes experiment=gn2_mup [key=value ...]`` (or ``make mup-shapes``)
+``python -m saltx.mup.shapes +experiment=gn2_mup [key=value ...]`` (or ``make mup-shapes``)
 composes the training config, derives from its ``mup:`` block the overrides that turn it
 into the *base* and the *delta* model (the same config with the scaled dimensions set to
 ``parameter_base`` / ``parameter_delta``), composes both with Hydra's compose API, builds
@@ -41,7 +41,8 @@ class MupConfigError(ValueError):
 
 
 # -- reading the mup block ----------------------------------------------------------------
-def _get(node: Any, key: str, default: Any = None) -> Any:
+def cfg_get(node: Any, key: str, default: Any = None) -> Any:
+    """``node[key]`` for mappings and configs, ``node.key`` otherwise; ``default`` if absent."""
     if node is None:
         return default
     if isinstance(node, Mapping | DictConfig):
@@ -51,7 +52,7 @@ def _get(node: Any, key: str, default: Any = None) -> Any:
 
 def mup_block(cfg: Any) -> Any:
     """The ``mup:`` block of ``cfg``; raises with a hint when it is missing."""
-    block = _get(cfg, "mup")
+    block = cfg_get(cfg, "mup")
     if block is None:
         raise MupConfigError(
             "the config has no `mup:` block; add one (e.g. `- /mup: gn2` in the experiment's "
@@ -78,12 +79,15 @@ def mup_dimensions(cfg: Any) -> dict[str, dict[str, Any]]:
     block = mup_block(cfg)
     out: dict[str, dict[str, Any]] = {}
     for dim in DIMENSIONS:
-        entry = _get(block, dim)
+        entry = cfg_get(block, dim)
         if entry is None:
             continue
         where = f"mup.{dim}"
-        apply_to = list(_get(entry, "apply_to", None) or [])
-        names = list(_get(entry, "parameter_name", None) or [])
+        raw = {w: cfg_get(entry, f"parameter_{w}", None) for w in ("base", "delta")}
+        if raw["base"] is None and raw["delta"] is None:
+            continue  # declared but not scaled
+        apply_to = list(cfg_get(entry, "apply_to", None) or [])
+        names = list(cfg_get(entry, "parameter_name", None) or [])
         if not apply_to or len(apply_to) != len(names):
             raise MupConfigError(
                 f"{where}: apply_to {apply_to} and parameter_name {names} must be non-empty "
@@ -92,7 +96,7 @@ def mup_dimensions(cfg: Any) -> dict[str, dict[str, Any]]:
         values = {}
         for which in ("base", "delta"):
             try:
-                value = _get(entry, f"parameter_{which}")
+                value = cfg_get(entry, f"parameter_{which}")
             except MissingMandatoryValue:
                 value = None
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -117,7 +121,10 @@ def mup_dimensions(cfg: Any) -> dict[str, dict[str, Any]]:
 
 def shape_file(cfg: Any) -> Path:
     """``<mup.shape_path>/storeshapes``."""
-    path = _get(mup_block(cfg), "shape_path")
+    try:
+        path = cfg_get(mup_block(cfg), "shape_path")
+    except MissingMandatoryValue:
+        path = None
     if not path:
         raise MupConfigError("mup.shape_path is not set (the folder of the base-shape file)")
     return Path(str(path)) / SHAPE_FILE
@@ -206,7 +213,13 @@ def as_overrides(assignments: Mapping[str, Any]) -> list[str]:
 
 def with_assignments(cfg: DictConfig, assignments: Mapping[str, Any]) -> DictConfig:
     """A copy of ``cfg`` with ``assignments`` set (for configs not made by compose)."""
-    out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    if not OmegaConf.is_config(cfg):
+        cfg = OmegaConf.create(cfg)
+    try:
+        plain = OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # e.g. ${hydra:...} outside a Hydra app: keep interpolations
+        plain = OmegaConf.to_container(cfg, resolve=False)
+    out = OmegaConf.create(plain)
     OmegaConf.set_struct(out, False)
     for key, value in assignments.items():
         OmegaConf.update(out, key, value, merge=False)
@@ -239,9 +252,9 @@ def _unit_norm_dict(cfg: Any) -> dict[str, dict[str, dict[str, float]]]:
 
     data = cfg.data
     variables = OmegaConf.to_container(data.variables, resolve=True)
-    input_map = _get(data, "input_map")
+    input_map = cfg_get(data, "input_map")
     input_map = OmegaConf.to_container(input_map) if OmegaConf.is_config(input_map) else input_map
-    global_object = str(_get(data, "global_object", "jets"))
+    global_object = str(cfg_get(data, "global_object", "jets"))
     out: dict[str, dict[str, dict[str, float]]] = {}
     for name, names in variables.items():
         if name in UNNORMALISED:
@@ -391,12 +404,12 @@ def make_shapes(overrides: Sequence[str]) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m saltx.mup.shapes experiment=gn2_mup [key=value ...]``."""
+    """``python -m saltx.mup.shapes +experiment=gn2_mup [key=value ...]``."""
     parser = argparse.ArgumentParser(
         prog="python -m saltx.mup.shapes",
         description="Write muP base shapes (<mup.shape_path>/storeshapes) for a config.",
     )
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=gn2_mup")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. +experiment=gn2_mup")
     args = parser.parse_args(argv)
     try:
         path = make_shapes(args.overrides)

@@ -6,7 +6,7 @@ The ``gnn_config`` value is a JSON string with Salt's keys: ``ckpt_path``, ``lay
 ``nodes: []`` (legacy placeholders), ``config.yaml`` (the training config), ``metadata.yaml``
 (the run metadata), ``inputs`` (``jet_var`` with the ``jet_features`` columns),
 ``input_sequences`` (one ``<type>_<track_selection>_sd0sort`` entry per constituent type),
-``outputs``/``output_names``, ``model_name``, ``onnx_model_version: "v1"`` and
+``output_names``, ``model_name``, ``onnx_model_version: "v1"`` and
 ``salt_export_hash`` (saltx's git hash, or ``"unknown"``). Offsets and scales are
 identities (0, 1): the normalisation is inside the graph.
 """
@@ -97,7 +97,6 @@ def build_gnn_config(
     sequences = [
         {
             "name": f"{c}_{track_selection}_sd0sort",
-            "onnx_input": f"{c[:-1] if c.endswith('s') else c}_features",
             "variables": _identity_vars(layout.constituent_variables[c]),
         }
         for c in layout.constituents
@@ -111,12 +110,10 @@ def build_gnn_config(
         "inputs": [
             {
                 "name": "jet_var",
-                "onnx_input": "jet_features",
                 "variables": _identity_vars(layout.jet_variables, "_btagJes"),
             }
         ],
         "input_sequences": sequences,
-        "outputs": list(output_names),
         "output_names": list(output_names),
         "model_name": model_name,
         "onnx_model_version": "v1",
