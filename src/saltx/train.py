@@ -18,6 +18,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 import saltx.config  # noqa: F401  (registers the schemas and resolvers)
+from saltx.data.remote import prepare_data_paths
 from saltx.engine.distributed import DistInfo, launched_by_torchrun, spawn
 from saltx.engine.loop import (
     EXIT_CODE_SIGTERM,
@@ -169,6 +170,8 @@ def train(cfg: DictConfig, build_fn: BuildFn | None = None) -> dict[str, float]:
         A loss became NaN/inf (names the step, the tasks and the last good checkpoint).
     """
     build_fn = build_fn or build
+    # Salt's download-first `data.config_S3` block: fetch the files, point the config at them
+    cfg = prepare_data_paths(cfg)
     devices = int(cfg.trainer.get("devices", 1) or 1)
     if devices > 1 and not launched_by_torchrun():
         return _train_spawned(cfg, build_fn, devices)

@@ -84,7 +84,7 @@ class Consumer:
         self.cfg = cfg
 
     def __call__(self, train_file: Path, *, val_file: Path | None = None, **data: Any) -> dict:
-        """Build and run two batches of each loader; returns the last losses."""
+        """Build and run every batch of both loaders; returns the last losses."""
         from saltx.engine.distributed import DistInfo
         from saltx.train import build
 
@@ -100,21 +100,19 @@ class Consumer:
         losses: dict = {}
         try:
             for loader in (parts.train_loader, parts.val_loader):
-                for i, batch in enumerate(loader):
+                for batch in loader:
                     for x in batch.inputs.values():
                         assert torch.isfinite(x).all(), "non-finite input reached the model"
                     _, losses = parts.model(batch.inputs, batch.masks, batch.labels)
                     for name, value in losses.items():
                         assert torch.isfinite(value), f"loss {name} is {value}"
-                    if i >= 1:
-                        break
         finally:
             for loader in (parts.train_loader, parts.val_loader):
                 ds = getattr(loader, "dataset", None)
                 close = getattr(getattr(ds, "dataset", ds), "close", None)
                 if close is not None:
                     close()
-        return {k: float(v) for k, v in losses.items()}
+        return {k: float(v.detach()) for k, v in losses.items()}
 
 
 def outcome(fn: Callable[[], Any]) -> tuple[str, str]:

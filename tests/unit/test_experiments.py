@@ -22,7 +22,7 @@ EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 
 def compose_experiment(experiment: str, data_dir: Path, tmp_path: Path, *extra: str):
     overrides = [
-        f"experiment={experiment}",
+        f"+experiment={experiment}",
         f"paths.data_dir={data_dir}",
         f"paths.output_dir={tmp_path / 'run'}",
         *extra,

@@ -160,14 +160,17 @@ def test_all_padded_finite_forward_and_backward(kwargs):
 
 
 def test_non_finite_garbage_in_padded_slots_is_harmless():
-    enc = TransformerEncoder(8, 1, 2).eval()
-    x, mask = torch.randn(2, 4, 8), _mask(2, 4)
+    enc = TransformerEncoder(8, 2, 2, edge_embed_dim=4, update_edges=True).eval()
+    x, mask, edges = torch.randn(3, 4, 8), _mask(3, 4), torch.randn(3, 4, 4, 4)
     xp, maskp = _pad(x, mask, 2)
     xp[:, 4:] = float("nan")
     xp[0, 3] = float("inf")  # padded slot of the half-padded jet
+    edgesp = _pad_edges(edges, 2)
+    edgesp[:, 4:] = float("nan")
+    edgesp[0, :, 3] = float("-inf")
     with torch.no_grad():
-        outp = enc({"t": xp}, {"t": maskp})["t"]
-        out = enc({"t": x}, {"t": mask})["t"]
+        outp = enc({"t": xp}, {"t": maskp}, edges=edgesp)["t"]
+        out = enc({"t": x}, {"t": mask}, edges=edges)["t"]
     assert torch.isfinite(outp).all()
     assert torch.equal(out[~mask], outp[:, :4][~mask])
 

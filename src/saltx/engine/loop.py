@@ -1,9 +1,11 @@
 """The training loop.
 
 Read top to bottom: :func:`fit` joins the process group and calls :func:`run`, which
-prepares the run directory, builds model, optimizer, schedule and precision, resumes when
-asked, and then loops over epochs and batches with :func:`train_step` and
-:func:`evaluate`, saving checkpoints with :func:`save_checkpoint`.
+builds the model and loaders (the build function), wraps optimizer, schedule and
+precision into one state (:func:`build_state`), resumes when asked (:func:`resume`),
+writes the run directory's files (:func:`start_run_dir`), and then loops over epochs and
+batches (``_Loop``) with :func:`train_step` and :func:`evaluate`, saving checkpoints with
+:func:`save_checkpoint`.
 
 What the loop needs from the rest of saltx comes through a *build function*
 ``build(cfg, info) -> Components`` (model, train/val loaders, metadata, files to copy), so
@@ -341,23 +343,16 @@ def fit(cfg: DictConfig, build: BuildFn) -> dict[str, float]:
         cleanup()
 
 
-def run(cfg: DictConfig, build: BuildFn, info: DistInfo) -> dict[str, float]:
-    """Train on this rank; returns the last logged metrics (``val/loss`` ...)."""
-    tcfg = cfg.trainer
-    configure_torch(tcfg, info)
-    rundir = RunDir(resolve_run_dir(cfg, info))
-    config = plain_config(cfg, rundir.root)
-
-    # build (same seed on every rank: identical initial weights)
-    seed_everything(int(cfg.seed))
-    parts = build(cfg, info)
-    model = parts.model.to(info.device)
-    if tcfg.get("compile", False):
-        options = {"backend": str(tcfg.get("compile_backend", "inductor"))}
-        if tcfg.get("compile_mode"):
-            options["mode"] = str(tcfg.compile_mode)
-        compile_model(model, options)
-    lrs = cfg.lrs
+def build_state(
+    cfg: DictConfig,
+    model: torch.nn.Module,
+    batches_per_epoch: int,
+    config: dict[str, Any],
+    info: DistInfo,
+) -> tuple[TrainState, int]:
+    """Optimizer, OneCycle schedule and precision around ``model``; returns the state and
+    the schedule's total optimizer steps."""
+    tcfg, lrs = cfg.trainer, cfg.lrs
     optimizer = build_optimizer(
         cfg.get("optimizer"),
         model.parameters(),
@@ -366,9 +361,6 @@ def run(cfg: DictConfig, build: BuildFn, info: DistInfo) -> dict[str, float]:
         device=info.device,
     )
     accumulate = max(1, int(tcfg.accumulate_grad_batches))
-    batches_per_epoch = len(parts.train_loader)  # type: ignore[arg-type]
-    if batches_per_epoch < 1:
-        raise ValueError("the training loader yields no batches on this rank")
     total_steps = int(lrs.get("total_steps") or 0) or total_optimizer_steps(
         tcfg.max_epochs, tcfg.max_steps, batches_per_epoch, accumulate
     )
@@ -384,40 +376,69 @@ def run(cfg: DictConfig, build: BuildFn, info: DistInfo) -> dict[str, float]:
         max_momentum=float(lrs.get("max_momentum", 0.95)),
     )
     precision = Precision(tcfg.precision, info.device)
-    state = TrainState(model, optimizer, scheduler, precision, config)
-    seed_everything(rank_seed(int(cfg.seed), info.rank))
+    return TrainState(model, optimizer, scheduler, precision, config), total_steps
 
-    # resume (rank 0 decides, so every rank loads the same file)
-    resume_from = None
+
+def resume(state: TrainState, cfg: DictConfig, rundir: RunDir, info: DistInfo) -> str | None:
+    """Load the checkpoint to resume from, if any (rank 0 picks it, every rank loads it)."""
+    path = None
     if info.is_main:
-        resume_from = ckpt_io.find_resume_checkpoint(cfg.get("ckpt_path"), tcfg.resume, rundir)
-    resume_from = broadcast_object(resume_from, info)
-    if resume_from is not None:
-        state.load_state_dict(
-            ckpt_io.load_checkpoint(resume_from, map_location=info.device), rank=info.rank
-        )
-    last_good = resume_from
+        path = ckpt_io.find_resume_checkpoint(cfg.get("ckpt_path"), cfg.trainer.resume, rundir)
+    path = broadcast_object(path, info)
+    if path is not None:
+        ckpt = ckpt_io.load_checkpoint(path, map_location=info.device)
+        state.load_state_dict(ckpt, rank=info.rank)
+    return path
 
-    # run directory files, console summary
+
+def start_run_dir(
+    rundir: RunDir,
+    config: dict[str, Any],
+    parts: Components,
+    info: DistInfo,
+    resumed_from: str | None,
+) -> None:
+    """Rank 0 writes config, metadata and dict copies and prints the model summary."""
     if info.is_main:
         meta = dict(parts.metadata)
-        meta["trainable_params"] = count_parameters(model)
+        meta["trainable_params"] = count_parameters(parts.model)
         meta["world_size"] = info.world_size
-        meta["resumed_from"] = resume_from
+        meta["resumed_from"] = resumed_from
         write_run_files(rundir, config, meta, parts.files)
-        print_model_summary(model)
+        print_model_summary(parts.model)
         print(f"run directory: {rundir.root}", flush=True)
     barrier(info)
 
+
+def run(cfg: DictConfig, build: BuildFn, info: DistInfo) -> dict[str, float]:
+    """Train on this rank; returns the last logged metrics (``val/loss`` ...)."""
+    tcfg = cfg.trainer
+    configure_torch(tcfg, info)
+    rundir = RunDir(resolve_run_dir(cfg, info))
+    config = plain_config(cfg, rundir.root)
+
+    seed_everything(int(cfg.seed))  # the same on every rank: identical initial weights
+    parts = build(cfg, info)
+    model = parts.model.to(info.device)
+    if tcfg.get("compile", False):
+        options = {"backend": str(tcfg.get("compile_backend", "inductor"))}
+        if tcfg.get("compile_mode"):
+            options["mode"] = str(tcfg.compile_mode)
+        compile_model(model, options)
+    batches_per_epoch = len(parts.train_loader)  # type: ignore[arg-type]
+    if batches_per_epoch < 1:
+        raise ValueError("the training loader yields no batches on this rank")
+    state, total_steps = build_state(cfg, model, batches_per_epoch, config, info)
+    seed_everything(rank_seed(int(cfg.seed), info.rank))
+    resumed_from = resume(state, cfg, rundir, info)
+    start_run_dir(rundir, config, parts, info, resumed_from)
+
     if info.enabled:
-        ddp_ids = [info.device.index] if info.device.type == "cuda" else None
-        model = DistributedDataParallel(
+        state.model = DistributedDataParallel(
             model,
-            device_ids=ddp_ids,
+            device_ids=[info.device.index] if info.device.type == "cuda" else None,
             find_unused_parameters=bool(tcfg.get("find_unused_parameters", False)),
         )
-        state.model = model
-
     loggers = build_loggers(
         cfg.get("logger"),
         rundir,
@@ -434,10 +455,19 @@ def run(cfg: DictConfig, build: BuildFn, info: DistInfo) -> dict[str, float]:
             dir_path=pw_cfg.get("dir_path"),
             add_metrics=pw_cfg.get("add_metrics") or [],
             std_out=bool(pw_cfg.get("std_out", True)),
-            truncate=resume_from is None,
+            truncate=resumed_from is None,
         )
     loop = _Loop(
-        cfg, info, rundir, state, parts, loggers, writer, total_steps, batches_per_epoch, last_good
+        cfg,
+        info,
+        rundir,
+        state,
+        parts,
+        loggers,
+        writer,
+        total_steps,
+        batches_per_epoch,
+        resumed_from,
     )
     sigterm = SigtermFlag()
     sigterm.install()

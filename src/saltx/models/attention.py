@@ -4,15 +4,24 @@ Layout: ``q, k, v`` are ``(B, H, L, Dh)``; masks are bool with True = blocked.
 
 Two formulations of a kernel's sequence reductions exist:
 
-* **exact** (CPU, eager or compiled): the score and value products are computed as
-  batched GEMMs of fixed ``BLOCK x BLOCK`` tiles (the sequence is zero-padded to a
-  multiple of ``BLOCK``), and all sums along the keys are sequential
-  (:func:`saltx.models.masking.exact_sum`). Every BLAS call then has the same shape
-  whatever the padded length, and appended padded keys add exact zeros at the end, so
-  outputs of valid constituents are bit-identical with or without extra padding;
-* **fused** (CUDA, ONNX export, or ``fused=True``):
+* **exact** (default on CPU, eager or compiled): queries and keys are zero-padded to a
+  multiple of ``BLOCK`` (64) and every product is a batched GEMM of fixed-shape
+  ``BLOCK x BLOCK`` tiles; tiles are summed one after the other and the softmax
+  denominator comes from the same fixed-shape GEMMs (or a sequential ``cumsum``).
+  BLAS then sees the same shapes whatever the padded length, and padded keys appended
+  at the end only add exact zeros, so outputs of valid constituents are bit-identical
+  with or without extra padding. Cost: the attention part is ~2-3x slower than the
+  fused kernel on CPU (about +10-30 % for a whole GN2 layer);
+* **fused** (CUDA, ONNX export, or ``fused=True``, e.g. ``model.attention.fused=true``):
   ``torch.nn.functional.scaled_dot_product_attention`` where there is no edge bias/gate,
-  plain ``matmul`` otherwise.
+  plain ``matmul`` otherwise. Results agree with the exact path to float rounding.
+
+What the exact path guarantees (tested in ``tests/unit``): on CPU in float32, appending
+padded constituents (any finite or non-finite garbage) to the end of an input type
+leaves every output of the valid constituents, and every pooled output, bit-identical.
+The per-token Linear layers are plain BLAS GEMMs over ``B * L`` rows; MKL computes a row
+independently of the row count only above a few rows per thread (>= 4 rows with one
+thread on the test machine), so the guarantee assumes that and is tested with one thread.
 """
 
 from __future__ import annotations

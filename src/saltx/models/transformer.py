@@ -343,7 +343,8 @@ class TransformerEncoder(nn.Module):
             order.
         masks : dict[str, Tensor], optional
             ``{name: (B, N_name)}`` bool, True = padded; a missing key = no padding.
-            Padded slots are zeroed on entry, so their content never matters.
+            Padded slots (and edges of pairs with a padded constituent) are zeroed on
+            entry, so their content never matters.
         edges : Tensor, optional
             ``(B, N, N, edge_embed_dim)`` embedded edge features (see :meth:`_edges`).
         context : Tensor, optional
@@ -360,6 +361,9 @@ class TransformerEncoder(nn.Module):
         pos = None
         if mask is not None:
             h = h.masked_fill(mask.unsqueeze(-1), 0.0)
+            if edges is not None:
+                pairs = mask.unsqueeze(2) | mask.unsqueeze(1)
+                edges = edges.masked_fill(pairs.unsqueeze(-1), 0.0)
             if len(sizes) > 1 and exact_mode(h):
                 # valid constituents first, so that padding never splits them (bitwise
                 # padding invariance of the tiled attention; see masking.compact_valid)

@@ -1,0 +1,158 @@
+"""Evaluation throughput: jets/s of the forward pass plus the predictions h5 writer.
+
+    python scripts/bench_eval.py --run-dir RUN [--test-file F] [--num-test 10000] \\
+        [--batch-size 1000] [--workers 0] [--warmup 1] [--json out.json]
+
+The run's model is loaded like ``python -m saltx.evaluate`` does (``load_run``), the
+test loader is built the same way, and ``saltx.evaluate.write_predictions`` streams the
+predictions to ``RUN/predictions/`` (the metric sums are kept too, as in evaluation).
+The loader is wrapped to time every batch: a batch's time is from the end of the
+previous batch to the end of its own (data loading, forward pass, task outputs, h5
+append), like Salt's ``salt test`` step timer. The first ``--warmup`` batches are left
+out of the steady rate ``jets_per_s``; ``jets_per_s_all`` includes them (not start-up).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+
+
+class TimedLoader:
+    """Iterates ``loader`` and records ``perf_counter`` after each batch was consumed.
+
+    ``marks[0]`` is the start; ``marks[i]`` is when the consumer asked for batch ``i``
+    (so the span ``marks[i-1] .. marks[i]`` is batch ``i - 1``'s load and processing).
+    """
+
+    def __init__(self, loader: Iterable[Any]) -> None:
+        self.loader = loader
+        self.marks: list[float] = []
+        self.jets: list[int] = []
+
+    def __iter__(self) -> Iterator[Any]:
+        self.marks = [time.perf_counter()]
+        for batch in self.loader:
+            self.jets.append(batch.num_jets)
+            yield batch
+            self.marks.append(time.perf_counter())
+
+    def __len__(self) -> int:
+        return len(self.loader)  # type: ignore[arg-type]
+
+
+def steady_rate(marks: list[float], jets: list[int], warmup: int) -> dict[str, float | None]:
+    """Jets/s over all batches and over the batches after ``warmup``.
+
+    Parameters
+    ----------
+    marks
+        ``len(jets) + 1`` times: the start, then the end of each batch.
+    jets
+        Jets of each batch.
+    """
+    n = min(len(jets), len(marks) - 1)
+    out: dict[str, float | None] = {"batches": n, "jets": sum(jets[:n])}
+    out["jets_per_s_all"] = sum(jets[:n]) / (marks[n] - marks[0]) if n else None
+    w = warmup if n > warmup else 0
+    out["jets_per_s"] = sum(jets[w:n]) / (marks[n] - marks[w]) if n > w else None
+    out["batch_s"] = [round(b - a, 5) for a, b in zip(marks[:n], marks[1 : n + 1], strict=True)]
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--run-dir", required=True, help="a saltx training run directory")
+    p.add_argument("--ckpt", default=None, help="best | last | path (default best, else last)")
+    p.add_argument("--test-file", help="default: the run's data.test_file")
+    p.add_argument("--num-test", type=int, default=10_000, help="-1 = the whole file")
+    p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--workers", type=int, default=0, help="loader worker processes")
+    p.add_argument("--warmup", type=int, default=1, help="batches left out of jets_per_s")
+    p.add_argument("--write-tracks", action="store_true", help="also write the tracks group")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument("--json", help="write the results here")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from saltx import evaluate as E
+    from saltx.data.loader import build_dataloader, build_datasets
+    from saltx.eval.predictions import output_spec, prediction_file_name
+
+    t_start = time.perf_counter()
+    ecfg = OmegaConf.create(
+        {
+            "run_dir": args.run_dir,
+            "ckpt": args.ckpt,
+            "data": {
+                "test_file": args.test_file,
+                "num_test": args.num_test,
+                "batch_size": args.batch_size,
+                "num_workers": args.workers,
+            },
+            "batch_size": args.batch_size,
+            "jet_fields": None,
+            "write_tracks": args.write_tracks,
+            "track_fields": None,
+        }
+    )
+    run = E.load_run(args.run_dir, args.ckpt)
+    test_file = E._prepare_config(run, ecfg)
+    cfg, model = run.cfg, run.model
+    device = torch.device("cpu")
+    spec = output_spec(model.tasks, str(cfg.get("name", "salt")), str(cfg.data.global_object))
+    labels = E.metric_labels(model, cfg, test_file)
+    dataset = build_datasets(cfg.data, labels, "test", seed=int(cfg.get("seed", 0)))["test"]
+    loader = TimedLoader(
+        build_dataloader(
+            dataset,
+            batch_size=args.batch_size,
+            shuffle=False,
+            drop_last=False,
+            num_workers=args.workers,
+        )
+    )
+    out_path = Path(run.rundir._fs_path(f"predictions/{prediction_file_name('bench', test_file)}"))
+    t_setup = time.perf_counter() - t_start
+    try:
+        E.write_predictions(
+            model, loader, spec, cfg, ecfg, out_path, len(dataset), device, run.class_names
+        )
+    finally:
+        dataset.close()
+    result: dict[str, Any] = {
+        "run_dir": args.run_dir,
+        "test_file": test_file,
+        "predictions": str(out_path),
+        "batch_size": args.batch_size,
+        "workers": args.workers,
+        "threads": torch.get_num_threads(),
+        "warmup_batches": args.warmup,
+        "setup_s": t_setup,
+        "total_s": time.perf_counter() - t_start,
+        **steady_rate(loader.marks, loader.jets, args.warmup),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    rate = result["jets_per_s"] or result["jets_per_s_all"] or 0.0
+    print(
+        f"evaluation: {rate:,.1f} jets/s ({result['jets']} jets in {result['batches']} batches, "
+        f"{args.warmup} warm-up left out); predictions {out_path}"
+    )
+    print(f"peak RSS: {result['peak_rss_mb']:.1f} MB")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main() and 0)
