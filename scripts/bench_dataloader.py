@@ -19,35 +19,17 @@ import time
 from pathlib import Path
 
 import numpy as np
+from omegaconf import OmegaConf
 
+import saltx.config
 from saltx.data.dataset import JetDataset, _field_runs, gather_fields
 from saltx.data.h5 import RowReader
 from saltx.data.loader import build_dataloader
 
-GN2_VARIABLES = {
-    "jets": ["pt_btagJes", "eta_btagJes"],
-    "tracks": [
-        "d0",
-        "z0SinTheta",
-        "dphi",
-        "deta",
-        "qOverP",
-        "IP3D_signed_d0_significance",
-        "IP3D_signed_z0_significance",
-        "phiUncertainty",
-        "thetaUncertainty",
-        "qOverPUncertainty",
-        "numberOfPixelHits",
-        "numberOfSCTHits",
-        "numberOfInnermostPixelLayerHits",
-        "numberOfNextToInnermostPixelLayerHits",
-        "numberOfInnermostPixelLayerSharedHits",
-        "numberOfInnermostPixelLayerSplitHits",
-        "numberOfPixelSharedHits",
-        "numberOfPixelSplitHits",
-        "numberOfSCTSharedHits",
-    ],
-}
+# GN2's inputs, from the same file the training configs use
+GN2_VARIABLES = OmegaConf.to_container(
+    OmegaConf.load(Path(saltx.config.__file__).parent / "conf/data/variables/gn2.yaml")
+)
 GN2_LABELS = {
     "jets": ["flavour_label"],
     "tracks": ["ftagTruthOriginLabel", "ftagTruthVertexIndex"],

@@ -15,6 +15,7 @@ out of the steady rate ``jets_per_s``; ``jets_per_s_all`` includes them (not sta
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import resource
 import sys
@@ -65,8 +66,19 @@ def steady_rate(marks: list[float], jets: list[int], warmup: int) -> dict[str, f
     out["jets_per_s_all"] = sum(jets[:n]) / (marks[n] - marks[0]) if n else None
     w = warmup if n > warmup else 0
     out["jets_per_s"] = sum(jets[w:n]) / (marks[n] - marks[w]) if n > w else None
-    out["batch_s"] = [round(b - a, 5) for a, b in zip(marks[:n], marks[1 : n + 1], strict=True)]
+    out["batch_s"] = [round(b - a, 5) for a, b in itertools.pairwise(marks[: n + 1])]
     return out
+
+
+def capped_jets(test_file: str, num: int, cfg: Any) -> int:
+    """``num``, or -1 (all) when the test file holds no more than ``num`` jets."""
+    from saltx.data.h5 import open_h5
+
+    g = str(cfg.data.get("global_object", "jets"))
+    name = str((cfg.data.get("input_map") or {}).get(g, g))
+    with open_h5(test_file) as f:
+        n_file = int(f[name].shape[0])
+    return -1 if num < 0 or num >= n_file else num
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -80,6 +92,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--warmup", type=int, default=1, help="batches left out of jets_per_s")
     p.add_argument("--write-tracks", action="store_true", help="also write the tracks group")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
     if args.threads:
@@ -90,13 +103,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from saltx.eval.predictions import output_spec, prediction_file_name
 
     t_start = time.perf_counter()
+    run = E.load_run(args.run_dir, args.ckpt)
+    num_test = capped_jets(args.test_file or str(run.cfg.data.test_file), args.num_test, run.cfg)
     ecfg = OmegaConf.create(
         {
             "run_dir": args.run_dir,
             "ckpt": args.ckpt,
             "data": {
                 "test_file": args.test_file,
-                "num_test": args.num_test,
+                "num_test": num_test,
                 "batch_size": args.batch_size,
                 "num_workers": args.workers,
             },
@@ -106,10 +121,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "track_fields": None,
         }
     )
-    run = E.load_run(args.run_dir, args.ckpt)
     test_file = E._prepare_config(run, ecfg)
     cfg, model = run.cfg, run.model
-    device = torch.device("cpu")
+    device = torch.device(args.device)
+    model.to(device)
     spec = output_spec(model.tasks, str(cfg.get("name", "salt")), str(cfg.data.global_object))
     labels = E.metric_labels(model, cfg, test_file)
     dataset = build_datasets(cfg.data, labels, "test", seed=int(cfg.get("seed", 0)))["test"]
@@ -137,6 +152,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "batch_size": args.batch_size,
         "workers": args.workers,
         "threads": torch.get_num_threads(),
+        "device": str(device),
         "warmup_batches": args.warmup,
         "setup_s": t_setup,
         "total_s": time.perf_counter() - t_start,

@@ -8,12 +8,12 @@ FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` on a real ba
 (matmuls and attention; elementwise ops are not counted), for the forward pass and for a
 training step (forward + backward of the summed task losses):
 
-* ``padded``: the batch as the loader gives it, every constituent slot (valid or not);
-  this is the work the hardware does.
-* ``useful``: only valid tokens. Jets are grouped by their number of valid constituents
-  ``n`` and each group is run with exactly ``n`` slots (valid slots first), so the
-  attention and pair (vertexing) terms scale with ``n`` and ``n**2``, not the padded
-  length. Jets without any valid constituent are counted with one (padded) slot.
+* ``padded``: every constituent slot (valid or not), the work the hardware does;
+  counted on the batch's first 32 jets (FLOPs grow linearly with the jets).
+* ``useful``: only valid tokens. FLOPs depend on shapes only, so one jet per valid count
+  ``n`` is run with exactly ``n`` slots (valid slots first) and weighted by the number of
+  jets with that ``n``: the attention and pair (vertexing) terms scale with ``n`` and
+  ``n**2``, not the padded length. Jets without any valid constituent count with one slot.
 
 The peak is the best of several ``torch.mm`` of two ``size x size`` float32 matrices
 at ``--threads`` intra-op threads (``2 size**3`` FLOPs each).
@@ -130,9 +130,7 @@ def select_jets(batch, rows: Tensor, n_slots: int):
     def cut(t: Tensor) -> Tensor:
         t = t[rows]
         if t.dim() >= 2 and t.shape[1] == n_all:
-            idx = order.view(*order.shape, *([1] * (t.dim() - 2))).expand(
-                -1, -1, *t.shape[2:]
-            )
+            idx = order.view(*order.shape, *([1] * (t.dim() - 2))).expand(-1, -1, *t.shape[2:])
             return torch.gather(t, 1, idx)
         return t
 
@@ -146,7 +144,8 @@ def select_jets(batch, rows: Tensor, n_slots: int):
 def useful_flops(model: torch.nn.Module, batch, backward: bool) -> tuple[int, dict[int, int]]:
     """FLOPs over valid constituents only, and the histogram ``{n_valid: jets}``.
 
-    Jets are grouped by their valid count ``n``; each group runs with ``max(n, 1)`` slots.
+    FLOPs depend on shapes only, so one jet per valid count ``n`` is run, with
+    ``max(n, 1)`` slots, and its count is multiplied by the number of jets with that ``n``.
     """
     name = _constituent_of(batch)
     n_valid = (~batch.masks[name]).sum(dim=1)
@@ -154,8 +153,17 @@ def useful_flops(model: torch.nn.Module, batch, backward: bool) -> tuple[int, di
     for n in sorted(int(x) for x in torch.unique(n_valid)):
         rows = torch.nonzero(n_valid == n).flatten()
         hist[n] = len(rows)
-        total += batch_flops(model, select_jets(batch, rows, max(n, 1)), backward)
+        total += len(rows) * batch_flops(model, select_jets(batch, rows[:1], max(n, 1)), backward)
     return total, hist
+
+
+def padded_flops(model: torch.nn.Module, batch, backward: bool, jets: int = 32) -> float:
+    """FLOPs per jet of the padded batch, counted on its first ``jets`` jets (FLOPs grow
+    linearly with the number of jets)."""
+    name = _constituent_of(batch)
+    rows = torch.arange(min(jets, batch.num_jets))
+    sub = select_jets(batch, rows, batch.masks[name].shape[1])  # all slots kept
+    return batch_flops(model, sub, backward) / len(rows)
 
 
 # ------------------------------------------------------------------------------- peak
@@ -229,9 +237,9 @@ def model_flops(
         "padded_token_fraction": float(mask.float().mean()),
     }
     for key, backward in (("forward", False), ("train", True)):
-        padded = batch_flops(model, batch, backward)
+        padded = padded_flops(model, batch, backward)
         useful, hist = useful_flops(model, batch, backward)
-        out[f"{key}_padded_flops_per_jet"] = padded / jets
+        out[f"{key}_padded_flops_per_jet"] = padded
         out[f"{key}_useful_flops_per_jet"] = useful / jets
     out["valid_histogram"] = hist
     return out

@@ -58,8 +58,9 @@ def parse(spec: str) -> list[tuple[str, str | None, int]]:
 
 def pause(step: int) -> None:
     """Signal the parent through the mark file and wait for the release file."""
-    mark, release = os.environ.get("SALTX_TEST_FAULT_MARK"), os.environ.get(
-        "SALTX_TEST_FAULT_RELEASE"
+    mark, release = (
+        os.environ.get("SALTX_TEST_FAULT_MARK"),
+        os.environ.get("SALTX_TEST_FAULT_RELEASE"),
     )
     if mark:
         Path(mark).write_text(f"{os.getpid()} {step}\n")

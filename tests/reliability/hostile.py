@@ -122,3 +122,62 @@ def outcome(fn: Callable[[], Any]) -> tuple[str, str]:
     except Exception as err:
         return type(err).__name__, str(err)
     return "ok", ""
+
+
+# -- damaged bytes (run in a child process, so that a crash of libhdf5 is caught) -------------
+def damaged_variants(size: int, seed: int = 0) -> list[tuple[str, str, list[int]]]:
+    """``(label, kind, args)`` of truncations, byte flips and zeroed blocks of a file."""
+    rng = np.random.default_rng(seed)
+    out: list[tuple[str, str, list[int]]] = []
+    for n in sorted({0, 1, 8, 100, 512, 2048, size // 4, size // 2, 9 * size // 10, size - 1}):
+        out.append((f"truncated to {n} of {size} bytes", "truncate", [n]))
+    for _ in range(8):
+        offsets = sorted(int(x) for x in rng.integers(0, size, int(rng.integers(1, 64))))
+        out.append((f"{len(offsets)} random bytes flipped", "flip", offsets))
+    for start in (0, 512, 2048, size // 3, size // 2, size - 4096):
+        out.append((f"4 KiB zeroed at byte {start}", "zero", [max(0, start)]))
+    return out
+
+
+def damage(src: Path, dst: Path, kind: str, args: list[int]) -> Path:
+    """Write a damaged copy of ``src`` to ``dst``."""
+    data = bytearray(Path(src).read_bytes())
+    if kind == "truncate":
+        data = data[: args[0]]
+    elif kind == "flip":
+        for off in args:
+            data[off] ^= 0xFF
+    elif kind == "zero":
+        data[args[0] : args[0] + 4096] = bytes(len(data[args[0] : args[0] + 4096]))
+    Path(dst).write_bytes(bytes(data))
+    return Path(dst)
+
+
+def damaged_main(data_dir: str, work: str, log: str) -> None:
+    """Child process: run every damaged variant of ``data_dir/train.h5``; one JSON line each.
+
+    A line ``{"start": label}`` is written (and flushed) before each case, so that a crash
+    of the process points at the case that caused it.
+    """
+    import json
+
+    from relhelp import compose_train
+
+    cfg = compose_train(Path(data_dir), Path(work) / "run", "data.batch_size=16")
+    run = Consumer(cfg)
+    src = Path(data_dir) / "train.h5"
+    with open(log, "a") as f:
+        for i, (label, kind, args) in enumerate(damaged_variants(src.stat().st_size)):
+            f.write(json.dumps({"start": label}) + "\n")
+            f.flush()
+            path = damage(src, Path(work) / f"damaged_{i}.h5", kind, args)
+            kind_, message = outcome(lambda p=path: run(p))
+            f.write(json.dumps({"case": label, "type": kind_, "message": message}) + "\n")
+            f.flush()
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    damaged_main(*sys.argv[1:4])

@@ -58,9 +58,10 @@ def train_overrides(data_dir: Path, out: Path, *extra: str) -> list[str]:
 
 def compose_train(data_dir: Path, out: Path, *extra: str) -> Any:
     """The composed, resolved ``train`` config of the tiny run."""
-    import saltx.config  # noqa: F401  (schemas and resolvers)
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
+
+    import saltx.config  # noqa: F401  (schemas and resolvers)
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("train", overrides=train_overrides(data_dir, out, *extra))

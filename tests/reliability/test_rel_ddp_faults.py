@@ -6,13 +6,12 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from relhelp import (  # noqa: E402
+from relhelp import (
     child_env,
     corrupt_checkpoints,
     runner_cmd,
@@ -20,7 +19,7 @@ from relhelp import (  # noqa: E402
     write_tiny_data,
 )
 
-from saltx.engine.distributed import free_port  # noqa: E402
+from saltx.engine.distributed import free_port
 
 DDP_TIMEOUT_S = 10
 
@@ -113,4 +112,3 @@ def test_stuck_rank_times_out_with_ddp_timeout(data_dir: Path, tmp_path: Path) -
     assert rc0 not in (0, -signal.SIGKILL), out0[-3000:]
     assert "timeout" in out0.lower() or "timed out" in out0.lower(), out0[-3000:]
     assert corrupt_checkpoints(run) == []
-    time.sleep(0)  # nothing else to wait for

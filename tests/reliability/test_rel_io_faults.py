@@ -15,13 +15,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import h5py
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from relhelp import (  # noqa: E402
+from relhelp import (
     CONF_DIR,
     child_env,
     compose_train,
@@ -33,8 +34,8 @@ from relhelp import (  # noqa: E402
     write_tiny_data,
 )
 
-from saltx.engine import rundir as rundir_mod  # noqa: E402
-from saltx.train import train  # noqa: E402
+from saltx.engine import rundir as rundir_mod
+from saltx.train import train
 
 ONE_EPOCH = ("trainer.max_epochs=1",)  # 8 steps: last.pt at 3 and 6, best.pt at 5
 
@@ -66,18 +67,27 @@ def test_killed_evaluation_leaves_no_partial_predictions(trained_run: Path) -> N
     partial = stale_temp_files(trained_run / "predictions")
     assert partial and all(p.name.startswith(".best__test_test.h5.") for p in partial)
 
-    # an external kill -9 at a random moment: whatever exists afterwards is complete
+    # an external kill -9 once the predictions file is being written: nothing under the
+    # final name unless the evaluation had finished (then the file is complete)
     proc = subprocess.Popen(
-        runner_cmd("evaluate", [f"run_dir={trained_run}", "batch_size=16"]),
+        runner_cmd("evaluate", [f"run_dir={trained_run}", "batch_size=16", "plots=false"]),
         env=child_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
-        proc.wait(timeout=0.5)
-    except subprocess.TimeoutExpired:
+        before = set(stale_temp_files(trained_run / "predictions"))
+        deadline = time.monotonic() + 600
+        while proc.poll() is None and time.monotonic() < deadline:
+            if set(stale_temp_files(trained_run / "predictions")) - before:
+                break
+            time.sleep(0.01)
         proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     if final.exists():
         with h5py.File(final) as f:
             assert f["jets"].shape == (64,)
@@ -171,7 +181,9 @@ def test_real_full_tmpfs_on_checkpoint_write(
             train(cfg)
         _check_disk_full_outcome(run, info.value)
         subprocess.run(
-            ["mount", "-o", f"remount,size={8 * ckpt_k}k", str(mnt)], check=True, capture_output=True
+            ["mount", "-o", f"remount,size={8 * ckpt_k}k", str(mnt)],
+            check=True,
+            capture_output=True,
         )
         train(cfg)
         assert load_ckpt(run / "checkpoints/last.pt")["state"]["step"] == 8

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from relhelp import (  # noqa: E402
+from relhelp import (
     TOTAL_STEPS,
     assert_same_state,
     child_env,
@@ -33,8 +33,8 @@ from relhelp import (  # noqa: E402
     write_tiny_data,
 )
 
-from saltx.engine.loop import EXIT_CODE_SIGTERM  # noqa: E402
-from saltx.train import train  # noqa: E402
+from saltx.engine.loop import EXIT_CODE_SIGTERM
+from saltx.train import train
 
 # (fault, step of checkpoints/last.pt right after the death); see relhelp.TINY:
 # last.pt every 3 steps and at epoch ends (8, 16, 24), validation every 5 steps.

@@ -1,11 +1,11 @@
-"""muP through the training engine: MuAdamW groups in the checkpoint, bit-identical resume."""
+"""muP through the training engine (build_model applies the base shapes): MuAdamW groups in
+the checkpoint, bit-identical resume."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from saltx.mup.setup import apply_mup
 from saltx.mup.shapes import compose_train, make_shapes
 
 BASE, WIDTH = 16, 64
@@ -25,16 +25,6 @@ def overrides(data_dir, shape_dir, *extra: str) -> list[str]:
         "+data.num_inputs.tracks=8",
         *extra,
     ]
-
-
-def _mup_build(cfg, info):
-    """saltx.train.build, plus apply_mup if build_model has not applied it."""
-    from saltx.train import build as saltx_build
-
-    parts = saltx_build(cfg, info)
-    if not getattr(parts.model, "mup_applied", False):
-        apply_mup(parts.model, cfg)
-    return parts
 
 
 def test_training_with_mup_resumes_bit_identically(synthetic_dir, tmp_path):
@@ -61,9 +51,9 @@ def test_training_with_mup_resumes_bit_identically(synthetic_dir, tmp_path):
             )
         )
 
-    train(cfg_for("straight"), _mup_build)
-    train(cfg_for("resumed", "trainer.max_steps=2"), _mup_build)
-    train(cfg_for("resumed"), _mup_build)
+    train(cfg_for("straight"))
+    train(cfg_for("resumed", "trainer.max_steps=2"))
+    train(cfg_for("resumed"))
     a = load_checkpoint(str(tmp_path / "straight/checkpoints/last.pt"))
     b = load_checkpoint(str(tmp_path / "resumed/checkpoints/last.pt"))
     assert a["state"]["step"] == b["state"]["step"] == 4

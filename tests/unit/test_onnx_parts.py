@@ -16,7 +16,6 @@ from saltx.onnx.check import session
 from saltx.onnx.export import (
     export_layout,
     feature_input_name,
-    fold_mup_readouts,
     onnx_class_suffix,
     onnx_model_name,
     vertex_index,
@@ -80,38 +79,6 @@ def test_vertex_index_long_chain():
     adj[0, idx, idx + 1] = True
     adj[0, idx + 1, idx] = True
     assert torch.equal(vertex_index(adj), torch.zeros(1, n, dtype=torch.long))
-
-
-class _FakeInfShape:
-    def __init__(self, mult: float) -> None:
-        self.mult = mult
-
-    def width_mult(self) -> float:
-        return self.mult
-
-
-def test_fold_mup_readouts_keeps_outputs():
-    mup = pytest.importorskip("mup")
-    torch.manual_seed(0)
-    readout = mup.MuReadout(8, 3, output_mult=2.0)
-    readout.weight.infshape = _FakeInfShape(4.0)
-    model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), readout)
-    x = torch.randn(7, 5)
-    before = model(x)
-    fold_mup_readouts(model)
-    assert type(model[2]) is nn.Linear
-    torch.testing.assert_close(model(x), before)
-
-
-def test_fold_mup_needs_width_mult():
-    mup = pytest.importorskip("mup")
-    model = nn.Sequential(mup.MuReadout(4, 2))
-    with pytest.raises(ValueError, match="infshape"):
-        fold_mup_readouts(model)
-    x = torch.randn(3, 4)
-    expected = nn.functional.linear(x / 2.0, model[0].weight, model[0].bias)
-    fold_mup_readouts(model, width_mult=2.0)
-    torch.testing.assert_close(model(x), expected)
 
 
 def _tiny_onnx(path):

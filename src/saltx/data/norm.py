@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -198,9 +199,15 @@ def parse_variables(items: Sequence[str] | None) -> dict[str, list[str]] | None:
 
 
 def write_yaml(data: Mapping[str, Any], path: str) -> None:
-    """Write a dict as block-style YAML, keeping key order."""
-    with open(path, "w") as f:
-        yaml.safe_dump(dict(data), f, sort_keys=False)
+    """Write a dict as block-style YAML, keeping key order (atomically: temp file + rename)."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "w") as f:
+            yaml.safe_dump(dict(data), f, sort_keys=False)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

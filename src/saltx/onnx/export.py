@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from saltx.eval.metrics import class_label
+from saltx.mup.fold import fold_mureadout
 
 OPSET = 17
 """ONNX opset (LayerNormalization is a native op from 17)."""
@@ -302,51 +303,6 @@ def example_inputs(layout: ExportLayout, n: int = EXAMPLE_TRACKS, seed: int = 0)
     return tuple(out)
 
 
-def fold_mup_readouts(model: nn.Module, width_mult: float | None = None) -> nn.Module:
-    """Replace every muP ``MuReadout`` by the equivalent plain ``nn.Linear``, in place.
-
-    ``MuReadout(x) = Linear(x * output_mult / width_mult)``, so the folded layer has weight
-    ``W * output_mult / width_mult`` and the same bias. The export calls this before
-    tracing, so a muP-trained model exports without the ``mup`` package.
-
-    Parameters
-    ----------
-    model
-        The model (modified in place and returned).
-    width_mult
-        The readout's width multiplier when its weights carry no muP ``infshape`` (a model
-        rebuilt from a checkpoint without ``set_base_shapes``).
-
-    Returns
-    -------
-    nn.Module
-        ``model``.
-    """
-    for parent in list(model.modules()):
-        for child_name, child in list(parent.named_children()):
-            if type(child).__name__ not in ("MuReadout", "MuSharedReadout"):
-                continue
-            if hasattr(child.weight, "infshape"):
-                mult = float(child.width_mult())
-            elif width_mult is not None:
-                mult = float(width_mult)
-            else:
-                raise ValueError(
-                    f"cannot fold MuReadout '{child_name}': its weight has no muP infshape; "
-                    "call mup.set_base_shapes on the model or pass width_mult"
-                )
-            scale = float(getattr(child, "output_mult", 1.0)) / mult
-            linear = nn.Linear(
-                child.in_features, child.out_features, bias=child.bias is not None
-            ).to(device=child.weight.device, dtype=child.weight.dtype)
-            with torch.no_grad():
-                linear.weight.copy_(child.weight * scale)
-                if child.bias is not None:
-                    linear.bias.copy_(child.bias)
-            setattr(parent, child_name, linear)
-    return model
-
-
 def patch_bool_eyelike(path: str | os.PathLike) -> int:
     """Make ``EyeLike`` nodes with a bool output runnable by onnxruntime, in place.
 
@@ -428,7 +384,7 @@ def export_onnx(
     list[str]
         The output names.
     """
-    model = fold_mup_readouts(model.eval())
+    model = fold_mureadout(model.eval(), inplace=True)
     jet, origin, vertex = find_tasks(model, layout.global_object)
     if include_aux and origin is None and vertex is None:
         raise ValueError(

@@ -1,0 +1,169 @@
+"""The benchmark scripts' pure parts: FLOP counting, token selection, comparison, results.
+
+The scripts live in ``scripts/`` (not a package); they are imported by path. Nothing here
+times anything.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from saltx.data.batch import Batch
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", SCRIPTS / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+bench = _load("bench")
+flops = _load("flops")
+bench_eval = _load("bench_eval")
+
+
+def _batch(valid_counts: list[int], n_slots: int = 5, feats: int = 3) -> Batch:
+    """Tracks ``(B, n_slots, feats)`` where track value = slot index + 1; valid slots are
+    scattered (last slots first) so that selection must reorder them."""
+    b = len(valid_counts)
+    mask = torch.ones(b, n_slots, dtype=torch.bool)
+    for i, n in enumerate(valid_counts):
+        mask[i, n_slots - n :] = False  # valid slots at the end
+    x = torch.arange(1, n_slots + 1, dtype=torch.float32).view(1, n_slots, 1).expand(b, -1, feats)
+    return Batch(
+        {"jets": torch.randn(b, 2), "tracks": x.clone()},
+        {"tracks": mask},
+        {
+            "jets": {"flavour_label": torch.arange(b)},
+            "tracks": {"ftagTruthOriginLabel": torch.arange(n_slots).repeat(b, 1)},
+        },
+    )
+
+
+class TinyModel(torch.nn.Module):
+    """Per-token linear plus a pairwise term, so FLOPs grow with n and n**2."""
+
+    def __init__(self, f: int = 3, d: int = 4) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(f, d, bias=False)
+
+    def forward(self, inputs, masks, labels=None):
+        h = self.lin(inputs["tracks"])  # (B, N, d)
+        pair = torch.bmm(h, h.transpose(1, 2))  # (B, N, N)
+        losses = {} if labels is None else {"x": pair.float().mean() + h.mean()}
+        return {"pair": pair}, losses
+
+
+def test_select_jets_moves_valid_slots_first_and_cuts():
+    batch = _batch([2, 4, 1])
+    sub = flops.select_jets(batch, torch.tensor([0, 1]), 4)
+    assert sub.inputs["tracks"].shape == (2, 4, 3)
+    assert sub.masks["tracks"].shape == (2, 4)
+    # jet 0: valid slots 4, 5 (values 4, 5) come first
+    assert sub.inputs["tracks"][0, :2, 0].tolist() == [4.0, 5.0]
+    assert not sub.masks["tracks"][0, :2].any() and sub.masks["tracks"][0, 2:].all()
+    assert not sub.masks["tracks"][1].any()
+    # per-track labels are cut with the same order; per-jet labels only selected
+    assert sub.labels["tracks"]["ftagTruthOriginLabel"][0, :2].tolist() == [3, 4]
+    assert sub.labels["jets"]["flavour_label"].tolist() == [0, 1]
+
+
+def test_count_flops_of_a_matmul():
+    a, b = torch.randn(3, 5), torch.randn(5, 7)
+    assert flops.count_flops(lambda: torch.mm(a, b)) == 2 * 3 * 5 * 7
+
+
+def test_cpu_attention_is_counted():
+    q = torch.randn(1, 2, 6, 4)
+    mask = torch.ones(1, 1, 6, 6, dtype=torch.bool)
+    counted = flops.count_flops(
+        lambda: torch.nn.functional.scaled_dot_product_attention(q, q, q, attn_mask=mask)
+    )
+    assert counted == 2 * (2 * 2 * 6 * 4 * 6)  # QK^T and PV
+
+
+def test_useful_flops_scale_with_valid_tokens():
+    model = TinyModel()
+    batch = _batch([2, 4, 1, 2])
+    useful, hist = flops.useful_flops(model, batch, backward=False)
+    assert hist == {1: 1, 2: 2, 4: 1}
+
+    def expected(n: int) -> int:  # linear 2*n*3*4 + bmm 2*n*4*n
+        return 2 * n * 3 * 4 + 2 * n * 4 * n
+
+    assert useful == expected(1) + 2 * expected(2) + expected(4)
+    padded = flops.padded_flops(model, batch, backward=False)
+    assert padded == expected(5)
+    assert flops.useful_flops(model, batch, backward=True)[0] > useful
+
+
+def test_useful_flops_need_one_constituent_input():
+    batch = _batch([1, 2])
+    two = Batch(batch.inputs, {**batch.masks, "electrons": batch.masks["tracks"]}, batch.labels)
+    with pytest.raises(ValueError, match="exactly one masked"):
+        flops.useful_flops(TinyModel(), two, backward=False)
+
+
+def test_compare_flags_only_figures_more_than_10_percent_worse():
+    old = {
+        "a": {"value": 100.0, "better": "higher"},
+        "b": {"value": 100.0, "better": "higher"},
+        "m": {"value": 1000.0, "better": "lower"},
+        "f": {"value": 5.0, "better": "none"},
+    }
+    new = {
+        "a": {"value": 89.0, "better": "higher"},  # 11% slower: flagged
+        "b": {"value": 91.0, "better": "higher"},  # 9%: not flagged
+        "m": {"value": 1150.0, "better": "lower"},  # 15% more memory: flagged
+        "f": {"value": 1.0, "better": "none"},  # not a performance figure
+        "n": {"value": 1.0, "better": "higher"},  # new figure: nothing to compare
+    }
+    flagged = {x["figure"]: x for x in bench.compare(new, old)}
+    assert set(flagged) == {"a", "m"}
+    assert flagged["a"]["change"] == pytest.approx(-0.11)
+    assert bench.compare(new, None) == []
+
+
+def test_ratio_entry_pairs_and_targets():
+    r = bench.ratio_entry("x", [300.0, 200.0, None, 90.0], [100.0, 100.0, 100.0, 0.0])
+    assert r["values"] == [3.0, 2.0]  # pairs with a missing side are skipped
+    assert (r["min"], r["median"], r["max"], r["n"]) == (2.0, 2.5, 3.0, 2)
+    targets = bench.target_status(
+        {"dataloader": {"median": 3.5}, "train_peak_rss": {"median": 1.2}}
+    )
+    by_key = {t["key"]: t for t in targets}
+    assert by_key["dataloader"]["met"] is True
+    assert by_key["train_peak_rss"]["met"] is False
+    assert by_key["eval"]["met"] is None
+
+
+def test_write_results_keeps_other_sections(tmp_path: Path):
+    figs = bench.Figures()
+    figs.add_stats("train.gn2.eager_fp32.jets_per_s", [10.0, 12.0, 11.0], "jets/s", "GN2 train")
+    figs.add("skipped", None, "jets/s", "absent")
+    assert "skipped" not in figs.items
+    assert figs.items["train.gn2.eager_fp32.jets_per_s"]["value"] == 11.0
+    bench.write_results(tmp_path, "bench", {"meta": {}, "figures": figs.items})
+    bench.write_results(tmp_path, "quick", {"meta": {}, "figures": {}})
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert set(data) == {"bench", "quick"}
+    md = (tmp_path / "results.md").read_text()
+    assert "| GN2 train | 11.0 | jets/s | 10.0 – 12.0 (3) |" in md
+
+
+def test_steady_rate_leaves_out_warmup():
+    marks = [0.0, 5.0, 6.0, 7.0]
+    r = bench_eval.steady_rate(marks, [100, 100, 100], warmup=1)
+    assert r["jets_per_s"] == pytest.approx(200 / 2.0)
+    assert r["jets_per_s_all"] == pytest.approx(300 / 7.0)
+    assert bench_eval.steady_rate(marks[:2], [100], warmup=1)["jets_per_s"] == pytest.approx(20.0)
