@@ -475,6 +475,10 @@ class Plan:
     onnx_jets: int
     onnx_reps: int
     main_experiment: str
+    # bf16 has no fast kernels on CPUs without AVX512-BF16/AMX (about 10x slower than fp32
+    # here), so its runs use a smaller batch and fewer steps (0 = same as fp32)
+    bf16_batch_size: int = 0
+    bf16_steps: int = 0
 
 
 def plan_for(args: argparse.Namespace) -> Plan:
@@ -507,6 +511,8 @@ def plan_for(args: argparse.Namespace) -> Plan:
         onnx_jets=1000,
         onnx_reps=3,
         main_experiment="gn2",
+        bf16_batch_size=args.bf16_batch_size,
+        bf16_steps=2,
     )
 
 
@@ -529,9 +535,12 @@ def saltx_train(
 ) -> Measured:
     name = f"sx_train_{exp}_{'compiled' if compile_ else 'eager'}_{precision}{tag}"
     j = r.work / f"{name}.json"
+    bs, steps, warmup = plan.batch_size, plan.train_steps, plan.train_warmup
+    if precision == "bf16" and plan.bf16_batch_size:
+        bs, steps, warmup = plan.bf16_batch_size, plan.bf16_steps, 1
     cmd = [sys.executable, SCRIPTS / "bench_train.py", "--experiment", exp]
-    cmd += ["--file", data / "train.h5", "--batch-size", plan.batch_size]
-    cmd += ["--steps", plan.train_steps, "--warmup", plan.train_warmup, "--precision", precision]
+    cmd += ["--file", data / "train.h5", "--batch-size", bs]
+    cmd += ["--steps", steps, "--warmup", warmup, "--precision", precision]
     cmd += ["--num-workers", workers, "--accelerator", "cpu", "--json", j]
     if compile_:
         cmd.append("--compile")
@@ -612,87 +621,62 @@ def flops_figures(figs: Figures, fl: Measured, train: dict[str, Measured], exp: 
             )
 
 
+def add_measured(
+    figs: Figures, name: str, value: float | None, unit: str, label: str, m: Measured
+) -> None:
+    """Add one figure of measurement ``m`` (lower is better for MB and s), flagged when
+    its run was contended."""
+    better = "lower" if unit in ("MB", "s") else "higher"
+    figs.add(name, value, unit, label, better, contended=contended(m.foreign_cores, m.load))
+
+
 def run_saltx_bench(args: argparse.Namespace, r: Runner, data: Path) -> dict[str, Any]:
     """``make bench`` / ``--quick``: every saltx figure once."""
     plan = plan_for(args)
     figs, failed = Figures(), []
 
-    def note(m: Measured) -> dict[str, Any]:
+    def run(m: Measured) -> Measured:
         if not m.ok:
             failed.append(m.name)
-        return {"contended": contended(m.foreign_cores, m.load)}
+        return m
 
     for w in sorted({0, args.workers}):
-        m = saltx_dataloader(r, data, plan.batch_size, w, plan.dl_batches, plan.dl_reps)
-        figs.add(
-            f"dataloader.w{w}.jets_per_s",
-            m.data.get("jets_per_s"),
-            "jets/s",
-            f"data loading, {w} workers",
-            **note(m),
+        m = run(saltx_dataloader(r, data, plan.batch_size, w, plan.dl_batches, plan.dl_reps))
+        label = f"data loading, {w} workers"
+        add_measured(
+            figs, f"dataloader.w{w}.jets_per_s", m.data.get("jets_per_s"), "jets/s", label, m
         )
     train: dict[str, dict[str, Measured]] = {}
     for exp in plan.experiments:
         for compile_, prec in plan.variants:
-            m = saltx_train(r, data, exp, compile_, prec, plan, args.workers)
+            m = run(saltx_train(r, data, exp, compile_, prec, plan, args.workers))
             variant = f"{'compiled' if compile_ else 'eager'}_{'fp32' if prec == '32' else prec}"
             train.setdefault(exp, {})[variant] = m
             label = f"{exp} training, {variant.replace('_', ' ')}"
-            n = note(m)
-            figs.add(
-                f"train.{exp}.{variant}.jets_per_s", m.data.get("jets_per_s"), "jets/s", label, **n
-            )
-            figs.add(
-                f"train.{exp}.{variant}.peak_rss_mb",
-                m.peak_rss_mb if m.ok else None,
-                "MB",
-                f"{label}, peak RSS",
-                better="lower",
-                **n,
-            )
+            if prec == "bf16" and plan.bf16_batch_size:
+                label += f" (batch {plan.bf16_batch_size})"
+            key = f"train.{exp}.{variant}"
+            add_measured(figs, f"{key}.jets_per_s", m.data.get("jets_per_s"), "jets/s", label, m)
+            rss = m.peak_rss_mb if m.ok else None
+            add_measured(figs, f"{key}.peak_rss_mb", rss, "MB", f"{label}, peak RSS", m)
     exp = plan.main_experiment
     run_dir = make_run_dir(r, data, exp, 100)
     if run_dir is None:
         failed.append(f"sx_make_run_{exp}")
     else:
-        m = saltx_eval(r, run_dir, data, plan.eval_jets, plan.batch_size)
-        n = note(m)
-        figs.add(
-            f"eval.{exp}.jets_per_s",
-            m.data.get("jets_per_s"),
-            "jets/s",
-            f"{exp} evaluation (predictions h5)",
-            **n,
-        )
-        figs.add(
-            f"eval.{exp}.peak_rss_mb",
-            m.peak_rss_mb if m.ok else None,
-            "MB",
-            f"{exp} evaluation, peak RSS",
-            better="lower",
-            **n,
-        )
-        m = saltx_onnx(r, run_dir, data, plan.onnx_jets, plan.onnx_reps)
-        n = note(m)
+        m = run(saltx_eval(r, run_dir, data, plan.eval_jets, plan.batch_size))
+        label = f"{exp} evaluation (predictions h5)"
+        add_measured(figs, f"eval.{exp}.jets_per_s", m.data.get("jets_per_s"), "jets/s", label, m)
+        rss = m.peak_rss_mb if m.ok else None
+        add_measured(figs, f"eval.{exp}.peak_rss_mb", rss, "MB", f"{label}, peak RSS", m)
+        m = run(saltx_onnx(r, run_dir, data, plan.onnx_jets, plan.onnx_reps))
         for t, v in (m.data.get("jets_per_s") or {}).items():
-            figs.add(
-                f"onnx.{exp}.t{t}.jets_per_s",
-                v,
-                "jets/s",
-                f"{exp} ONNX Runtime, 1 jet/call, {t} thread(s)",
-                **n,
-            )
-        figs.add(
-            f"onnx.{exp}.export_s",
-            m.data.get("export_s"),
-            "s",
-            f"{exp} ONNX export (incl. check)",
-            better="lower",
-            **n,
-        )
+            label = f"{exp} ONNX Runtime, 1 jet/call, {t} thread(s)"
+            add_measured(figs, f"onnx.{exp}.t{t}.jets_per_s", v, "jets/s", label, m)
+        label = f"{exp} ONNX export (incl. its check)"
+        add_measured(figs, f"onnx.{exp}.export_s", m.data.get("export_s"), "s", label, m)
     for e in plan.experiments:
-        fl = saltx_flops(r, data, e, plan.batch_size, 1024 if args.quick else 2048)
-        note(fl)
+        fl = run(saltx_flops(r, data, e, plan.batch_size, 1024 if args.quick else 2048))
         flops_figures(figs, fl, train.get(e, {}), e)
     return {"figures": figs.items, "failed": failed, "plan": plan.__dict__}
 
@@ -807,6 +791,8 @@ def run_peer(args: argparse.Namespace, r: Runner, data: Path) -> dict[str, Any]:
         onnx_jets=1000,
         onnx_reps=3,
         main_experiment="gn2",
+        bf16_batch_size=args.bf16_batch_size,
+        bf16_steps=2,
     )
     failed: list[str] = []
     skipped: list[str] = []
@@ -914,25 +900,19 @@ def run_peer(args: argparse.Namespace, r: Runner, data: Path) -> dict[str, Any]:
         figs.add_stats(name, sx[key], unit, label, better, **note(f"sx:{key}"))
         sfigs.add_stats(name, sa[key], unit, label, better, **note(f"sa:{key}"))
 
-    def single(f: Figures, name: str, value: Any, unit: str, label: str, m: Measured) -> None:
-        better = "lower" if unit in ("MB", "s") else "higher"
-        f.add(name, value, unit, label, better, contended=contended(m.foreign_cores, m.load))
-
     for variant, m in (("compiled_fp32", compiled), ("compiled_bf16", bf16)):
         if m is not None and m.ok:
-            label = f"GN2 training, {variant.replace('_', ' ')}"
-            single(figs, f"train.gn2.{variant}.jets_per_s", m.data.get("jets_per_s"), "jets/s",
-                   label, m)  # fmt: skip
-            single(figs, f"train.gn2.{variant}.peak_rss_mb", m.peak_rss_mb, "MB",
-                   f"{label}, peak RSS", m)  # fmt: skip
+            label, key = f"GN2 training, {variant.replace('_', ' ')}", f"train.gn2.{variant}"
+            add_measured(figs, f"{key}.jets_per_s", m.data.get("jets_per_s"), "jets/s", label, m)
+            add_measured(figs, f"{key}.peak_rss_mb", m.peak_rss_mb, "MB", f"{label}, peak RSS", m)
     for f, m in ((figs, sx_onnx), (sfigs, salt_onnx_m)):
         if m is None or not m.ok:
             continue
         for t, v in (m.data.get("jets_per_s") or {}).items():
-            single(f, f"onnx.gn2.t{t}.jets_per_s", v, "jets/s",
-                   f"GN2 ONNX Runtime, 1 jet/call, {t} thread(s)", m)  # fmt: skip
-        single(f, "onnx.gn2.export_s", m.data.get("export_s"), "s",
-               "GN2 ONNX export (incl. its check)", m)  # fmt: skip
+            label = f"GN2 ONNX Runtime, 1 jet/call, {t} thread(s)"
+            add_measured(f, f"onnx.gn2.t{t}.jets_per_s", v, "jets/s", label, m)
+        label = "GN2 ONNX export (incl. its check)"
+        add_measured(f, "onnx.gn2.export_s", m.data.get("export_s"), "s", label, m)
     eager = stats(sx["train"])
     eager_one = Measured("eager", 0, 0.0, 0.0, 0.0, 0.0, 0.0, "")
     eager_one.data = {"jets_per_s": eager["median"] if eager else None}
@@ -1060,6 +1040,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="intra-op threads")
     p.add_argument("--no-compile", action="store_true", help="skip compiled training")
     p.add_argument("--bf16", action="store_true", help="with --peer: also compiled bf16")
+    p.add_argument("--bf16-batch-size", type=int, default=250, help="bf16 runs on CPU (0: as fp32)")
     p.add_argument("--no-onnx", action="store_true", help="with --peer: skip ONNX")
     p.add_argument(
         "--budget-min", type=float, default=20, help="--peer: skip ONNX past this minus 4 min"

@@ -8,8 +8,9 @@ FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` on a real ba
 (matmuls and attention; elementwise ops are not counted), for the forward pass and for a
 training step (forward + backward of the summed task losses):
 
-* ``padded``: every constituent slot (valid or not), the work the hardware does;
-  counted on the batch's first 32 jets (FLOPs grow linearly with the jets).
+* ``padded``: every constituent slot the model processes, valid or not (after any
+  trimming of slots padded in all jets of the batch): the work the hardware does;
+  counted on the whole batch.
 * ``useful``: only valid tokens. FLOPs depend on shapes only, so one jet per valid count
   ``n`` is run with exactly ``n`` slots (valid slots first) and weighted by the number of
   jets with that ``n``: the attention and pair (vertexing) terms scale with ``n`` and
@@ -157,13 +158,13 @@ def useful_flops(model: torch.nn.Module, batch, backward: bool) -> tuple[int, di
     return total, hist
 
 
-def padded_flops(model: torch.nn.Module, batch, backward: bool, jets: int = 32) -> float:
-    """FLOPs per jet of the padded batch, counted on its first ``jets`` jets (FLOPs grow
-    linearly with the number of jets)."""
-    name = _constituent_of(batch)
-    rows = torch.arange(min(jets, batch.num_jets))
-    sub = select_jets(batch, rows, batch.masks[name].shape[1])  # all slots kept
-    return batch_flops(model, sub, backward) / len(rows)
+def padded_flops(model: torch.nn.Module, batch, backward: bool) -> float:
+    """FLOPs per jet of the whole batch as the model runs it (all slots it keeps).
+
+    Counted on the full batch: the model may trim slots that are padded in every jet of
+    the batch, so the count depends on the batch, not only on the jet.
+    """
+    return batch_flops(model, batch, backward) / batch.num_jets
 
 
 # ------------------------------------------------------------------------------- peak

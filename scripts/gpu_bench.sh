@@ -12,7 +12,9 @@
 #     bf16 torch.mm peak;
 #   * inference: evaluation jets/s (forward + predictions h5) on the GPU, and ONNX Runtime
 #     (CPU, one jet per call) for reference.
-# Results: OUT_DIR/gpu_results.json and OUT_DIR/gpu_results.md.
+# Results: OUT_DIR/gpu_results.json, OUT_DIR/gpu_results.md and OUT_DIR/logs/; the venv,
+# data and run directory go to GPU_BENCH_WORK (default ${TMPDIR:-/tmp}/saltx-gpu-bench), so
+# that OUT_DIR stays small (it may be the device tool's $OUT).
 #
 # Environment:
 #   WHEELHOUSE   folder of wheels (default: wheelhouse/ in the checkout)
@@ -22,7 +24,7 @@
 #   GPU_BATCH    batch size (default 1000)
 #   GPU_BENCH_DRY=1  a functional dry run on the CPU (no CUDA needed; use tiny GPU_STEPS,
 #                GPU_JETS, and GPU_BENCH_VENV=.venv to use an existing venv)
-#   GPU_BENCH_VENV   use this venv instead of creating OUT_DIR/venv
+#   GPU_BENCH_VENV   use this venv instead of creating GPU_BENCH_WORK/venv
 #
 # Building the wheelhouse (on a machine with network, same Python minor version and
 # platform as the GPU machine, Linux x86_64):
@@ -58,13 +60,14 @@ T0=$(date +%s)
 mkdir -p "$OUT_DIR"
 OUT_DIR=$(cd "$OUT_DIR" && pwd)
 LOG=$OUT_DIR/logs
-mkdir -p "$LOG"
+WORK=${GPU_BENCH_WORK:-${TMPDIR:-/tmp}/saltx-gpu-bench}
+mkdir -p "$LOG" "$WORK"
 say() { echo "[$(( $(date +%s) - T0 ))s] $*"; }
 
 say "GPU: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo 'nvidia-smi not found')"
 
 # ---- install (wheels only) ----------------------------------------------------------------
-VENV=${GPU_BENCH_VENV:-$OUT_DIR/venv}
+VENV=${GPU_BENCH_VENV:-$WORK/venv}
 if [[ ! -x $VENV/bin/python ]]; then
   "$PYTHON" -m venv --system-site-packages "$VENV"
 fi
@@ -77,7 +80,7 @@ if ! ((DRY)) && ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_avail
   say "no CUDA torch in the system site-packages: installing torch from $WHEELHOUSE"
   "${PIP[@]}" --ignore-installed torch
 fi
-"$PY" -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > "$OUT_DIR/torch-pin.txt"
+"$PY" -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > "$WORK/torch-pin.txt"
 NEED=()
 for m in numpy:numpy scipy:scipy matplotlib:matplotlib h5py:h5py hydra:hydra-core \
     omegaconf:omegaconf yaml:pyyaml rich:rich fsspec:fsspec onnx:onnx onnxruntime:onnxruntime \
@@ -89,7 +92,7 @@ if ((${#NEED[@]})) || ! "$PY" -c "import saltx" 2>/dev/null; then
 fi
 if ((${#NEED[@]})); then
   say "installing from $WHEELHOUSE: ${NEED[*]}"
-  "${PIP[@]}" -c "$OUT_DIR/torch-pin.txt" "${NEED[@]}"
+  "${PIP[@]}" -c "$WORK/torch-pin.txt" "${NEED[@]}"
 fi
 "$PY" -c "import saltx" 2>/dev/null || "${PIP[@]}" --no-deps saltx
 ((DRY)) || "$PY" -c "import torch, saltx; assert torch.cuda.is_available(), 'no CUDA'; \
@@ -97,7 +100,7 @@ print('torch', torch.__version__, 'CUDA', torch.version.cuda, torch.cuda.get_dev
 say "installed"
 
 # ---- data --------------------------------------------------------------------------------
-DATA=$OUT_DIR/data
+DATA=$WORK/data
 if [[ ! -f $DATA/class_dict.yaml ]]; then
   "$PY" -m saltx.data.synthetic --out "$DATA" --n-jets "$NJETS" > "$LOG/synthetic.log" 2>&1
 fi
@@ -142,7 +145,7 @@ PY
 
 # ---- inference ---------------------------------------------------------------------------
 say "inference"
-RUN=$OUT_DIR/run_gn2
+RUN=$WORK/run_gn2
 rm -rf "$RUN"
 "$PY" -m saltx.train +experiment=gn2 "paths.data_dir=$DATA" "paths.output_dir=$RUN" \
   data.batch_size="$BS" trainer.max_steps=2 trainer.limit_val_batches=1 trainer.accelerator=$ACC \
@@ -187,7 +190,7 @@ rows.append(("GN2 evaluation on GPU (forward + predictions h5)", ev.get("jets_pe
 for th, v in (ox.get("jets_per_s") or {}).items():
     rows.append((f"GN2 ONNX Runtime (CPU), 1 jet/call, {th} thread(s)", v, "jets/s"))
 md = ["| figure | value | unit |", "|---|---:|---|"]
-md += [f"| {a} | {'n/a' if v is None else f'{v:,.1f}'} | {u} |" for a, v, u in rows]
+md += [f"| {a} | {'n/a' if v is None else f'{v:,.2f}'} | {u} |" for a, v, u in rows]
 text = f"GPU: {peak.get('name', '?')}\n\n" + "\n".join(md) + "\n"
 (out / "gpu_results.md").write_text(text)
 (out / "gpu_results.json").write_text(json.dumps(res, indent=1))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -391,7 +392,7 @@ def flavour_metrics(
                 for t, d in discs.items()
                 if bkg in probs[t]
             }
-            short = f"{signal[0]}vs{bkg.removesuffix('jets')}"
+            short = re.sub(r"[^\w.-]|\.\.", "_", f"{signal[0]}vs{bkg.removesuffix('jets')}")
             pngs.append(str(plots.plot_roc(curves, signal, bkg, out_dir / f"roc_{short}.png")))
         sym = "D_b" if signal == "bjets" else "D_c"
         pngs.append(

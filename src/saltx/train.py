@@ -63,7 +63,7 @@ def _file_metadata(path: str, global_object: str) -> dict[str, Any]:
 def build(cfg: DictConfig, info: DistInfo) -> Components:
     """Model and loaders from ``cfg`` (``saltx.models`` and ``saltx.data``)."""
     from saltx.data.class_weights import load_class_dict
-    from saltx.data.labels import read_class_names
+    from saltx.data.labels import MissingClassNames, read_class_names
     from saltx.data.loader import build_dataloader, build_datasets
     from saltx.data.norm import load_norm_dict
     from saltx.models.build import build_model, required_labels
@@ -73,7 +73,7 @@ def build(cfg: DictConfig, info: DistInfo) -> Components:
     class_dict = load_class_dict(data.class_dict) if data.get("class_dict") else None
     try:
         class_names = read_class_names(data.train_file, data.global_object)
-    except Exception:  # the task config may name the classes itself
+    except MissingClassNames:  # the task config may name the classes itself
         class_names = None
     model = build_model(cfg, norm_dict, class_dict, class_names)
     datasets = build_datasets(data, required_labels(cfg, "fit"), "fit", seed=int(cfg.seed))

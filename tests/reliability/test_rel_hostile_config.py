@@ -164,3 +164,11 @@ def test_missing_data_files(env: SimpleNamespace) -> None:
     check("data.val_file missing", result, r"/nonexistent/val\.h5")
     result = attempt(env, "data.norm_dict=/nonexistent/norm.yaml")
     check("data.norm_dict missing", result, r"/nonexistent/norm\.yaml")
+
+
+def test_ckpt_path_that_does_not_exist(env: SimpleNamespace, tmp_path: Path) -> None:
+    from saltx.train import train
+
+    cfg = compose_train(env.data, tmp_path / "run", "ckpt_path=/nonexistent/best.pt")
+    kind, message = outcome(lambda: train(cfg))
+    assert kind == "FileNotFoundError" and "/nonexistent/best.pt" in message, (kind, message)

@@ -210,6 +210,7 @@ def test_fuzz_non_finite_values(
         valid = bool(arrays[ds]["valid"][row, slot])
     result = _probe(env, arrays, non_finite_to_num=to_num)
     case = f"{value} in {ds}.{field} ({'valid' if valid else 'padded'} entry)"
+    case += " with data.non_finite_to_num=true" if to_num else ""
     check(case, result, rf"non-finite.*{field}.*jet index {row}", ok=to_num or not valid)
 
 

@@ -190,3 +190,22 @@ def test_real_full_tmpfs_on_checkpoint_write(
         assert corrupt_checkpoints(run) == []
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+# -- a checkpoint damaged by something else (a non-atomic copy, a bad disk) -------------------
+@pytest.mark.parametrize("damage", ["truncated", "zeroed", "empty"])
+def test_damaged_last_checkpoint_is_a_clear_error(
+    data_dir: Path, trained_run: Path, tmp_path: Path, damage: str
+) -> None:
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    good = (trained_run / "checkpoints/last.pt").read_bytes()
+    bad = {
+        "truncated": good[: len(good) // 2],
+        "zeroed": good[:1024] + bytes(len(good) - 1024),
+        "empty": b"",
+    }[damage]
+    (run / "checkpoints/last.pt").write_bytes(bad)
+    with pytest.raises(ValueError, match=r"could not load checkpoint .*last\.pt"):
+        train(compose_train(data_dir, run, *ONE_EPOCH, "trainer.resume=auto"))
+    assert (run / "checkpoints/last.pt").read_bytes() == bad  # left for the user to inspect

@@ -276,6 +276,13 @@ class JetDataset(Dataset):
         try:
             self._plan(f)
             self.num_jets = self._check_length(f, num)
+        except DataError:
+            raise
+        except (OSError, KeyError, RuntimeError, UnicodeDecodeError, ValueError) as err:
+            raise DataError(
+                f"cannot read the layout of '{self.file.name}': the file is damaged or "
+                f"truncated ({type(err).__name__}: {err})"
+            ) from err
         finally:
             self.file.close()
 
@@ -297,6 +304,12 @@ class JetDataset(Dataset):
             raise DataError(
                 f"{what} {missing} not found in dataset '{ds.name.lstrip('/')}' of "
                 f"'{self.file.name}'; available fields: {list(ds.dtype.names)}"
+            )
+        odd = {v: str(ds.dtype[v]) for v in fields if ds.dtype[v].kind not in "biuf"}
+        if odd:
+            raise DataError(
+                f"{what} {odd} in dataset '{ds.name.lstrip('/')}' of '{self.file.name}' "
+                "are not numeric; expected integer, float or bool fields"
             )
 
     def _truncation(self, name: str, ds: h5py.Dataset) -> int | None:
@@ -341,6 +354,13 @@ class JetDataset(Dataset):
                 columns = list(fields)
             if name in (GLOBAL, PARAMETERS) and ds.ndim != 1:
                 raise DataError(f"{name} must map to the 1D global object, not '{ds_name}'")
+            glob = name in (GLOBAL, PARAMETERS, self.global_object)
+            if ds.ndim != (1 if glob else 2) or not (glob or has_valid or name == EDGE):
+                raise DataError(
+                    f"input '{name}' reads dataset '{ds_name}' of '{self.file.name}' with "
+                    f"shape {ds.shape}; expected "
+                    + ("(jets,)" if glob else "(jets, constituents) with a bool 'valid' field")
+                )
             inp = _Input(name, ds_name, columns, _field_runs(ds.dtype, columns))
             inp.num = self._truncation(name, ds)
             inp.constituent = ds.ndim == 2 and has_valid
@@ -400,7 +420,13 @@ class JetDataset(Dataset):
             buf = np.empty(want, dtype=dtype)
             self._buffers[ds_name] = buf
         if stop > start:
-            self.file.reader(ds_name).read(buf, start)
+            try:
+                self.file.reader(ds_name).read(buf, start)
+            except (OSError, KeyError, RuntimeError, UnicodeDecodeError) as err:
+                raise DataError(
+                    f"cannot read jets [{start}, {stop}) of dataset '{ds_name}' in "
+                    f"'{self.file.name}': the file is damaged or truncated ({err})"
+                ) from err
         return buf
 
     def _check_finite(self, name: str, x: np.ndarray, start: int, columns: list) -> np.ndarray:

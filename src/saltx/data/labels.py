@@ -67,10 +67,23 @@ def apply_label_map(labels: ArrayT, mapping: Mapping[int, int], name: str = "lab
     return out.astype(values.dtype if values.dtype.kind == "i" else np.int64, copy=False)
 
 
-def _to_names(value: object) -> list[str]:
+class MissingClassNames(DataError):
+    """The file has no class-name attribute (the task config may give the names)."""
+
+
+def _to_names(value: object, where: str = "class names") -> list[str]:
     if isinstance(value, bytes | str):
         value = [value]
-    return [v.decode() if isinstance(v, bytes) else str(v) for v in np.asarray(value).ravel()]
+    items = list(np.asarray(value).ravel())
+    if not items or not all(isinstance(v, bytes | str) for v in items):
+        raise DataError(
+            f"{where} must be a non-empty list of class-name strings, got "
+            f"{type(value).__name__} {np.asarray(value).tolist()!r:.100}"
+        )
+    try:
+        return [v.decode() if isinstance(v, bytes) else str(v) for v in items]
+    except UnicodeDecodeError as err:
+        raise DataError(f"{where} are not valid UTF-8 ({err})") from err
 
 
 def read_class_names(
@@ -97,6 +110,16 @@ def read_class_names(
     DataError
         If the dataset or the attribute is missing.
     """
+    try:
+        return _read_class_names(source, dataset, label)
+    except (OSError, KeyError, RuntimeError) as err:
+        raise DataError(
+            f"cannot read class names from '{describe_source(source)}': the file is damaged "
+            f"or truncated ({type(err).__name__}: {err})"
+        ) from err
+
+
+def _read_class_names(source: H5Source, dataset: str, label: str) -> list[str]:
     with open_h5(source) as f:
         if dataset not in f:
             raise DataError(
@@ -105,8 +128,9 @@ def read_class_names(
             )
         attrs = f[dataset].attrs
         if label not in attrs:
-            raise DataError(
+            raise MissingClassNames(
                 f"no attribute '{label}' on dataset '{dataset}' in '{describe_source(source)}' "
                 f"(available attributes: {sorted(attrs.keys())}); give class_names explicitly"
             )
-        return _to_names(attrs[label])
+        where = f"attribute '{label}' of dataset '{dataset}' in '{describe_source(source)}'"
+        return _to_names(attrs[label], where)

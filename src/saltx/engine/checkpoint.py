@@ -8,6 +8,7 @@ Checkpoints live in ``<run dir>/checkpoints/``: ``last.pt`` (every
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import torch
@@ -28,8 +29,23 @@ def save_checkpoint(rundir: RunDir, name: str, ckpt: dict[str, Any]) -> str:
     """Atomically write ``ckpt`` to ``checkpoints/<name>``; returns its path.
 
     A write that fails half way leaves the previous file of that name untouched.
+
+    Raises
+    ------
+    OSError
+        When the file cannot be written (e.g. a full disk); the message names the file.
     """
-    return rundir.save_torch(f"{CKPT_DIR}/{name}", ckpt)
+    rel = f"{CKPT_DIR}/{name}"
+    buf = io.BytesIO()
+    torch.save(ckpt, buf)  # serialise first: a failing write is then a plain OSError
+    try:
+        return rundir.write_bytes(rel, buf.getbuffer())
+    except OSError as err:
+        raise OSError(
+            err.errno,
+            f"could not write checkpoint {rundir.path(rel)}: {err.strerror or err}; "
+            f"the previous {name}, if any, is unchanged",
+        ) from err
 
 
 def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:

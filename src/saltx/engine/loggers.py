@@ -66,6 +66,8 @@ class WandbLogger:
             dir=local_dir,
             mode=mode,
             reinit=True,
+            # no system metadata: it records sys.argv, where overrides may carry secrets
+            settings=wandb.Settings(x_disable_meta=True),
         )
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:

@@ -5,7 +5,7 @@ Layout: ``q, k, v`` are ``(B, H, L, Dh)``; masks are bool with True = blocked.
 Two formulations of a kernel's sequence reductions exist:
 
 * **exact** (default on CPU, eager or compiled): queries and keys are zero-padded to a
-  multiple of ``BLOCK`` (64) and every product is a batched GEMM of fixed-shape
+  multiple of ``BLOCK`` (16) and every product is a batched GEMM of fixed-shape
   ``BLOCK x BLOCK`` tiles; tiles are summed one after the other and the softmax
   denominator comes from the same fixed-shape GEMMs (or a sequential ``cumsum``).
   BLAS then sees the same shapes whatever the padded length, and padded keys appended
@@ -51,7 +51,7 @@ __all__ = [
     "rowwise_linear",
 ]
 
-BLOCK = 64
+BLOCK = 16
 """Tile size of the padding-exact attention GEMMs."""
 
 

@@ -268,6 +268,11 @@ def build_model(
     SaltModel
     """
     data, mcfg = cfg.data, cfg.model
+    for key in ("embed_dim", "num_heads"):
+        if int(mcfg[key]) < 1:
+            raise ValueError(f"model.{key}={mcfg[key]} must be a positive integer")
+    if int(mcfg.get("out_dim", 0) or 0) < 0:
+        raise ValueError(f"model.out_dim={mcfg.out_dim} must be >= 0 (0: no projection)")
     variables = {k: list(v) for k, v in _plain(data.variables).items()}
     global_object = str(data.get("global_object", "jets"))
     input_map = _plain(data.get("input_map")) or None

@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from saltx.models.inputnorm import InputNorm
+from saltx.models.trimming import length_groups, trim_batch, trim_lengths, trimming_enabled
 
 
 class SaltModel(nn.Module):
@@ -37,6 +39,14 @@ class SaltModel(nn.Module):
         Constituent input the edges belong to (whose mask they share).
     use_global
         Concatenate ``inputs["GLOBAL"]`` (normalised) to the pooled representation.
+    trim_padding
+        In eager mode, drop the trailing constituent slots padded in every jet before
+        running the network and pad the predictions back (outputs of valid constituents
+        are unchanged; see :mod:`saltx.models.trimming`). Off while tracing/exporting.
+    group_by_length
+        With ``trim_padding`` and a single constituent input: run the encoder on groups of
+        jets of similar length, each trimmed to its own length (same outputs; skipped
+        when the model has batch-norm layers).
     """
 
     def __init__(
@@ -51,6 +61,8 @@ class SaltModel(nn.Module):
         edge_net: nn.Module | None = None,
         edge_input: str = "tracks",
         use_global: bool = False,
+        trim_padding: bool = True,
+        group_by_length: bool = True,
     ) -> None:
         super().__init__()
         if (encoder is None) != (pooling is None):
@@ -72,6 +84,8 @@ class SaltModel(nn.Module):
         self.tasks = nn.ModuleDict(dict(tasks))
         self.global_object = global_object
         self.use_global = use_global
+        self.trim_padding = trim_padding
+        self.group_by_length = group_by_length
 
     @property
     def trainable_params(self) -> int:
@@ -114,6 +128,50 @@ class SaltModel(nn.Module):
             global_rep = torch.cat([global_rep, _input(x, "GLOBAL").to(global_rep.dtype)], -1)
         return encoded, global_rep
 
+    def _length_groups(self, masks: Mapping[str, Tensor]) -> list[tuple[Tensor, int]]:
+        """Jet groups of similar length (one constituent input, no batch statistics)."""
+        if not self.group_by_length or len(masks) != 1:
+            return []
+        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.modules()):
+            return []  # batch norm couples the jets of a batch
+        return length_groups(next(iter(masks.values())))
+
+    def _grouped_representations(
+        self,
+        inputs: Mapping[str, Tensor],
+        masks: Mapping[str, Tensor],
+        groups: list[tuple[Tensor, int]],
+    ) -> tuple[dict[str, Tensor], Tensor]:
+        """:meth:`representations` run per group of jets, each trimmed to its own length.
+
+        Every jet is computed independently of the others (no batch statistics), so the
+        outputs of the valid constituents are those of one call on the whole batch; the
+        slots beyond a group's length get zero encodings.
+        """
+        name = next(iter(masks))
+        n = masks[name].shape[1]
+        enc_parts: dict[str, list[Tensor]] = {}
+        glob_parts, order = [], []
+        for idx, length in groups:
+            sub_in = {k: v.index_select(0, idx) for k, v in inputs.items()}
+            sub_masks = {k: m.index_select(0, idx) for k, m in masks.items()}
+            if length < n:
+                sub_in, sub_masks, _ = trim_batch(
+                    sub_in, sub_masks, None, {name: length}, edge_input=self.edge_input
+                )
+            enc, glob = self.representations(sub_in, sub_masks)
+            for key, t in enc.items():
+                if t.dim() >= 2 and t.shape[1] == length and length < n:
+                    t = F.pad(t, [0, 0] * (t.dim() - 2) + [0, n - length])
+                enc_parts.setdefault(key, []).append(t)
+            glob_parts.append(glob)
+            order.append(idx)
+        perm = torch.cat(order)
+        inverse = torch.empty_like(perm)
+        inverse[perm] = torch.arange(perm.numel(), device=perm.device)
+        encoded = {k: torch.cat(parts).index_select(0, inverse) for k, parts in enc_parts.items()}
+        return encoded, torch.cat(glob_parts).index_select(0, inverse)
+
     def forward(
         self,
         inputs: Mapping[str, Tensor],
@@ -138,7 +196,19 @@ class SaltModel(nn.Module):
             ``preds[task]`` (logits / scaled values / pair logits) and ``losses[task]``
             (scalars already multiplied by the task weight; empty without labels).
         """
-        encoded, global_rep = self.representations(inputs, masks)
+        full_n = {}
+        if self.trim_padding and self.encoder is not None and trimming_enabled():
+            lengths = trim_lengths(masks)
+            if lengths:
+                full_n = {name: masks[name].shape[1] for name in lengths}
+                inputs, masks, labels = trim_batch(
+                    inputs, masks, labels, lengths, edge_input=self.edge_input
+                )
+        groups = self._length_groups(masks) if full_n else []
+        if len(groups) > 1:
+            encoded, global_rep = self._grouped_representations(inputs, masks, groups)
+        else:
+            encoded, global_rep = self.representations(inputs, masks)
         preds: dict[str, Tensor] = {}
         losses: dict[str, Tensor] = {}
         for name, task in self.tasks.items():
@@ -164,6 +234,8 @@ class SaltModel(nn.Module):
                     mask=_mask(masks, task.input_name),
                     context=global_rep,
                 )
+            if task.input_name in full_n:  # back to the caller's N slots
+                pred = task.pad_preds(pred, full_n[task.input_name])
             preds[name] = pred
             if loss is not None:
                 losses[name] = loss

@@ -120,6 +120,17 @@ class TaskBase(nn.Module):
         """Label fields of ``input_name`` this task reads at ``stage``."""
         return []
 
+    def pad_preds(self, preds: Tensor, length: int) -> Tensor:
+        """Zero-pad constituent predictions ``(B, L, ...)`` to ``(B, length, ...)``.
+
+        Used after the model trimmed the batch to its ``L`` leading slots (the appended
+        slots are padded constituents).
+        """
+        extra = length - preds.shape[1]
+        if extra <= 0:
+            return preds
+        return F.pad(preds, [0, 0] * (preds.dim() - 2) + [0, extra])
+
 
 def remap_labels(labels: Tensor, label_map: Mapping[int, int]) -> Tensor:
     """Apply ``{raw: class}`` in one vectorised lookup (chained maps such as swaps work).
@@ -203,6 +214,8 @@ class ClassificationTask(TaskBase):
                 f"model.tasks.{name}.class_names (known defaults: {sorted(CLASS_NAMES)})"
             )
         class_names = [str(c) for c in class_names]
+        if not class_names:
+            raise ValueError(f"task {name!r}: model.tasks.{name}.class_names is empty")
         if output_size is not None and int(output_size) != len(class_names):
             raise ValueError(
                 f"task {name!r}: output_size={output_size} but {len(class_names)} class_names "
@@ -258,11 +271,26 @@ class ClassificationTask(TaskBase):
         mask
             ``(B, N)`` bool, True = padded, for constituent tasks.
         """
-        y = _field(labels, self.label, self.name, self.input_name).long()
+        raw = _field(labels, self.label, self.name, self.input_name)
+        if raw.is_floating_point() and not torch.equal(raw, raw.round()):
+            raise ValueError(
+                f"task {self.name!r}: label '{self.label}' of '{self.input_name}' has "
+                "non-integer values; class labels must be whole numbers"
+            )
+        y = raw.long()
         if self.label_map is not None:
             y = remap_labels(y, self.label_map)
         if mask is not None:
             y = torch.where(mask | (y == -2), torch.full_like(y, IGNORE_INDEX), y)
+        bad = (y != IGNORE_INDEX) & ((y < 0) | (y >= len(self.class_names)))
+        if bad.any():
+            values = torch.unique(y[bad]).tolist()[:10]
+            raise ValueError(
+                f"task {self.name!r}: label '{self.label}' of '{self.input_name}' has values "
+                f"{values} outside [0, {len(self.class_names)}) for class_names "
+                f"{self.class_names}; fix the file, the class names or model.tasks."
+                f"{self.name}.label_map"
+            )
         return y
 
     def loss(

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from saltx.models.dense import run_layers
 from saltx.models.tasks import TaskBase, _batch_part, _field, _task_preds, stage_has_labels
+from saltx.models.trimming import trimming_enabled
 from saltx.models.union_find import get_node_assignment
 
 # ftagTruthOriginLabel values: 1 Fake; 3 FromB, 4 FromBC, 5 FromC (heavy flavour)
@@ -163,6 +164,68 @@ class VertexingTask(TaskBase):
         """The vertex index and the origin label (pair weights), at fit."""
         return [self.label, self.origin_label] if stage_has_labels(stage) else []
 
+    def pad_preds(self, preds: Tensor, length: int) -> Tensor:
+        """Pad ``(B, L, L)`` pair logits to ``(B, length, length)`` with the invalid logit."""
+        extra = length - preds.shape[1]
+        if extra <= 0:
+            return preds
+        return F.pad(preds, [0, extra, 0, extra], value=INVALID_PAIR_LOGIT)
+
+    def _decomposed_first_layer(
+        self, x: Tensor, context: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor | None] | None:
+        """Per-node parts of the first linear layer, or None when it cannot be split.
+
+        Returns ``(h_i, h_j, h_c)``: ``(B, N, H)`` receiver and sender terms and the
+        ``(B, H)`` context term (None without context); the bias is added by the caller.
+        """
+        dense = self.net
+        first = dense.first_linear_index
+        if not (first == 0 or (first == 1 and not self.training)):
+            return None  # input norm layer, or input dropout while training
+        linear = dense.net[first]
+        c, d = dense.context_size, self.node_size
+        w = linear.weight
+        h_i = x @ w[:, c : c + d].T  # (B, N, H): row (receiver) node
+        h_j = x @ w[:, c + d :].T  # (B, N, H): column (sender) node
+        h_c = None
+        if c:
+            if context is None:
+                raise ValueError(f"task {self.name!r} was built with a context but got none")
+            h_c = context.to(w.dtype) @ w[:, :c].T
+        return h_i, h_j, h_c
+
+    def sparse_pair_logits(self, x: Tensor, mask: Tensor, context: Tensor | None = None) -> Tensor:
+        """Pair logits computed on the valid pairs only, scattered into ``(B, N, N)``.
+
+        Same map as :meth:`pair_logits` (equal to float rounding) with the invalid pairs set
+        to ``INVALID_PAIR_LOGIT``; the pair MLP runs on the ~``B·n²`` valid pairs instead of
+        all ``B·N²``. The number of pairs is data dependent, so this is for eager mode.
+
+        Parameters
+        ----------
+        x
+            ``(B, N, D)`` track embeddings.
+        mask
+            ``(B, N)`` bool, True = padded.
+        context
+            ``(B, C)`` pooled representation (when ``context_size > 0``).
+        """
+        parts = self._decomposed_first_layer(x, context)
+        if parts is None:
+            logits = self.pair_logits(x, context)
+            return logits.masked_fill(~valid_pairs(mask), INVALID_PAIR_LOGIT)
+        h_i, h_j, h_c = parts
+        dense = self.net
+        linear = dense.net[dense.first_linear_index]
+        b_idx, i_idx, j_idx = valid_pairs(mask).nonzero(as_tuple=True)
+        h = h_i[b_idx, i_idx] + h_j[b_idx, j_idx] + linear.bias
+        if h_c is not None:
+            h = h + h_c[b_idx]
+        out = run_layers(dense.net[dense.first_linear_index + 1 :], h).squeeze(-1)
+        logits = out.new_full(mask.shape + mask.shape[1:], INVALID_PAIR_LOGIT)
+        return logits.index_put((b_idx, i_idx, j_idx), out)
+
     def pair_logits(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """Dense pair logits ``(B, N, N)`` of ``net([context, x_i, x_j])``.
 
@@ -174,25 +237,19 @@ class VertexingTask(TaskBase):
             ``(B, C)`` pooled representation (when ``context_size > 0``).
         """
         dense = self.net
-        first = dense.first_linear_index
-        decomposable = first == 0 or (first == 1 and not self.training)
-        if not decomposable:  # input norm layer, or input dropout while training
+        parts = self._decomposed_first_layer(x, context)
+        if parts is None:
             n = x.shape[1]
             pairs = torch.cat(
                 [x[:, :, None, :].expand(-1, -1, n, -1), x[:, None, :, :].expand(-1, n, -1, -1)],
                 dim=-1,
             )
             return dense(pairs, context).squeeze(-1)
-        linear = dense.net[first]
-        c, d = dense.context_size, self.node_size
-        w = linear.weight
-        h_i = x @ w[:, c : c + d].T  # (B, N, H): row (receiver) node
-        h_j = x @ w[:, c + d :].T  # (B, N, H): column (sender) node
-        h = h_i[:, :, None, :] + h_j[:, None, :, :] + linear.bias
-        if c:
-            if context is None:
-                raise ValueError(f"task {self.name!r} was built with a context but got none")
-            h = h + (context.to(w.dtype) @ w[:, :c].T)[:, None, None, :]
+        h_i, h_j, h_c = parts
+        first = dense.first_linear_index
+        h = h_i[:, :, None, :] + h_j[:, None, :, :] + dense.net[first].bias
+        if h_c is not None:
+            h = h + h_c[:, None, None, :]
         return run_layers(dense.net[first + 1 :], h).squeeze(-1)
 
     def forward(
@@ -222,8 +279,11 @@ class VertexingTask(TaskBase):
         """
         if mask is None:
             mask = torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device)
-        logits = self.pair_logits(x, context)
-        logits = logits.masked_fill(~valid_pairs(mask), INVALID_PAIR_LOGIT)
+        if trimming_enabled():  # eager: the pair MLP on the valid pairs only
+            logits = self.sparse_pair_logits(x, mask, context)
+        else:  # static shapes for torch.compile / tracing / ONNX
+            logits = self.pair_logits(x, context)
+            logits = logits.masked_fill(~valid_pairs(mask), INVALID_PAIR_LOGIT)
         loss = None
         if labels is not None:
             vertex = _field(labels, self.label, self.name, self.input_name)
