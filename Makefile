@@ -17,13 +17,13 @@ export HYDRA_FULL_ERROR ?= 1
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "torch==$(TORCH_VERSION)"
 	$(PY) -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > $(VENV)/torch-pin.txt
-	$(PIP) install -q -c $(VENV)/torch-pin.txt -e ".[dev]"
-	$(PIP) install -q -c $(VENV)/torch-pin.txt --no-deps "mup==1.0.0"
+	$(PIP) install -q -c $(VENV)/torch-pin.txt -c constraints.txt -e ".[dev]"
+	$(PIP) install -q -c $(VENV)/torch-pin.txt -c constraints.txt --no-deps "mup==1.0.0"
 	$(PY) -c "import torch, mup, saltx; print('installed saltx with torch', torch.__version__)"
 	touch $(STAMP)
 
