@@ -61,13 +61,13 @@ def test_torchrun_two_processes(tmp_path: Path) -> None:
     script = tmp_path / "job.py"
     overrides = [*COMMON, "trainer.max_epochs=1"]
     script.write_text(
-        "import json, sys\n"
+        "import json, os, sys\n"
         f"sys.path.insert(0, {str(HERE)!r})\n"
         "from pathlib import Path\n"
         "from test_engine_loop import make_cfg, toy_build\n"
         "from saltx.train import train\n"
         f"metrics = train(make_cfg(Path({str(out)!r}), *{overrides!r}), toy_build)\n"
-        f"Path({str(tmp_path / 'metrics')!r} + sys.argv[1]).write_text(json.dumps(metrics))\n"
+        f"Path({str(tmp_path / 'metrics')!r} + os.environ['RANK']).write_text(json.dumps(metrics))\n"
     )
     cmd = [
         sys.executable,
@@ -76,12 +76,13 @@ def test_torchrun_two_processes(tmp_path: Path) -> None:
         "--nproc_per_node=2",
         f"--master_port={free_port()}",
         str(script),
-        "x",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    metrics = json.loads((tmp_path / "metricsx").read_text())
+    # each rank writes its own file: both must report the same all-reduced metrics
+    metrics = json.loads((tmp_path / "metrics0").read_text())
+    assert json.loads((tmp_path / "metrics1").read_text())["val/loss"] == metrics["val/loss"]
     single = train(make_cfg(tmp_path / "one", *overrides), toy_build)
     assert metrics["val/loss"] == pytest.approx(single["val/loss"], rel=1e-4)
     assert (out / "checkpoints/last.pt").exists()
