@@ -57,24 +57,27 @@ def _outputs_equal(p1, p2, mask):
 def test_length_groups_partition_the_batch():
     n_valid = torch.tensor([3, 0, 12, 5, 17, 9, 8])
     mask = torch.arange(24)[None] >= n_valid[:, None]
-    groups = length_groups(mask, min_jets=1)
+    groups = length_groups(mask, multiple=8, min_jets=1)
     assert [(idx.tolist(), length) for idx, length in groups] == [
         ([0, 1, 3, 6], 8),
         ([2, 5], 16),
         ([4], 24),
     ]
-    merged = length_groups(mask, min_jets=5)
+    merged = length_groups(mask, multiple=8, min_jets=5)
     assert [(idx.tolist(), length) for idx, length in merged] == [
         ([0, 1, 2, 3, 5, 6], 16),
         ([4], 24),
     ]
-    assert length_groups(mask, min_jets=100)[0][0].tolist() == list(range(7))
+    assert length_groups(mask, multiple=8, min_jets=100)[0][0].tolist() == list(range(7))
+    fine = length_groups(mask, multiple=2, min_jets=1)
+    assert [length for _, length in fine] == [2, 4, 6, 8, 10, 12, 18]
 
 
 @pytest.mark.parametrize("min_jets", [1, 128])  # grouped by length, or one trimmed batch
 @pytest.mark.parametrize(("encoder", "pooling"), [("transformer", "global"), ("cross", "cross")])
 def test_trimmed_model_equals_untrimmed(encoder, pooling, min_jets, monkeypatch):
     monkeypatch.setattr(trimming, "GROUP_MIN_JETS", min_jets)
+    monkeypatch.setattr(trimming, "GROUP_MULTIPLE", 8)
     model = build(small_cfg({"jets": JET_VARS, "tracks": TRACK_VARS}, encoder, pooling))
     # >= 4 jets per group: BLAS gives a row the same bits only above a few rows per thread
     n_tracks = (3, 0, 5, 7, 12, 2, 9, 4, 10, 13, 11, 15)
@@ -96,6 +99,7 @@ def test_trimmed_model_equals_untrimmed(encoder, pooling, min_jets, monkeypatch)
 @pytest.mark.parametrize("min_jets", [1, 128])
 def test_trimmed_model_with_edges_and_gradients(min_jets, monkeypatch):
     monkeypatch.setattr(trimming, "GROUP_MIN_JETS", min_jets)
+    monkeypatch.setattr(trimming, "GROUP_MULTIPLE", 8)
     variables = {"jets": JET_VARS, "tracks": TRACK_VARS, "EDGE": ["dR", "z", "isSelfLoop"]}
     edges = {"embed_dim": 4, "hidden_layers": [8], "update_edges": True}
     model = build(small_cfg(variables, edges=edges)).train()

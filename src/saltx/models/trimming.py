@@ -19,6 +19,7 @@ from torch import Tensor
 
 __all__ = [
     "GROUP_MIN_JETS",
+    "GROUP_MULTIPLE",
     "TRIM_MULTIPLE",
     "length_groups",
     "trim_batch",
@@ -29,7 +30,11 @@ __all__ = [
 TRIM_MULTIPLE = 8
 """Trimmed lengths are rounded up to a multiple of this (bounded by the original N)."""
 
-GROUP_MIN_JETS = 128
+GROUP_MULTIPLE = 2
+"""Bucket width of :func:`length_groups` (GN2 on 1000-jet batches of ~9 valid tracks of
+40: the encoder then runs on 1.07x the valid tokens, against 1.43x with buckets of 8)."""
+
+GROUP_MIN_JETS = 32
 """Smallest group of jets :func:`length_groups` forms (short buckets are merged upwards)."""
 
 
@@ -132,7 +137,7 @@ def trim_batch(
 
 
 def length_groups(
-    mask: Tensor, multiple: int = TRIM_MULTIPLE, min_jets: int | None = None
+    mask: Tensor, multiple: int | None = None, min_jets: int | None = None
 ) -> list[tuple[Tensor, int]]:
     """Split the jets into groups of similar length, each with its own trimmed length.
 
@@ -145,7 +150,7 @@ def length_groups(
     mask
         ``(B, N)`` bool, True = padded.
     multiple
-        Bucket width.
+        Bucket width; default :data:`GROUP_MULTIPLE`.
     min_jets
         Smallest group (the last, longest group may be smaller); default
         :data:`GROUP_MIN_JETS`.
@@ -156,6 +161,7 @@ def length_groups(
         ``(jet_index, L)`` per group: ``(G,)`` long indices into the batch (ascending) and
         the group's length ``L <= N``. The groups partition the batch.
     """
+    multiple = GROUP_MULTIPLE if multiple is None else multiple
     min_jets = GROUP_MIN_JETS if min_jets is None else min_jets
     n = mask.shape[1]
     pos = torch.arange(1, n + 1, device=mask.device)
