@@ -107,3 +107,29 @@ def test_single_output_rows_do_not_depend_on_batch_shape():
     full = net(x)[:, :25]
     assert torch.equal(short, full)  # padding invariance to the bit
     torch.testing.assert_close(net(x), net.net(x))  # same map as the plain Sequential
+
+
+@pytest.mark.parametrize("norm_layer", [None, "LayerNorm"])
+def test_packed_forward_equals_forward_on_valid_rows(norm_layer, one_thread):
+    torch.manual_seed(1)
+    net = Dense(16, 3, hidden_layers=[24, 8], context_size=5, norm_layer=norm_layer).eval()
+    x = torch.randn(6, 11, 16)
+    ctx = torch.randn(6, 5)
+    n_valid = torch.tensor([4, 0, 11, 7, 5, 9])
+    mask = torch.arange(11)[None] >= n_valid[:, None]
+    packed = net.forward_packed(x, mask, ctx)
+    plain = net(x, ctx)
+    valid = ~mask
+    torch.testing.assert_close(packed[valid], plain[valid])
+    assert torch.all(packed[mask] == 0)
+    # the padded slots' content never matters
+    garbage = x.masked_fill(mask[..., None], float("nan"))
+    assert torch.equal(net.forward_packed(garbage, mask, ctx), packed)
+
+
+def test_packed_forward_shape_errors():
+    net = Dense(4, 2, context_size=3)
+    with pytest.raises(ValueError, match=r"\(B, N\) mask"):
+        net.forward_packed(torch.randn(2, 5, 4), torch.zeros(2, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="no context"):
+        net.forward_packed(torch.randn(2, 5, 4), torch.zeros(2, 5, dtype=torch.bool))

@@ -67,7 +67,8 @@ def test_torchrun_two_processes(tmp_path: Path) -> None:
         "from test_engine_loop import make_cfg, toy_build\n"
         "from saltx.train import train\n"
         f"metrics = train(make_cfg(Path({str(out)!r}), *{overrides!r}), toy_build)\n"
-        f"Path({str(tmp_path / 'metrics')!r} + os.environ['RANK']).write_text(json.dumps(metrics))\n"
+        f"out = Path({str(tmp_path / 'metrics')!r} + os.environ['RANK'])\n"
+        "out.write_text(json.dumps(metrics))\n"
     )
     cmd = [
         sys.executable,

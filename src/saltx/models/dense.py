@@ -171,6 +171,48 @@ class Dense(nn.Module):
                 return i
         raise RuntimeError("Dense has no linear layer")  # pragma: no cover
 
+    def forward_packed(self, x: Tensor, mask: Tensor, context: Tensor | None = None) -> Tensor:
+        """:meth:`forward` on the valid constituents only; padded slots get zeros.
+
+        The valid rows of ``x`` are packed into ``(T, F)`` (the per-jet context gathered per
+        row), the network runs on those ``T`` rows and the outputs are scattered back.
+        Every layer works row by row (linear, activation, dropout, layer norm), so each
+        valid row gets the value :meth:`forward` would give it, while the padded slots cost
+        nothing.
+
+        Parameters
+        ----------
+        x
+            ``(B, N, input_size)`` constituent features.
+        mask
+            ``(B, N)`` bool, True = padded.
+        context
+            ``(B, context_size)``; required when ``context_size > 0``.
+
+        Returns
+        -------
+        Tensor
+            ``(B, N, output_size)``, zero in the padded slots.
+        """
+        if x.dim() != 3 or mask.shape != x.shape[:2]:
+            raise ValueError(
+                f"forward_packed needs (B, N, F) features and a (B, N) mask; got "
+                f"{tuple(x.shape)} and {tuple(mask.shape)}"
+            )
+        b, n = mask.shape
+        tok = (~mask).reshape(-1).nonzero().squeeze(1)  # flat slots of the valid rows
+        xv = x.reshape(b * n, -1).index_select(0, tok)
+        if self.context_size:
+            if context is None:
+                raise ValueError(
+                    f"Dense was built with context_size={self.context_size} but got no context"
+                )
+            jet = torch.div(tok, n, rounding_mode="floor")
+            xv = torch.cat([context.to(xv.dtype).index_select(0, jet), xv], dim=-1)
+        out = run_layers(self.net, xv)
+        full = out.new_zeros(b * n, out.shape[-1])
+        return full.index_copy(0, tok, out).view(b, n, -1)
+
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """Apply the network.
 

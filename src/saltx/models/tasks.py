@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from saltx.models.dense import Dense
+from saltx.models.trimming import trimming_enabled
 
 # default class names of well-known integer labels (Salt's CLASS_NAMES)
 CLASS_NAMES: dict[str, list[str]] = {
@@ -119,6 +120,17 @@ class TaskBase(nn.Module):
     def labels_needed(self, stage: str = "fit") -> list[str]:
         """Label fields of ``input_name`` this task reads at ``stage``."""
         return []
+
+    def head(self, x: Tensor, mask: Tensor | None = None, context: Tensor | None = None) -> Tensor:
+        """The head network on ``x``; constituent inputs run on their valid slots only.
+
+        In eager mode a ``(B, N, D)`` input with a mask goes through
+        :meth:`~saltx.models.dense.Dense.forward_packed` (padded slots get zeros);
+        while tracing, exporting or compiling every slot is computed (static shapes).
+        """
+        if mask is not None and x.dim() == 3 and trimming_enabled():
+            return self.net.forward_packed(x, mask, context)
+        return self.net(x, context)
 
     def pad_preds(self, preds: Tensor, length: int) -> Tensor:
         """Zero-pad constituent predictions ``(B, L, ...)`` to ``(B, length, ...)``.
@@ -339,7 +351,7 @@ class ClassificationTask(TaskBase):
         tuple
             logits ``(B, C)`` or ``(B, N, C)``, and the loss (None without labels).
         """
-        preds = self.net(x, context)
+        preds = self.head(x, mask, context)
         loss = None if labels is None else self.loss(preds, labels, mask)
         return preds, loss
 
@@ -499,7 +511,7 @@ class RegressionTask(TaskBase):
         context: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """Scaled predictions ``(B, T)`` (or ``(B, N, T)``) and (with labels) the loss."""
-        preds = self.net(x, context)
+        preds = self.head(x, mask, context)
         loss = None if labels is None else self.loss(preds, labels, mask)
         return preds, loss
 

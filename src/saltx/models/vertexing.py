@@ -211,20 +211,39 @@ class VertexingTask(TaskBase):
         context
             ``(B, C)`` pooled representation (when ``context_size > 0``).
         """
-        parts = self._decomposed_first_layer(x, context)
-        if parts is None:
+        dense = self.net
+        first = dense.first_linear_index
+        if not (first == 0 or (first == 1 and not self.training)):
             logits = self.pair_logits(x, context)
             return logits.masked_fill(~valid_pairs(mask), INVALID_PAIR_LOGIT)
-        h_i, h_j, h_c = parts
-        dense = self.net
-        linear = dense.net[dense.first_linear_index]
-        b_idx, i_idx, j_idx = valid_pairs(mask).nonzero(as_tuple=True)
-        h = h_i[b_idx, i_idx] + h_j[b_idx, j_idx] + linear.bias
-        if h_c is not None:
-            h = h + h_c[b_idx]
-        out = run_layers(dense.net[dense.first_linear_index + 1 :], h).squeeze(-1)
-        logits = out.new_full(mask.shape + mask.shape[1:], INVALID_PAIR_LOGIT)
-        return logits.index_put((b_idx, i_idx, j_idx), out)
+        b, n = mask.shape
+        linear = dense.net[first]
+        c, d = dense.context_size, self.node_size
+        w = linear.weight
+        # the valid tracks, packed: row r of xv is flat slot tok[r] = jet * n + track
+        valid = ~mask.reshape(-1)
+        tok = valid.nonzero().squeeze(1)
+        xv = x.reshape(-1, x.shape[-1]).index_select(0, tok)
+        h_i = xv @ w[:, c : c + d].T  # (T, H): receiver term
+        h_j = xv @ w[:, c + d :].T  # (T, H): sender term
+        jet = linear.bias.to(h_i.dtype).expand(b, -1)  # (B, H): bias + context term
+        if c:
+            if context is None:
+                raise ValueError(f"task {self.name!r} was built with a context but got none")
+            jet = jet + context.to(w.dtype) @ w[:, :c].T
+        h_i = h_i + jet.index_select(0, torch.div(tok, n, rounding_mode="floor"))
+        # valid pairs (b, i, j), i != j, in row-major order; rows of i and j in the packing
+        pair = valid_pairs(mask).reshape(-1).nonzero().squeeze(1)
+        row = valid.long().cumsum(0) - 1  # flat slot -> packed row (valid slots)
+        jet_of_pair = torch.div(pair, n * n, rounding_mode="floor")
+        slot_i = torch.div(pair, n, rounding_mode="floor")  # = jet * n + i
+        slot_j = jet_of_pair * n + pair % n
+        h = h_i.index_select(0, row.index_select(0, slot_i)) + h_j.index_select(
+            0, row.index_select(0, slot_j)
+        )
+        out = run_layers(dense.net[first + 1 :], h).squeeze(-1)
+        logits = out.new_full((b * n * n,), INVALID_PAIR_LOGIT)
+        return logits.index_copy(0, pair, out).view(b, n, n)
 
     def pair_logits(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """Dense pair logits ``(B, N, N)`` of ``net([context, x_i, x_j])``.
