@@ -104,6 +104,7 @@ def test_kill9_at_five_points_then_resume_equals_uninterrupted(
     proc = run_child(cmd, child_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert corrupt_checkpoints(run) == []
+    assert stale_temp_files(run) == []  # the resumed run removed what the kills left
     final = {n: load_ckpt(run / "checkpoints" / n) for n in ("last.pt", "best.pt")}
     assert final["last.pt"]["state"]["step"] == TOTAL_STEPS
     assert_same_state(final["last.pt"], baseline["last.pt"])

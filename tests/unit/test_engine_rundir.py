@@ -59,6 +59,12 @@ def test_sigkilled_writer_keeps_previous_checkpoint(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-c", code], check=False)
     assert proc.returncode == -9
     assert load_checkpoint(str(tmp_path / "run/checkpoints/last.pt"))["state"]["step"] == 1
+    folder = tmp_path / "run/checkpoints"
+    (stale,) = folder.glob(".last.pt.*.tmp")  # the dead writer's bytes
+    # the next run (rank 0, before it resumes) removes it and keeps the checkpoint
+    assert find_resume_checkpoint(None, "auto", rundir) == str(folder / "last.pt")
+    assert not stale.exists()
+    assert sorted(p.name for p in folder.iterdir()) == ["last.pt"]
 
 
 def test_remote_run_dir_round_trip() -> None:

@@ -77,6 +77,9 @@ def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict
 def find_resume_checkpoint(ckpt_path: str | None, resume: str, rundir: RunDir) -> str | None:
     """The checkpoint to resume from, or ``None`` to start fresh.
 
+    Temporary files of checkpoint writes that a killed run left in
+    ``checkpoints/`` are deleted first (only rank 0 calls this, before any write).
+
     Parameters
     ----------
     ckpt_path
@@ -87,6 +90,8 @@ def find_resume_checkpoint(ckpt_path: str | None, resume: str, rundir: RunDir) -
     rundir
         The run directory.
     """
+    for tmp in rundir.remove_stale_temporaries(CKPT_DIR):
+        print(f"removed {tmp}, left by an interrupted checkpoint write", flush=True)
     if ckpt_path:
         return str(ckpt_path)
     mode = str(resume).lower()

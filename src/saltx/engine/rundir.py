@@ -94,6 +94,24 @@ class RunDir:
         _fsync_dir(target.parent)
         return str(target)
 
+    def remove_stale_temporaries(self, rel: str) -> list[str]:
+        """Delete the temporary files that dead writers left in the local folder ``rel``.
+
+        :meth:`write_with` writes ``.<name>.<random>.tmp`` next to its target; a process
+        killed before the rename leaves that file behind. Call this only when no other
+        process writes to the folder (rank 0 at the start of a run). Remote run
+        directories never hold such files. Returns the removed paths.
+        """
+        folder = Path(self._fs_path(rel))
+        if self.remote or not folder.is_dir():
+            return []
+        removed = []
+        for tmp in sorted(folder.glob(".*.tmp")):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+                removed.append(str(tmp))
+        return removed
+
     def write_bytes(self, rel: str, data: bytes) -> str:
         """Atomically write ``data`` to ``rel``."""
         return self.write_with(rel, lambda f: f.write(data))
