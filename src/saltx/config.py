@@ -82,6 +82,7 @@ class TrainerConfig:
     monitor_mode: str = "min"
     deterministic: bool = False
     num_threads: int | None = None
+    reuse_freed_memory: bool = True
     progress_bar: bool = True
     ddp_timeout_s: int = 600
     find_unused_parameters: bool = False

@@ -31,6 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from saltx.data.batch import Batch
 from saltx.engine import checkpoint as ckpt_io
+from saltx.engine.allocator import reuse_freed_memory
 from saltx.engine.callbacks import PerformanceWriter
 from saltx.engine.distributed import (
     DistInfo,
@@ -105,7 +106,9 @@ BuildFn = Callable[[DictConfig, DistInfo], Components]
 
 # -- small helpers ---------------------------------------------------------------------------
 def configure_torch(tcfg: DictConfig, info: DistInfo) -> None:
-    """Threads, determinism and TF32 for this process."""
+    """Threads, determinism, TF32 and the host allocator for this process."""
+    if tcfg.get("reuse_freed_memory", True):
+        reuse_freed_memory()
     if tcfg.get("num_threads"):
         torch.set_num_threads(int(tcfg.num_threads))
     if tcfg.get("deterministic", False):
