@@ -65,6 +65,24 @@ def prepare_data(args: argparse.Namespace, tmp: Path) -> tuple[str, str, str | N
     return str(paths["train"]), str(paths["norm_dict"]), str(paths["class_dict"])
 
 
+def compile_stats() -> dict[str, int]:
+    """Dynamo's counts for this process: frames compiled, graphs, recompilations.
+
+    A recompilation is a frame compiled again after a guard failed (new shapes, ...);
+    ``TORCH_LOGS=recompiles`` prints the guard that failed each time.
+    """
+    from torch._dynamo.utils import counters, get_compilation_metrics
+
+    metrics = get_compilation_metrics()
+    recompiles = [m for m in metrics if m.compile_id and not m.compile_id.endswith("/0")]
+    return {
+        "frames": int(counters["frames"]["ok"]),
+        "graphs": int(counters["stats"]["unique_graphs"]),
+        "recompiles": len(recompiles),
+        "compile_s": sum((m.duration_us or 0) for m in metrics) / 1e6,
+    }
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="saltx-bench-") as tmpdir:
@@ -104,6 +122,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         precision = Precision(args.precision, device)
         times: list[float] = []
         jets: list[int] = []
+        t_start = time.perf_counter()
+        warmup_s = 0.0
         step = 0
         while step < args.warmup + args.steps:
             for batch in parts.train_loader:
@@ -120,6 +140,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                     times.append(time.perf_counter() - t0)
                     jets.append(batch.num_jets)
                 step += 1
+                if step == args.warmup:
+                    warmup_s = time.perf_counter() - t_start
     if not times:
         raise SystemExit("no timed steps: raise --steps or provide more jets")
     median = statistics.median(times)
@@ -133,11 +155,23 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "median_step_s": median,
         "jets_per_s": statistics.median(jets) / median,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "warmup_s": warmup_s,
+        "max_step_s": max(times),
     }
+    if args.compile:
+        result.update(compile_stats())
     if device.type == "cuda":
         result["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     print(f"training: {result['jets_per_s']:.1f} jets/s (median of {len(times)} steps)")
     print(f"peak RSS: {result['peak_rss_mb']:.1f} MB")
+    print(
+        f"warm-up: {warmup_s:.1f} s for {args.warmup} steps; slowest timed step {max(times):.2f} s"
+    )
+    if args.compile:
+        print(
+            f"compiled: {result['graphs']} graphs from {result['frames']} frame compilations "
+            f"({result['recompiles']} recompilations), {result['compile_s']:.1f} s compiling"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return result

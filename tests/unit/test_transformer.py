@@ -216,3 +216,66 @@ def test_mup_requires_out_dim_and_builds_readout():
     set_base_shapes(enc, base, rescale_params=True)
     out = enc({"t": torch.randn(2, 3, 8)}, {})["t"]
     assert out.shape == (2, 3, 4) and torch.isfinite(out).all()
+
+
+class _Holder(torch.nn.Module):
+    """The part of SaltModel that compile_model looks for: ``encoder.layers``."""
+
+    def __init__(self, encoder: torch.nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+
+@pytest.mark.parametrize("fused", [None, False], ids=["default", "exact_tiles"])
+def test_compiled_blocks_reuse_their_graph_across_batch_sizes_and_lengths(fused):
+    """Trimmed, length-grouped batches give the blocks a new (jets, length) per call:
+    compile_model's dynamic shapes let every shape reuse one graph, also with the exact
+    tiles forced (their shape arithmetic has no tests of pad == 0, nq == 1, ...)."""
+    from saltx.engine.loop import compile_model
+
+    graphs = []
+
+    def counting_backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch.compiler.reset()
+    attention = partial(ScaledDotProductAttention, fused=fused)
+    enc = TransformerEncoder(16, 2, 2, attention=attention)
+    ref = TransformerEncoder(16, 2, 2, attention=attention)
+    ref.load_state_dict(enc.state_dict())
+    holder = _Holder(enc)
+    assert compile_model(holder, {"backend": counting_backend}) == 2
+    counts = []
+    # lengths of 2 and 3 tiles, multiples of the tile and not, various jet counts
+    for b, n in [(5, 18), (7, 20), (3, 32), (9, 40), (4, 33), (2, 48)]:
+        x = torch.randn(b, n, 16)
+        mask = (torch.rand(b, n + 3) > 0.6)[:, :n]  # a trimmed (strided) mask
+        mask[:, 0] = False
+        xc = x.clone().requires_grad_()
+        out = enc({"tracks": xc}, {"tracks": mask})["tracks"]
+        out.sum().backward()
+        torch.testing.assert_close(out, ref({"tracks": x}, {"tracks": mask})["tracks"])
+        assert torch.isfinite(xc.grad).all()
+        counts.append(len(graphs))
+    assert counts[0] >= 1
+    assert counts == [counts[0]] * len(counts), counts
+    assert [k for k in holder.state_dict() if "_orig_mod" in k] == []
+    torch.compiler.reset()
+
+
+def test_exact_mode_is_off_inside_compiled_code():
+    """Compiled regions use the fused formulations; eager CPU code keeps the exact ones."""
+    from saltx.models.masking import exact_mode
+
+    seen = []
+
+    def probe(x):
+        seen.append(exact_mode(x))
+        return x + 1
+
+    torch.compiler.reset()
+    torch.compile(probe, backend="eager", dynamic=True)(torch.zeros(3))
+    assert seen == [False]
+    assert exact_mode(torch.zeros(3))
+    torch.compiler.reset()

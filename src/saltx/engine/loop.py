@@ -123,8 +123,15 @@ def compile_model(model: torch.nn.Module, options: Mapping[str, Any] | None = No
     ``nn.Module.compile`` keeps the module object, so state-dict keys carry no
     ``_orig_mod.`` prefix. Models without ``encoder.layers`` are compiled whole (in place).
     ``options`` go to ``torch.compile`` (``mode``, ``backend``, ``dynamic``, ...).
+
+    Shapes are dynamic by default (``dynamic=True``): the model trims padded slots and
+    runs the encoder on groups of jets of similar length, so the blocks see a new
+    ``(batch, length)`` in nearly every call. Compiling for symbolic sizes from the start
+    gives one graph (plus one for a one-jet group, which torch specialises) instead of a
+    recompilation per shape up to dynamo's recompile limit; the blocks share it (same
+    code, parameters are graph inputs). Pass ``dynamic=None`` for torch's default.
     """
-    kwargs = dict(options or {})
+    kwargs = {"dynamic": True, **(options or {})}
     layers = getattr(getattr(model, "encoder", None), "layers", None)
     if isinstance(layers, torch.nn.ModuleList) and len(layers) > 0:
         for block in layers:

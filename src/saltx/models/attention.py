@@ -4,7 +4,7 @@ Layout: ``q, k, v`` are ``(B, H, L, Dh)``; masks are bool with True = blocked.
 
 Two formulations of a kernel's sequence reductions exist:
 
-* **exact** (default on CPU, eager or compiled): queries and keys are zero-padded to a
+* **exact** (default on CPU in eager mode): queries and keys are zero-padded to a
   multiple of ``BLOCK`` (16) and every product is a batched GEMM of fixed-shape
   ``BLOCK x BLOCK`` tiles; tiles are summed one after the other and the softmax
   denominator comes from the same fixed-shape GEMMs (or a sequential ``cumsum``).
@@ -12,7 +12,8 @@ Two formulations of a kernel's sequence reductions exist:
   at the end only add exact zeros, so outputs of valid constituents are bit-identical
   with or without extra padding. Cost: the attention part is ~2-3x slower than the
   fused kernel on CPU (about +10-30 % for a whole GN2 layer);
-* **fused** (CUDA, ONNX export, or ``fused=True``, e.g. ``model.attention.fused=true``):
+* **fused** (CUDA, ONNX export, inside ``torch.compile``, or ``fused=True``, e.g.
+  ``model.attention.fused=true``):
   ``torch.nn.functional.scaled_dot_product_attention`` where there is no edge bias/gate,
   plain ``matmul`` otherwise. Results agree with the exact path to float rounding.
 
@@ -115,19 +116,48 @@ def rowwise_linear(layer: nn.Linear, x: Tensor) -> Tensor:
 # padding-exact tiled products
 
 
+def _num_tiles(length: int) -> int:
+    """Tiles covering ``length`` positions (at least one).
+
+    Written as a ceiling division so that a dynamic length of ``torch.compile`` gives
+    sizes (``n * BLOCK``) that its shape reasoning simplifies without guards.
+    """
+    if length == 0:
+        return 1
+    return (length + BLOCK - 1) // BLOCK
+
+
 def _pad_amount(length: int) -> int:
     """Positions to add so that ``length`` becomes a positive multiple of BLOCK."""
-    if length == 0:
-        return BLOCK
-    return (-length) % BLOCK
+    return _num_tiles(length) * BLOCK - length
 
 
 def _pad_seq(x: Tensor, dim: int, pad: int, value: float | bool = 0) -> Tensor:
-    """Zero-pad (or ``value``-pad) ``x`` at the end of dimension ``dim``."""
-    if pad == 0:
+    """Zero-pad (or ``value``-pad) ``x`` at the end of dimension ``dim``.
+
+    Under ``torch.compile`` the padding is always applied, even when it is 0: testing a
+    dynamic length would specialise the graph to lengths that are, or are not, multiples
+    of BLOCK (one recompilation each).
+    """
+    if not torch.compiler.is_compiling() and pad == 0:
         return x
     spec = [0, 0] * (x.dim() - 1 - (dim % x.dim())) + [0, pad]
     return F.pad(x, spec, value=value)
+
+
+def _tile_bmm(a: Tensor, b: Tensor, transpose_b: bool = False) -> Tensor:
+    """``a @ b`` (``a @ b^T`` with ``transpose_b``) over identical leading dims.
+
+    ``a`` ``(..., M, K)``, ``b`` ``(..., K, N)`` (``(..., N, K)``). One ``bmm`` over the
+    flattened leading dims, which is what ``matmul`` does after broadcasting; without
+    ``matmul``'s broadcasting checks and the view of a transposed operand, which would
+    specialise a compiled graph to sequences of one tile (nq == 1 or nk == 1).
+    """
+    lead = a.shape[:-2]
+    n = math.prod(lead)  # not -1: inferring it adds a divisibility guard
+    b3 = b.reshape(n, *b.shape[-2:])
+    out = torch.bmm(a.reshape(n, *a.shape[-2:]), b3.transpose(1, 2) if transpose_b else b3)
+    return out.view(*lead, *out.shape[-2:])
 
 
 def _sum_tiles(x: Tensor, dim: int) -> Tensor:
@@ -149,12 +179,11 @@ def _tiles(t: Tensor, lq: int, lk: int, value: float | bool) -> Tensor:
     """
     if t.shape[-1] == 1 and lk != 1:
         t = t.expand(*t.shape[:-1], lk)
+    nk, nq = _num_tiles(lk), _num_tiles(lq)
     t = _pad_seq(t, -1, _pad_amount(lk), value)
-    nk = t.shape[-1] // BLOCK
     if t.shape[-2] == 1:
         return t.unflatten(-1, (nk, BLOCK)).unsqueeze(-2)
     t = _pad_seq(t, -2, _pad_amount(lq), value)
-    nq = t.shape[-2] // BLOCK
     return t.unflatten(-1, (nk, BLOCK)).unflatten(-3, (nq, BLOCK)).transpose(-3, -2)
 
 
@@ -193,11 +222,14 @@ def _exact_attention(
     """
     b, h, lq, dh = q.shape
     lk = k.shape[2]
-    pq, pk = _pad_amount(lq), _pad_amount(lk)
-    nq, nk = (lq + pq) // BLOCK, (lk + pk) // BLOCK
-    qb = _pad_seq(q * scale, -2, pq).reshape(b, h, nq, 1, BLOCK, dh)
-    kb = _pad_seq(k, -2, pk).reshape(b, h, 1, nk, BLOCK, dh)
-    s = torch.matmul(qb, kb.transpose(-1, -2))  # (B,H,nq,nk,BLOCK,BLOCK)
+    nq, nk = _num_tiles(lq), _num_tiles(lk)
+    pq, pk = nq * BLOCK - lq, nk * BLOCK - lk
+    # explicit copies along the size-1 tile dims: a broadcast (in matmul, or expand)
+    # tests nq == 1 and nk == 1, i.e. specialises a compiled graph to lengths <= BLOCK
+    # (matmul copies broadcast operands anyway)
+    qb = _pad_seq(q * scale, -2, pq).reshape(b, h, nq, 1, BLOCK, dh).repeat(1, 1, 1, nk, 1, 1)
+    kb = _pad_seq(k, -2, pk).reshape(b, h, 1, nk, BLOCK, dh).repeat(1, 1, nq, 1, 1, 1)
+    s = _tile_bmm(qb, kb, transpose_b=True)  # (B,H,nq,nk,BLOCK,BLOCK)
     if bias is not None:
         s = s + _tiles(bias, lq, lk, 0.0)
     if mask is None:
@@ -210,7 +242,8 @@ def _exact_attention(
     tiny = torch.finfo(s.dtype).tiny
     if gate is None and not (dropout.training and dropout.p > 0):
         v1 = torch.cat([v, v.new_ones(b, h, lk + pk, 1)], dim=-1)
-        o = _sum_tiles(torch.matmul(e, v1.reshape(b, h, 1, nk, BLOCK, dh + 1)), dim=3)
+        v1 = v1.reshape(b, h, 1, nk, BLOCK, dh + 1).repeat(1, 1, nq, 1, 1, 1)
+        o = _sum_tiles(_tile_bmm(e, v1), dim=3)
         out = o[..., :dh] / o[..., dh:].clamp_min(tiny)
     else:
         denom = _sum_tiles(exact_sum(e, 5, keepdim=True), 3).unsqueeze(3)
@@ -218,7 +251,8 @@ def _exact_attention(
         if gate is not None:
             w = w * _tiles(gate, lq, lk, 0.0)
         w = dropout(w)
-        out = _sum_tiles(torch.matmul(w, v.reshape(b, h, 1, nk, BLOCK, dh)), dim=3)
+        vb = v.reshape(b, h, 1, nk, BLOCK, dh).repeat(1, 1, nq, 1, 1, 1)
+        out = _sum_tiles(_tile_bmm(w, vb), dim=3)
     out = out.reshape(b, h, nq * BLOCK, dh)[:, :, :lq]
     scores = None
     if return_scores:
@@ -232,15 +266,14 @@ def _tiled_weighted_sum(w: Tensor, v: Tensor) -> Tensor:
     w ``(B,H,Lq,Lk)``, v ``(B,H,Lk,Dh)`` (any lengths; zero-padded here) -> ``(B,H,Lq,Dh)``.
     """
     lq, lk = w.shape[-2:]
-    pq, pk = _pad_amount(lq), _pad_amount(lk)
-    w = _pad_seq(_pad_seq(w, -1, pk), -2, pq)
-    v = _pad_seq(v, -2, pk)
-    b, h, lqp, lkp = w.shape
+    nq, nk = _num_tiles(lq), _num_tiles(lk)
+    w = _pad_seq(_pad_seq(w, -1, nk * BLOCK - lk), -2, nq * BLOCK - lq)
+    v = _pad_seq(v, -2, nk * BLOCK - lk)
+    b, h, lqp = w.shape[:3]
     dh = v.shape[-1]
-    nq, nk = lqp // BLOCK, lkp // BLOCK
     wb = w.reshape(b, h, nq, BLOCK, nk, BLOCK).permute(0, 1, 2, 4, 3, 5)
-    vb = v.reshape(b, h, 1, nk, BLOCK, dh)
-    out = _sum_tiles(torch.matmul(wb, vb), dim=3)  # (B,H,nq,BLOCK,Dh)
+    vb = v.reshape(b, h, 1, nk, BLOCK, dh).repeat(1, 1, nq, 1, 1, 1)
+    out = _sum_tiles(_tile_bmm(wb, vb), dim=3)  # (B,H,nq,BLOCK,Dh)
     return out.reshape(b, h, lqp, dh)[:, :, :lq]
 
 
@@ -293,8 +326,10 @@ class ScaledDotProductAttention(nn.Module):
         Multiplier of ``q @ k^T``; default ``1 / sqrt(head_dim)`` (muP uses
         ``1 / head_dim``).
     fused : bool, optional
-        None (default): the padding-exact formulation on CPU, fused SDPA on other devices
-        and while exporting. True: always fused where possible. False: never fused.
+        None (default): the padding-exact formulation on CPU in eager mode, fused SDPA on
+        other devices, while exporting and under ``torch.compile``. True: always fused
+        where possible. False: never fused (the exact tiles, also when compiled; their
+        shape arithmetic keeps lengths symbolic for ``torch.compile``).
     """
 
     def __init__(

@@ -360,6 +360,9 @@ class TransformerEncoder(nn.Module):
             edges = self._edges(edges, sizes)
         pos = None
         if mask is not None:
+            # contiguous: a compiled block would otherwise specialise on the mask's
+            # strides (a trimmed slice of a longer mask, or not)
+            mask = mask.contiguous()
             h = h.masked_fill(mask.unsqueeze(-1), 0.0)
             if edges is not None:
                 pairs = mask.unsqueeze(2) | mask.unsqueeze(1)
