@@ -10,11 +10,12 @@ the test-data keys given under ``data`` override it. Outputs go to ``RUN/predict
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -452,6 +453,20 @@ def _field_list(value: Any) -> list[str] | None:
     return None if value is None else [str(v) for v in value]
 
 
+@contextlib.contextmanager
+def intra_op_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` torch intra-op threads, then restore the previous number."""
+    before = torch.get_num_threads()
+    if n == before:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def write_predictions(
     model: nn.Module,
     loader: Any,
@@ -498,19 +513,25 @@ def write_predictions(
                     )
                     const_ds[inp] = (ds, fields)
             start = 0
-            for batch in loader:
-                on_device = batch.to(device)
-                preds, _ = model(on_device.inputs, on_device.masks)
-                outputs = task_outputs(model.tasks, preds, on_device)
-                stop = start + batch.num_jets
-                rows = read_rows(jets_ds, jet_fields, start, stop)
-                writer.append("jets", join_fields(rows, jet_columns(spec, outputs)))
-                for inp, (ds, fields) in const_ds.items():
-                    mask = batch.masks[inp].numpy()
-                    cols = constituent_columns(spec, inp, outputs, mask, ds.shape[1])
-                    writer.append(inp, join_fields(read_rows(ds, fields, start, stop), cols))
-                state.update(model, outputs, batch, spec.jet_classification_task)
-                start = stop
+            threads = torch.get_num_threads()
+            # only the forward pass runs on all intra-op threads: loading, task outputs,
+            # metrics and h5 rows are small ops whose thread barriers cost more than
+            # they gain (and much more when the CPUs are shared)
+            with intra_op_threads(1):
+                for batch in loader:
+                    on_device = batch.to(device)
+                    with intra_op_threads(threads):
+                        preds, _ = model(on_device.inputs, on_device.masks)
+                    outputs = task_outputs(model.tasks, preds, on_device)
+                    stop = start + batch.num_jets
+                    rows = read_rows(jets_ds, jet_fields, start, stop)
+                    writer.append("jets", join_fields(rows, jet_columns(spec, outputs)))
+                    for inp, (ds, fields) in const_ds.items():
+                        mask = batch.masks[inp].numpy()
+                        cols = constituent_columns(spec, inp, outputs, mask, ds.shape[1])
+                        writer.append(inp, join_fields(read_rows(ds, fields, start, stop), cols))
+                    state.update(model, outputs, batch, spec.jet_classification_task)
+                    start = stop
             if start != n_jets:
                 raise RuntimeError(f"evaluated {start} jets but the test set has {n_jets}")
         if class_names:

@@ -111,6 +111,27 @@ def test_pair_counts_by_hand():
     assert math.isnan(M.precision_recall(0, 0, 0)[0])
 
 
+def dense_pair_counts(pred, true, valid):
+    """Naive reference: the (B, N, N) pair matrices."""
+    n = valid.shape[1]
+    pair_valid = valid[:, :, None] & valid[:, None, :] & ~np.eye(n, dtype=bool)
+    p = (pred[:, :, None] == pred[:, None, :]) & pair_valid
+    t = (true[:, :, None] == true[:, None, :]) & (true[:, :, None] >= 0) & pair_valid
+    return int((p & t).sum()), int((p & ~t).sum()), int((~p & t).sum())
+
+
+def test_pair_counts_match_dense_reference():
+    rng = np.random.default_rng(4)
+    for b, n in ((1, 1), (7, 5), (50, 40)):
+        pred = rng.integers(-1, 4, size=(b, n))
+        true = rng.integers(-2, 3, size=(b, n))
+        valid = rng.random((b, n)) < 0.7
+        assert M.pair_counts(pred, true, valid) == dense_pair_counts(pred, true, valid)
+    empty = np.zeros((3, 4), dtype=bool)
+    assert M.pair_counts(np.zeros((3, 4), int), np.zeros((3, 4), int), empty) == (0, 0, 0)
+    assert M.pair_counts(np.zeros((0, 4), int), np.zeros((0, 4), int), empty[:0]) == (0, 0, 0)
+
+
 @pytest.mark.parametrize(
     ("path", "sample"),
     [

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from saltx.models.union_find import connected_components, get_node_assignment, pair_adjacency
+from saltx.models.union_find import (
+    connected_components,
+    edge_components,
+    get_node_assignment,
+    pair_adjacency,
+)
 
 
 def bfs_reference(logits: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
@@ -103,3 +109,53 @@ def test_all_padded_and_empty():
         2,
         0,
     )
+
+
+def test_edge_list_form_matches_dense_form():
+    """Same indices as the dense propagation for sparse to dense graphs, any threshold."""
+    gen = torch.Generator().manual_seed(7)
+    for n, shift, threshold in ((40, -3.0, 0.5), (40, 0.0, 0.5), (17, 1.5, 0.5), (9, 0.0, 0.8)):
+        logits = torch.randn(64, n, n, generator=gen) * 3 + shift
+        mask = torch.rand(64, n, generator=gen) < 0.3
+        mask[0] = True  # an all-padded jet
+        mask[1] = False  # a full one
+        dense = connected_components(pair_adjacency(logits, mask, threshold), mask)
+        assert torch.equal(edge_components(logits, mask, threshold), dense)
+        assert torch.equal(get_node_assignment(logits, mask, threshold), dense)
+
+
+def test_edge_list_form_non_contiguous_and_bf16():
+    gen = torch.Generator().manual_seed(3)
+    logits = (torch.randn(8, 12, 12, generator=gen) * 2).to(torch.bfloat16)
+    mask = torch.rand(8, 12, generator=gen) < 0.2
+    dense = connected_components(pair_adjacency(logits, mask), mask)
+    assert torch.equal(edge_components(logits, mask), dense)
+    t = logits.transpose(1, 2)  # non-contiguous view
+    assert torch.equal(
+        edge_components(t, mask), connected_components(pair_adjacency(t, mask), mask)
+    )
+
+
+def test_edge_list_form_long_chain_and_shape_error():
+    n = 40
+    logits = logits_from_pairs(n, [(n - 1 - i, n - 2 - i) for i in range(n - 1)])[None]
+    assert edge_components(logits, torch.zeros(1, n, dtype=torch.bool)).tolist() == [[0] * n]
+    with pytest.raises(ValueError, match=r"expected \(1, 5, 5\)"):
+        edge_components(torch.zeros(1, 4, 4), torch.zeros(1, 5, dtype=torch.bool))
+
+
+def test_static_shape_graphs_take_the_dense_form(monkeypatch):
+    """While compiling/tracing/exporting, no data-dependent shapes: the dense form runs."""
+    import saltx.models.union_find as uf
+
+    gen = torch.Generator().manual_seed(5)
+    logits = torch.randn(4, 6, 6, generator=gen) * 3
+    mask = torch.rand(4, 6, generator=gen) < 0.3
+    eager = get_node_assignment(logits, mask)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("edge-list form used while compiling")
+
+    monkeypatch.setattr(uf, "edge_components", refuse)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert torch.equal(uf.get_node_assignment(logits, mask), eager)

@@ -255,16 +255,29 @@ def pair_counts(
     tuple[int, int, int]
         ``(true positives, false positives, false negatives)``.
     """
-    n = valid.shape[1]
-    pair_valid = valid[:, :, None] & valid[:, None, :] & ~np.eye(n, dtype=bool)
-    pred = (pred_index[:, :, None] == pred_index[:, None, :]) & pair_valid
-    true = (
-        (true_index[:, :, None] == true_index[:, None, :])
-        & (true_index[:, :, None] >= 0)
-        & pair_valid
-    )
-    tp = int((pred & true).sum())
-    return tp, int((pred & ~true).sum()), int((~pred & true).sum())
+    # every group of k tracks of one jet that share a key holds k (k - 1) ordered pairs
+    valid = np.asarray(valid, dtype=bool)
+    jet = np.broadcast_to(np.arange(valid.shape[0])[:, None], valid.shape)[valid]
+    pred, true = pred_index[valid], true_index[valid]
+    has_vertex = true >= 0
+    predicted = _ordered_pairs(jet, pred)
+    tp = _ordered_pairs(jet[has_vertex], pred[has_vertex], true[has_vertex])
+    positive = _ordered_pairs(jet[has_vertex], true[has_vertex])
+    return tp, predicted - tp, positive - tp
+
+
+def _ordered_pairs(*keys: np.ndarray) -> int:
+    """Number of ordered pairs ``(i, j)``, ``i != j``, that agree on all ``keys`` (1-D)."""
+    if not len(keys[0]):
+        return 0
+    order = np.lexsort(keys)
+    start = np.zeros(len(order), dtype=bool)
+    start[0] = True
+    for k in keys:
+        k = k[order]
+        start[1:] |= k[1:] != k[:-1]
+    sizes = np.diff(np.append(np.flatnonzero(start), len(order)))
+    return int((sizes * (sizes - 1)).sum())
 
 
 def precision_recall(tp: int, fp: int, fn: int) -> tuple[float, float]:
