@@ -22,7 +22,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 import saltx.config
-from saltx.data.dataset import JetDataset, _field_runs, gather_fields
+from saltx.data.dataset import DEFAULT_READ_THREADS, JetDataset, _field_runs, gather_fields
 from saltx.data.h5 import RowReader
 from saltx.data.loader import build_dataloader
 
@@ -52,7 +52,9 @@ def children_cpu_s() -> float:
 def time_loader(args: argparse.Namespace) -> tuple[list[float], list[float]]:
     """Jets/s of each rep (one rep = ``num_batches`` batches of one epoch), by wall time
     and by CPU time (main process plus workers; robust to other jobs on the machine)."""
-    dataset = JetDataset(args.file, GN2_VARIABLES, labels=GN2_LABELS, seed=0)
+    dataset = JetDataset(
+        args.file, GN2_VARIABLES, labels=GN2_LABELS, seed=0, read_threads=args.read_threads
+    )
     loader = build_dataloader(
         dataset,
         batch_size=args.batch_size,
@@ -93,7 +95,9 @@ def time_conversions(path: str, batch_size: int, repeats: int = 5) -> dict[str, 
     ``fields_s2u``: h5py's ``ds.fields(names)``; ``full_*``: read whole records (h5py's
     read_direct, still converting), then numpy (a per-field loop, ``structured_to_
     unstructured``, or the run gather); ``raw_runs``: whole records with the file type as
-    memory type (a byte copy) and the run gather, which is what JetDataset does.
+    memory type (a byte copy) and the run gather; ``chunks_runs``: the stored chunks
+    decoded in place (``RowReader.read_rows``, what JetDataset does where it can) and the
+    run gather.
     """
     import h5py
     from numpy.lib.recfunctions import structured_to_unstructured
@@ -130,12 +134,19 @@ def time_conversions(path: str, batch_size: int, repeats: int = 5) -> dict[str, 
             return gather_fields(full, runs, len(names))
 
         reader = RowReader(ds)
+        hdf5_reader = RowReader(ds)
+        hdf5_reader.decoders = None  # HDF5 decodes
 
-        def raw_runs(s: slice) -> np.ndarray:  # what JetDataset does
-            reader.read(full, s.start)
+        def raw_runs(s: slice) -> np.ndarray:
+            hdf5_reader.read(full, s.start)
             return gather_fields(full, runs, len(names))
 
+        def chunks_runs(s: slice) -> np.ndarray:  # what JetDataset does
+            rows = reader.read_rows(s.start, s.stop) if reader.chunked else ds[s]
+            return gather_fields(rows, runs, len(names))
+
         strategies = [subset_s2u, fields_s2u, full_loop, full_s2u, full_runs, raw_runs]
+        strategies.append(chunks_runs)
         ref = full_loop(np.s_[0:batch_size])
         results = {}
         for fn in strategies:
@@ -163,6 +174,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--prefetch-factor", type=int, default=4)
     parser.add_argument("--pin-memory", action="store_true")
     parser.add_argument(
+        "--read-threads",
+        type=int,
+        default=DEFAULT_READ_THREADS,
+        help="chunk-decoding threads per process (JetDataset's default, as in training)",
+    )
+    parser.add_argument(
         "--no-shared-slots", action="store_true", help="use torch's default worker transport"
     )
     parser.add_argument("--json", help="write results here")
@@ -185,6 +202,7 @@ def main(argv: list[str] | None = None) -> dict:
         "batch_size": args.batch_size,
         "workers": args.workers,
         "shared_slots": not args.no_shared_slots,
+        "read_threads": args.read_threads,
         "cpus": os.cpu_count(),
     }
     if args.conversion:

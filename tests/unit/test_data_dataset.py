@@ -331,3 +331,85 @@ def test_gather_with_valid_zeroes_padding(arrays):
     naive = np.stack([buf[n].astype(np.float32) for n in ["d0", "pt", "numberOfPixelHits"]], -1)
     naive[~buf["valid"]] = 0
     np.testing.assert_array_equal(out, naive)
+
+
+def _tracks_file(path, filters, rows=103, slots=6, chunk=16, write=True):
+    """A tracks-like dataset with random fields (NaN-free) chunked by ``chunk`` rows."""
+    rng = np.random.default_rng(7)
+    dtype = np.dtype([("a", "<f4"), ("n", "<i4"), ("b", "<f2"), ("valid", "?")])
+    data = np.zeros((rows, slots), dtype)
+    for name in ("a", "b"):
+        data[name] = rng.normal(size=(rows, slots))
+    data["n"] = rng.integers(-5, 5, size=(rows, slots))
+    data["valid"] = rng.random((rows, slots)) < 0.4
+    data["a"][:, 3:] = 0  # long zero runs, as in padded files (LZF back-references)
+    with h5py.File(path, "w") as f:
+        ds = f.create_dataset("tracks", (rows, slots), dtype, chunks=(chunk, slots), **filters)
+        if write:
+            ds[...] = data
+        else:  # only the first two chunks are ever written: the rest are missing
+            ds[: 2 * chunk] = data[: 2 * chunk]
+            data[2 * chunk :] = np.zeros((), dtype)
+    return data
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [{}, {"compression": "lzf"}, {"compression": "gzip"}, {"compression": "gzip", "shuffle": True}],
+    ids=["plain", "lzf", "gzip", "shuffle-gzip"],
+)
+@pytest.mark.parametrize("threads", [1, 3])
+def test_chunk_decoding_reads_what_hdf5_reads(tmp_path, filters, threads):
+    from saltx.data.h5 import RowReader
+
+    data = _tracks_file(tmp_path / "t.h5", filters)
+    with h5py.File(tmp_path / "t.h5", "r") as f:
+        reader = RowReader(f["tracks"], threads)
+        reader.bytes_per_thread = 1  # thread even these small reads
+        # shuffle + gzip is not decoded here: HDF5 reads it
+        assert reader.chunked == ("shuffle" not in filters)
+        spans = [(0, 103), (0, 16), (5, 6), (15, 17), (16, 48), (31, 97), (100, 103), (17, 18)]
+        for start, stop in spans:
+            for cols in (None, 2):
+                buf = np.ones((stop - start, cols or 6), data.dtype)
+                reader.read(buf, start)
+                want = data[start:stop, : cols or 6]
+                assert buf.tobytes() == want.tobytes(), (start, stop, cols)
+                if reader.chunked:
+                    view = reader.read_rows(start, stop, cols)
+                    assert view.tobytes() == want.tobytes() and not view.flags.writeable
+        assert (reader._pool is not None) == (threads > 1 and reader.chunked)  # threads ran
+
+
+def test_missing_chunks_read_as_fill_values(tmp_path):
+    from saltx.data.h5 import RowReader
+
+    data = _tracks_file(tmp_path / "t.h5", {"compression": "lzf"}, write=False)
+    with h5py.File(tmp_path / "t.h5", "r") as f:
+        reader = RowReader(f["tracks"], 2)
+        reader.bytes_per_thread = 1
+        assert reader.chunked
+        assert reader.read_rows(20, 70).tobytes() == data[20:70].tobytes()
+
+
+def test_chunked_lzf_files_give_the_same_batches(tmp_path, arrays):
+    plain = write_h5(tmp_path / "a.h5", arrays)
+    packed = tmp_path / "lzf.h5"
+    with h5py.File(plain, "r") as src, h5py.File(packed, "w") as dst:
+        for name, ds in src.items():
+            dst.create_dataset(name, data=ds[...], chunks=(3, *ds.shape[1:]), compression="lzf")
+        dst["jets"].attrs.update(src["jets"].attrs)
+    labels = {"tracks": ["ftagTruthOriginLabel"], "jets": ["flavour_label"]}
+    ref = JetDataset(plain, VARS, labels=labels)
+    for threads in (1, 2):
+        ds = JetDataset(packed, VARS, labels=labels, read_threads=threads)
+        assert ds.file.reader("tracks").chunked
+        for start, stop in ((0, 20), (3, 17), (19, 20), (4, 5)):
+            a, b = ref[start:stop], ds[start:stop]
+            pairs = [(a.inputs, b.inputs), (a.masks, b.masks)]
+            pairs += [(a.labels[k], b.labels[k]) for k in labels]
+            for x, y in pairs:
+                assert x.keys() == y.keys()
+                assert all(torch.equal(x[k], y[k]) and x[k].dtype == y[k].dtype for k in x)
+    with pytest.raises(DataError, match="read_threads"):
+        JetDataset(plain, VARS, read_threads=0)

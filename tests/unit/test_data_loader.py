@@ -11,7 +11,7 @@ import torch
 from omegaconf import OmegaConf
 from test_data_helpers import make_arrays, write_h5
 
-from saltx.data.dataset import JetDataset
+from saltx.data.dataset import DEFAULT_READ_THREADS, JetDataset
 from saltx.data.errors import DataError
 from saltx.data.loader import build_dataloader, build_datasets
 
@@ -144,6 +144,10 @@ def test_build_datasets_from_config(h5file):
         build_datasets(data_cfg(h5file, num_train=500), LABELS, "fit")
     with pytest.raises(DataError, match=r"data\.test_file is not set"):
         build_datasets(data_cfg(h5file, test_file=None), None, "test")
+    assert fit["train"].file.read_threads == DEFAULT_READ_THREADS  # data.read_threads unset
+    one = build_datasets(data_cfg(h5file, read_threads=1), LABELS, "fit", seed=1)["train"]
+    assert one.file.read_threads == 1
+    assert torch.equal(one[0:40].inputs["tracks"], fit["train"][0:40].inputs["tracks"])
 
 
 def test_default_config_keys_match_the_schema():

@@ -1,10 +1,12 @@
 """JetDataset: read contiguous batches of jets from a Salt/UPP h5 file into a :class:`Batch`.
 
-Reading strategy (measured in ``scripts/bench_dataloader.py``): for each h5 dataset one
-``read_direct`` of the whole records ``[start, stop)`` into a reused buffer of the file's
-own dtype (HDF5 does no per-field conversion, which is several times faster than asking
-it for a subset of fields), then a view-based gather: runs of requested fields that sit
-next to each other in the record with one dtype are copied to float32 in one numpy call.
+Reading strategy (measured in ``scripts/bench_dataloader.py``): for each h5 dataset the
+whole records ``[start, stop)`` in the file's own dtype (no per-field conversion, which is
+several times faster than asking HDF5 for a subset of fields): the compressed chunks that
+hold them are decoded in place, side by side in one reused buffer, by ``read_threads``
+threads (:class:`saltx.data.h5.RowReader`; HDF5 reads them where that is not possible).
+Then a view-based gather: runs of requested fields that sit next to each other in the
+record with one dtype are copied to float32 in one numpy call.
 """
 
 from __future__ import annotations
@@ -42,6 +44,10 @@ EDGE_FEATURE_FIELDS: dict[str, tuple[str, ...]] = {
 """Raw constituent fields each edge feature needs (salt-semantics §2.8)."""
 
 STAGES = ("fit", "test")
+
+DEFAULT_READ_THREADS = 2
+"""Chunk-decoding threads per process: a loader worker decodes on the core its parent,
+mostly waiting for batches, leaves free (see :class:`saltx.data.h5.RowReader`)."""
 
 Arrays = tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, dict[str, np.ndarray]]]
 
@@ -231,6 +237,10 @@ class JetDataset(Dataset):
         ``{name: {train: [...], test: x, prob: [...]}}`` for PARAMETERS inputs.
     seed
         Base seed of the PARAMETERS draws and the shuffle-buffer mixing.
+    read_threads
+        Threads that decode the compressed chunks of one read, in each process (see
+        :class:`saltx.data.h5.RowReader`); more than 1 lets a loader worker use idle cores.
+        Batches do not depend on it.
     """
 
     def __init__(
@@ -247,12 +257,15 @@ class JetDataset(Dataset):
         global_object: str = "jets",
         parameters: Mapping[str, Any] | None = None,
         seed: int = 0,
+        read_threads: int = DEFAULT_READ_THREADS,
     ) -> None:
         if stage not in STAGES:
             raise DataError(f"stage must be one of {STAGES}, got '{stage}'")
         if not variables:
             raise DataError("data.variables is empty: give {input_name: [field, ...]}")
-        self.file = LazyH5(source)
+        if int(read_threads) < 1:
+            raise DataError(f"data.read_threads must be an integer >= 1, got {read_threads}")
+        self.file = LazyH5(source, int(read_threads))
         self.variables = {k: [str(v) for v in vs] for k, vs in variables.items()}
         self.stage = stage
         self.labels = {k: [str(v) for v in vs] for k, vs in (labels or {}).items() if vs}
@@ -414,19 +427,22 @@ class JetDataset(Dataset):
     def _read(self, ds_name: str, start: int, stop: int) -> np.ndarray:
         shape, dtype = self._datasets[ds_name]
         cols = self._read_cols.get(ds_name)
-        want = (stop - start, *shape[1:]) if cols is None else (stop - start, cols)
-        buf = self._buffers.get(ds_name)
-        if buf is None or buf.shape != want:
-            buf = np.empty(want, dtype=dtype)
-            self._buffers[ds_name] = buf
-        if stop > start:
-            try:
-                self.file.reader(ds_name).read(buf, start)
-            except (OSError, KeyError, RuntimeError, UnicodeDecodeError) as err:
-                raise DataError(
-                    f"cannot read jets [{start}, {stop}) of dataset '{ds_name}' in "
-                    f"'{self.file.name}': the file is damaged or truncated ({err})"
-                ) from err
+        try:
+            reader = self.file.reader(ds_name)
+            if reader.chunked and stop > start:  # decoded in place: a view, no copy
+                return reader.read_rows(start, stop, cols)
+            want = (stop - start, *shape[1:]) if cols is None else (stop - start, cols)
+            buf = self._buffers.get(ds_name)
+            if buf is None or buf.shape != want:
+                buf = np.empty(want, dtype=dtype)
+                self._buffers[ds_name] = buf
+            if stop > start:
+                reader.read(buf, start)
+        except (OSError, KeyError, RuntimeError, ValueError, UnicodeDecodeError) as err:
+            raise DataError(
+                f"cannot read jets [{start}, {stop}) of dataset '{ds_name}' in "
+                f"'{self.file.name}': the file is damaged or truncated ({err})"
+            ) from err
         return buf
 
     def _check_finite(self, name: str, x: np.ndarray, start: int, columns: list) -> np.ndarray:

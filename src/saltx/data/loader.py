@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from saltx.data.batch import Batch
-from saltx.data.dataset import JetDataset
+from saltx.data.dataset import DEFAULT_READ_THREADS, JetDataset
 from saltx.data.errors import DataError
 from saltx.data.sampler import BatchIndex, SliceSampler
 
@@ -332,7 +332,7 @@ def build_datasets(
     data_cfg
         The ``data`` node (keys: train_file, val_file, test_file, num_train, num_val,
         num_test, variables, input_map, num_inputs, non_finite_to_num, global_object,
-        parameters).
+        parameters, read_threads).
     labels
         ``{input_name: [field, ...]}`` from ``saltx.models.required_labels(cfg, stage)``.
     stage
@@ -350,6 +350,7 @@ def build_datasets(
         "global_object": _get(data_cfg, "global_object", "jets"),
         "parameters": _plain(_get(data_cfg, "parameters", {})),
         "seed": seed,
+        "read_threads": int(_get(data_cfg, "read_threads", DEFAULT_READ_THREADS)),
     }
     if stage == "fit":
         splits = {"train": ("train_file", "num_train"), "val": ("val_file", "num_val")}
