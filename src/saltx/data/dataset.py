@@ -45,9 +45,11 @@ EDGE_FEATURE_FIELDS: dict[str, tuple[str, ...]] = {
 
 STAGES = ("fit", "test")
 
-DEFAULT_READ_THREADS = 2
-"""Chunk-decoding threads per process: a loader worker decodes on the core its parent,
-mostly waiting for batches, leaves free (see :class:`saltx.data.h5.RowReader`)."""
+DEFAULT_READ_THREADS = 1
+"""Chunk-decoding threads per process (see :class:`saltx.data.h5.RowReader`). 2 lets a
+loader worker also decode on the core its parent, mostly waiting for batches, leaves
+free; on a machine whose cores are all busy that gains nothing (measured on a shared
+2-core VM: 1 thread was as fast or faster), so it is off by default."""
 
 Arrays = tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, dict[str, np.ndarray]]]
 
