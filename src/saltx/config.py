@@ -37,6 +37,7 @@ class DataConfig:
     shuffle_buffer: int = 0
     pin_memory: bool = False
     prefetch_factor: int = 2
+    read_threads: int = 1
     # Salt's `config_S3` block (download-first or direct S3 reads); secrets are redacted on save
     config_S3: dict[str, Any] = field(default_factory=dict)
 

@@ -133,3 +133,11 @@ def test_packed_forward_shape_errors():
         net.forward_packed(torch.randn(2, 5, 4), torch.zeros(2, 4, dtype=torch.bool))
     with pytest.raises(ValueError, match="no context"):
         net.forward_packed(torch.randn(2, 5, 4), torch.zeros(2, 5, dtype=torch.bool))
+
+
+def test_packed_forward_without_slots():
+    net = Dense(4, 2, context_size=3)
+    out = net.forward_packed(
+        torch.randn(5, 0, 4), torch.zeros(5, 0, dtype=torch.bool), torch.ones(5, 3)
+    )
+    assert out.shape == (5, 0, 2)

@@ -201,7 +201,7 @@ class Dense(nn.Module):
             )
         b, n = mask.shape
         tok = (~mask).reshape(-1).nonzero().squeeze(1)  # flat slots of the valid rows
-        xv = x.reshape(b * n, -1).index_select(0, tok)
+        xv = x.reshape(b * n, x.shape[-1]).index_select(0, tok)
         if self.context_size:
             if context is None:
                 raise ValueError(
@@ -211,7 +211,7 @@ class Dense(nn.Module):
             xv = torch.cat([context.to(xv.dtype).index_select(0, jet), xv], dim=-1)
         out = run_layers(self.net, xv)
         full = out.new_zeros(b * n, out.shape[-1])
-        return full.index_copy(0, tok, out).view(b, n, -1)
+        return full.index_copy(0, tok, out).view(b, n, out.shape[-1])
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """Apply the network.
