@@ -143,7 +143,8 @@ def length_groups(
 
     Jets are bucketed by their used length (last valid slot + 1) rounded up to
     ``multiple``; a bucket with fewer than ``min_jets`` jets is merged into the next
-    longer one (few large groups keep the GEMMs efficient).
+    longer one, and a last (longest) group that is still too small into the one before
+    (few large groups keep the GEMMs efficient and the compiled shapes few).
 
     Parameters
     ----------
@@ -159,7 +160,8 @@ def length_groups(
     -------
     list
         ``(jet_index, L)`` per group: ``(G,)`` long indices into the batch (ascending) and
-        the group's length ``L <= N``. The groups partition the batch.
+        the group's length ``L <= N``. The groups partition the batch; every group has at
+        least ``min_jets`` jets unless the whole batch is smaller.
     """
     multiple = GROUP_MULTIPLE if multiple is None else multiple
     min_jets = GROUP_MIN_JETS if min_jets is None else min_jets
@@ -177,6 +179,9 @@ def length_groups(
         if size >= min_jets:
             groups.append((torch.isin(bucket, torch.tensor(pending, device=mask.device)), value))
             pending, size = [], 0
-    if pending:
-        groups.append((torch.isin(bucket, torch.tensor(pending, device=mask.device)), pending[-1]))
+    if pending:  # the longest jets: a group of their own only when big enough
+        sel = torch.isin(bucket, torch.tensor(pending, device=mask.device))
+        if groups and size < min_jets:
+            sel = sel | groups.pop()[0]
+        groups.append((sel, pending[-1]))
     return [(torch.nonzero(sel).squeeze(1), length) for sel, length in groups]
