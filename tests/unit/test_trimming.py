@@ -63,10 +63,14 @@ def test_length_groups_partition_the_batch():
         ([2, 5], 16),
         ([4], 24),
     ]
-    merged = length_groups(mask, multiple=8, min_jets=2)
+    merged = length_groups(mask, multiple=8, min_jets=5)
     assert [(idx.tolist(), length) for idx, length in merged] == [
-        ([0, 1, 3, 6], 8),
-        ([2, 4, 5], 24),  # the one-jet last bucket joins the group before it
+        ([0, 1, 2, 3, 4, 5, 6], 24),  # the one-jet last bucket joins the group before it
+    ]
+    last_two = length_groups(mask[[0, 1, 2, 3, 4, 5, 6, 4]], multiple=8, min_jets=5)
+    assert [(idx.tolist(), length) for idx, length in last_two] == [
+        ([0, 1, 2, 3, 5, 6], 16),
+        ([4, 7], 24),
     ]
     assert length_groups(mask, multiple=8, min_jets=100)[0][0].tolist() == list(range(7))
     fine = length_groups(mask, multiple=2, min_jets=1)

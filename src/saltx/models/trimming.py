@@ -143,8 +143,9 @@ def length_groups(
 
     Jets are bucketed by their used length (last valid slot + 1) rounded up to
     ``multiple``; a bucket with fewer than ``min_jets`` jets is merged into the next
-    longer one, and a last (longest) group that is still too small into the one before
-    (few large groups keep the GEMMs efficient and the compiled shapes few).
+    longer one (few large groups keep the GEMMs efficient). The last, longest group may
+    stay smaller, but a single jet joins the group before it: ``torch.compile``
+    specialises a batch of one, so one-jet groups would cost a graph of their own.
 
     Parameters
     ----------
@@ -160,8 +161,8 @@ def length_groups(
     -------
     list
         ``(jet_index, L)`` per group: ``(G,)`` long indices into the batch (ascending) and
-        the group's length ``L <= N``. The groups partition the batch; every group has at
-        least ``min_jets`` jets unless the whole batch is smaller.
+        the group's length ``L <= N``. The groups partition the batch; with
+        ``min_jets > 1`` only a batch of one jet gives a one-jet group.
     """
     multiple = GROUP_MULTIPLE if multiple is None else multiple
     min_jets = GROUP_MIN_JETS if min_jets is None else min_jets
@@ -179,9 +180,9 @@ def length_groups(
         if size >= min_jets:
             groups.append((torch.isin(bucket, torch.tensor(pending, device=mask.device)), value))
             pending, size = [], 0
-    if pending:  # the longest jets: a group of their own only when big enough
+    if pending:  # the longest jets; a single one joins the group before it
         sel = torch.isin(bucket, torch.tensor(pending, device=mask.device))
-        if groups and size < min_jets:
+        if groups and size == 1:
             sel = sel | groups.pop()[0]
         groups.append((sel, pending[-1]))
     return [(torch.nonzero(sel).squeeze(1), length) for sel, length in groups]
