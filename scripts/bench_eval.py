@@ -100,10 +100,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from saltx import evaluate as E
     from saltx.data.loader import build_dataloader, build_datasets
+    from saltx.engine.allocator import reuse_freed_memory
     from saltx.eval.predictions import output_spec, prediction_file_name
 
     t_start = time.perf_counter()
     run = E.load_run(args.run_dir, args.ckpt)
+    if run.cfg.get("trainer", {}).get("reuse_freed_memory", True):
+        reuse_freed_memory()  # what saltx.evaluate does
     num_test = capped_jets(args.test_file or str(run.cfg.data.test_file), args.num_test, run.cfg)
     ecfg = OmegaConf.create(
         {

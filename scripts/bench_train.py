@@ -28,8 +28,8 @@ from hydra import compose, initialize_config_dir
 import saltx
 import saltx.config
 from saltx.engine.distributed import DistInfo, resolve_accelerator
-from saltx.engine.loop import compile_model, train_step
-from saltx.engine.precision import Precision, enable_tf32
+from saltx.engine.loop import compile_model, configure_torch, train_step
+from saltx.engine.precision import Precision
 from saltx.engine.schedule import build_optimizer
 
 CONF_DIR = str(Path(saltx.__file__).resolve().parent / "conf")
@@ -102,8 +102,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             cfg = compose("train", overrides=overrides)
         acc = resolve_accelerator(args.accelerator)
         device = torch.device("cuda", 0) if acc == "gpu" else torch.device("cpu")
-        enable_tf32(device)
         info = DistInfo(device=device)
+        configure_torch(cfg.trainer, info)  # threads, TF32, allocator: as saltx.train
 
         from saltx.train import build
 

@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 import saltx.config  # noqa: F401  (registers the saltx_local_dir resolver)
+from saltx.engine.allocator import reuse_freed_memory
 from saltx.engine.rundir import RunDir, load_torch, path_exists
 from saltx.eval import metrics as M
 from saltx.eval import plots
@@ -599,6 +600,8 @@ def evaluate(ecfg: DictConfig) -> dict[str, Any]:
     from saltx.data.loader import build_dataloader, build_datasets
 
     run = load_run(str(ecfg.run_dir), ecfg.get("ckpt"))
+    if run.cfg.get("trainer", {}).get("reuse_freed_memory", True):
+        reuse_freed_memory()  # as in training: no page faults for per-batch tensors
     test_file = _prepare_config(run, ecfg)
     cfg, model = run.cfg, run.model
     device = _device(str(ecfg.get("device", "cpu")))
