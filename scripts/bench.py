@@ -469,12 +469,12 @@ class Plan:
     batch_size: int
     train_steps: int
     train_warmup: int
-    dl_batches: int
-    dl_reps: int
     eval_jets: int
-    onnx_jets: int
-    onnx_reps: int
-    main_experiment: str
+    dl_batches: int = 40
+    dl_reps: int = 3
+    onnx_jets: int = 1000
+    onnx_reps: int = 3
+    main_experiment: str = "gn2"
     # bf16 has no fast kernels on CPUs without AVX512-BF16/AMX (about 10x slower than fp32
     # here), so its runs use a smaller batch and fewer steps (0 = same as fp32)
     bf16_batch_size: int = 0
@@ -505,12 +505,7 @@ def plan_for(args: argparse.Namespace) -> Plan:
         batch_size=args.batch_size,
         train_steps=args.steps - args.warmup,
         train_warmup=args.warmup,
-        dl_batches=40,
-        dl_reps=3,
         eval_jets=args.eval_jets,
-        onnx_jets=1000,
-        onnx_reps=3,
-        main_experiment="gn2",
         bf16_batch_size=args.bf16_batch_size,
         bf16_steps=2,
     )
@@ -785,12 +780,7 @@ def run_peer(args: argparse.Namespace, r: Runner, data: Path) -> dict[str, Any]:
         batch_size=bs,
         train_steps=steps - args.warmup,
         train_warmup=args.warmup,
-        dl_batches=40,
-        dl_reps=3,
         eval_jets=args.eval_jets,
-        onnx_jets=1000,
-        onnx_reps=3,
-        main_experiment="gn2",
         bf16_batch_size=args.bf16_batch_size,
         bf16_steps=2,
     )

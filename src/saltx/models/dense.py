@@ -202,14 +202,9 @@ class Dense(nn.Module):
         b, n = mask.shape
         tok = (~mask).reshape(-1).nonzero().squeeze(1)  # flat slots of the valid rows
         xv = x.reshape(b * n, x.shape[-1]).index_select(0, tok)
-        if self.context_size:
-            if context is None:
-                raise ValueError(
-                    f"Dense was built with context_size={self.context_size} but got no context"
-                )
-            jet = torch.div(tok, n, rounding_mode="floor")
-            xv = torch.cat([context.to(xv.dtype).index_select(0, jet), xv], dim=-1)
-        out = run_layers(self.net, xv)
+        if self.context_size and context is not None:  # the per-jet context of each row
+            context = context.index_select(0, torch.div(tok, n, rounding_mode="floor"))
+        out = self.forward(xv, context)
         full = out.new_zeros(b * n, out.shape[-1])
         return full.index_copy(0, tok, out).view(b, n, out.shape[-1])
 

@@ -176,8 +176,9 @@ class VertexingTask(TaskBase):
     ) -> tuple[Tensor, Tensor, Tensor | None] | None:
         """Per-node parts of the first linear layer, or None when it cannot be split.
 
-        Returns ``(h_i, h_j, h_c)``: ``(B, N, H)`` receiver and sender terms and the
-        ``(B, H)`` context term (None without context); the bias is added by the caller.
+        ``x`` is ``(..., D)`` (``(B, N, D)`` or packed ``(T, D)``). Returns
+        ``(h_i, h_j, h_c)``: ``(..., H)`` receiver and sender terms and the ``(B, H)``
+        context term (None without context); the bias is added by the caller.
         """
         dense = self.net
         first = dense.first_linear_index
@@ -186,8 +187,8 @@ class VertexingTask(TaskBase):
         linear = dense.net[first]
         c, d = dense.context_size, self.node_size
         w = linear.weight
-        h_i = x @ w[:, c : c + d].T  # (B, N, H): row (receiver) node
-        h_j = x @ w[:, c + d :].T  # (B, N, H): column (sender) node
+        h_i = x @ w[:, c : c + d].T  # row (receiver) node
+        h_j = x @ w[:, c + d :].T  # column (sender) node
         h_c = None
         if c:
             if context is None:
@@ -211,26 +212,21 @@ class VertexingTask(TaskBase):
         context
             ``(B, C)`` pooled representation (when ``context_size > 0``).
         """
-        dense = self.net
-        first = dense.first_linear_index
-        if not (first == 0 or (first == 1 and not self.training)):
-            logits = self.pair_logits(x, context)
-            return logits.masked_fill(~valid_pairs(mask), INVALID_PAIR_LOGIT)
         b, n = mask.shape
-        linear = dense.net[first]
-        c, d = dense.context_size, self.node_size
-        w = linear.weight
         # the valid tracks, packed: row r of xv is flat slot tok[r] = jet * n + track
         valid = ~mask.reshape(-1)
         tok = valid.nonzero().squeeze(1)
         xv = x.reshape(-1, x.shape[-1]).index_select(0, tok)
-        h_i = xv @ w[:, c : c + d].T  # (T, H): receiver term
-        h_j = xv @ w[:, c + d :].T  # (T, H): sender term
-        jet = linear.bias.to(h_i.dtype).expand(b, -1)  # (B, H): bias + context term
-        if c:
-            if context is None:
-                raise ValueError(f"task {self.name!r} was built with a context but got none")
-            jet = jet + context.to(w.dtype) @ w[:, :c].T
+        parts = self._decomposed_first_layer(xv, context)
+        if parts is None:
+            logits = self.pair_logits(x, context)
+            return logits.masked_fill(~valid_pairs(mask), INVALID_PAIR_LOGIT)
+        h_i, h_j, h_c = parts  # (T, H) receiver and sender terms
+        dense = self.net
+        first = dense.first_linear_index
+        jet = dense.net[first].bias.to(h_i.dtype).expand(b, -1)  # (B, H): bias + context
+        if h_c is not None:
+            jet = jet + h_c
         h_i = h_i + jet.index_select(0, torch.div(tok, n, rounding_mode="floor"))
         # valid pairs (b, i, j), i != j, in row-major order; rows of i and j in the packing
         pair = valid_pairs(mask).reshape(-1).nonzero().squeeze(1)
