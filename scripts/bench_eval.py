@@ -3,10 +3,9 @@
     python scripts/bench_eval.py --run-dir RUN [--test-file F] [--num-test 10000] \\
         [--batch-size 1000] [--workers 0] [--warmup 1] [--json out.json]
 
-The run's model is loaded like ``python -m saltx.evaluate`` does (``load_run``), the
-test loader is built the same way, and ``saltx.evaluate.write_predictions`` streams the
-predictions to ``RUN/predictions/`` (the metric sums are kept too, as in evaluation).
-The loader is wrapped to time every batch: a batch's time is from the end of the
+It runs ``saltx.evaluate.evaluate`` (what ``python -m saltx.evaluate`` runs, without
+the plots), which streams the predictions to ``RUN/predictions/`` and computes the
+metrics. The test loader is wrapped to time every batch: a batch's time is from the end of the
 previous batch to the end of its own (data loading, forward pass, task outputs, h5
 append), like Salt's ``salt test`` step timer. The first ``--warmup`` batches are left
 out of the steady rate ``jets_per_s``; ``jets_per_s_all`` includes them (not start-up).
@@ -25,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
 
 
 class TimedLoader:
@@ -98,64 +96,44 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from saltx import evaluate as E
-    from saltx.data.loader import build_dataloader, build_datasets
-    from saltx.engine.allocator import reuse_freed_memory
-    from saltx.eval.predictions import output_spec, prediction_file_name
+    from hydra import compose, initialize_config_module
+
+    from saltx.evaluate import evaluate
+    from saltx.run import read_run_config
 
     t_start = time.perf_counter()
-    run = E.load_run(args.run_dir, args.ckpt)
-    if run.cfg.get("trainer", {}).get("reuse_freed_memory", True):
-        reuse_freed_memory()  # what saltx.evaluate does
-    num_test = capped_jets(args.test_file or str(run.cfg.data.test_file), args.num_test, run.cfg)
-    ecfg = OmegaConf.create(
-        {
-            "run_dir": args.run_dir,
-            "ckpt": args.ckpt,
-            "data": {
-                "test_file": args.test_file,
-                "num_test": num_test,
-                "batch_size": args.batch_size,
-                "num_workers": args.workers,
-            },
-            "batch_size": args.batch_size,
-            "jet_fields": None,
-            "write_tracks": args.write_tracks,
-            "track_fields": None,
-        }
-    )
-    test_file = E._prepare_config(run, ecfg)
-    cfg, model = run.cfg, run.model
-    device = torch.device(args.device)
-    model.to(device)
-    spec = output_spec(model.tasks, str(cfg.get("name", "salt")), str(cfg.data.global_object))
-    labels = E.metric_labels(model, cfg, test_file)
-    dataset = build_datasets(cfg.data, labels, "test", seed=int(cfg.get("seed", 0)))["test"]
-    loader = TimedLoader(
-        build_dataloader(
-            dataset,
-            batch_size=args.batch_size,
-            shuffle=False,
-            drop_last=False,
-            num_workers=args.workers,
-        )
-    )
-    out_path = Path(run.rundir._fs_path(f"predictions/{prediction_file_name('bench', test_file)}"))
+    cfg = read_run_config(args.run_dir)[1]
+    test_file = args.test_file or str(cfg.data.test_file)
+    overrides = [
+        f"run_dir={args.run_dir}",
+        f"data.num_test={capped_jets(test_file, args.num_test, cfg)}",
+        f"batch_size={args.batch_size}",
+        f"data.num_workers={args.workers}",
+        f"write_tracks={args.write_tracks}",
+        f"device={args.device}",
+        "plots=false",
+    ]
+    overrides += [f"ckpt={args.ckpt}"] if args.ckpt else []
+    overrides += [f"data.test_file={args.test_file}"] if args.test_file else []
+    with initialize_config_module("saltx.conf", version_base="1.3"):
+        ecfg = compose("evaluate", overrides=overrides)
+    timed: list[TimedLoader] = []
+
+    def wrap(loader: Iterable[Any]) -> TimedLoader:
+        timed.append(TimedLoader(loader))
+        return timed[0]
+
     t_setup = time.perf_counter() - t_start
-    try:
-        E.write_predictions(
-            model, loader, spec, cfg, ecfg, out_path, len(dataset), device, run.class_names
-        )
-    finally:
-        dataset.close()
+    out = evaluate(ecfg, wrap_loader=wrap)
+    loader = timed[0]
     result: dict[str, Any] = {
         "run_dir": args.run_dir,
         "test_file": test_file,
-        "predictions": str(out_path),
+        "predictions": out["predictions"],
         "batch_size": args.batch_size,
         "workers": args.workers,
         "threads": torch.get_num_threads(),
-        "device": str(device),
+        "device": args.device,
         "warmup_batches": args.warmup,
         "setup_s": t_setup,
         "total_s": time.perf_counter() - t_start,
@@ -165,7 +143,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rate = result["jets_per_s"] or result["jets_per_s_all"] or 0.0
     print(
         f"evaluation: {rate:,.1f} jets/s ({result['jets']} jets in {result['batches']} batches, "
-        f"{args.warmup} warm-up left out); predictions {out_path}"
+        f"{args.warmup} warm-up left out); predictions {out['predictions']}"
     )
     print(f"peak RSS: {result['peak_rss_mb']:.1f} MB")
     if args.json:

@@ -11,6 +11,7 @@ against the torch model with onnxruntime before it is put in place.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -18,10 +19,11 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from saltx.evaluate import load_run
+from saltx.io.rundir import remove_orphaned, temp_tag
 from saltx.onnx.check import compare_outputs
 from saltx.onnx.export import export_layout, export_onnx, onnx_model_name
 from saltx.onnx.metadata import add_metadata, build_gnn_config
+from saltx.run import exit_on_termination, load_run
 
 ONNX_NAME = "network.onnx"
 
@@ -35,24 +37,24 @@ def export(ecfg: DictConfig) -> dict[str, Any]:
         When ``RUN/network.onnx`` exists and ``overwrite`` is false.
     """
     run = load_run(str(ecfg.run_dir), ecfg.get("ckpt"))
-    if run.rundir.exists(ONNX_NAME) and not ecfg.get("overwrite", False):
+    if run.rundir.exists(ONNX_NAME) and not ecfg.overwrite:
         raise FileExistsError(
             f"{run.rundir.path(ONNX_NAME)} already exists; pass overwrite=true to replace it"
         )
     cfg = run.cfg
-    name = onnx_model_name(ecfg.get("name") or cfg.get("name", "salt"))
-    variables = OmegaConf.to_container(cfg.data.variables, resolve=True)
-    input_map = cfg.data.get("input_map") or {}
+    name = onnx_model_name(ecfg.name or cfg.name)
     layout = export_layout(
-        variables, str(cfg.data.get("global_object", "jets")), input_map.get("EDGE", "tracks")
+        OmegaConf.to_container(cfg.data.variables, resolve=True),
+        str(cfg.data.global_object),
+        (cfg.data.input_map or {}).get("EDGE", "tracks"),
     )
-    include_aux = bool(ecfg.get("include_aux", False))
-    tmpdir = tempfile.mkdtemp(
-        prefix=".saltx-onnx-", dir=None if run.rundir.remote else run.rundir.root
-    )
+    local_root = None if run.rundir.remote else run.rundir.root
+    if local_root:
+        remove_orphaned(local_root, ".saltx-onnx-*")  # of killed exports
+    tmpdir = tempfile.mkdtemp(prefix=f".saltx-onnx-{temp_tag()}-", dir=local_root)
     tmp = Path(tmpdir) / ONNX_NAME
     try:
-        outputs = export_onnx(run.model, layout, tmp, name, include_aux=include_aux)
+        outputs = export_onnx(run.model, layout, tmp, name, include_aux=ecfg.include_aux)
         gnn_config = build_gnn_config(
             OmegaConf.to_container(cfg, resolve=True),
             run.metadata,
@@ -60,18 +62,17 @@ def export(ecfg: DictConfig) -> dict[str, Any]:
             run.ckpt_path,
             name,
             outputs,
-            str(ecfg.get("track_selection", "r22default")),
+            str(ecfg.track_selection),
         )
         add_metadata(tmp, gnn_config, doc=name)
-        val = ecfg.get("validate") or {}
         report = compare_outputs(
             run.model,
             layout,
             tmp,
             outputs,
-            include_aux=include_aux,
-            max_constituents=int(val.get("max_constituents", 40)),
-            trials=int(val.get("trials", 3)),
+            include_aux=ecfg.include_aux,
+            max_constituents=int(ecfg.validate.max_constituents),
+            trials=int(ecfg.validate.trials),
         )
         if run.rundir.remote:
             path = run.rundir.copy_in(str(tmp), ONNX_NAME)
@@ -79,9 +80,7 @@ def export(ecfg: DictConfig) -> dict[str, Any]:
             path = run.rundir.path(ONNX_NAME)
             os.replace(tmp, path)
     finally:
-        if tmp.exists():
-            tmp.unlink()
-        os.rmdir(tmpdir)
+        shutil.rmtree(tmpdir, ignore_errors=True)
     print(f"ONNX model: {path}")
     print(f"inputs: {', '.join(layout.input_names)}  (jet_features: {layout.jet_variables})")
     print(f"outputs: {', '.join(outputs)}")
@@ -101,6 +100,7 @@ def export(ecfg: DictConfig) -> dict[str, Any]:
 @hydra.main(config_path="conf", config_name="export", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point of ``python -m saltx.export``."""
+    exit_on_termination()
     export(cfg)
 
 

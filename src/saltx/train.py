@@ -18,7 +18,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 import saltx.config  # noqa: F401  (registers the schemas and resolvers)
-from saltx.data.remote import prepare_data_paths
+from saltx.data.config_s3 import prepare_data_paths
 from saltx.engine.distributed import DistInfo, launched_by_torchrun, spawn
 from saltx.engine.loop import (
     EXIT_CODE_SIGTERM,

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -16,14 +19,15 @@ from numpy.lib import recfunctions as rfn
 from omegaconf import OmegaConf
 
 import saltx
-from saltx.data.errors import DataError
 from saltx.data.labels import read_class_names
-from saltx.evaluate import RunDirError, evaluate, load_run
+from saltx.errors import DataError
+from saltx.evaluate import evaluate
 from saltx.export import export
 from saltx.models.build import build_model
 from saltx.onnx.check import session
 from saltx.onnx.export import export_layout
 from saltx.onnx.metadata import main as metadata_main
+from saltx.run import RunDirError, load_run
 from saltx.train import train
 
 CONF_DIR = str(Path(saltx.__file__).resolve().parent / "conf")
@@ -199,7 +203,16 @@ def test_export_with_aux_matches_padded_evaluation(demo_run: Path, capsys) -> No
 
     with pytest.raises(FileExistsError, match="overwrite=true"):
         export(compose_cfg("export", f"run_dir={demo_run}"))
+    # the temporary folder of a killed export is removed by the next one
+    host = socket.gethostname()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan = demo_run / f".saltx-onnx-{host}-{dead.pid}-x1y2"
+    orphan.mkdir()
+    (orphan / "network.onnx").write_bytes(b"partial")
     export(compose_cfg("export", f"run_dir={demo_run}", "overwrite=true", "name=GN2-x", *QUICK))
+    assert not orphan.exists()
+    assert not list(demo_run.glob(".saltx-onnx-*"))
     assert [o.name for o in onnx.load(str(path)).graph.output] == [
         "GN2_x_pb",
         "GN2_x_pc",

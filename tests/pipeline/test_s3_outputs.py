@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import math
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ from s3_server import (
     compose_train,
 )
 
-from saltx.data import remote
+from saltx.data import config_s3
 
 s3_endpoint = s3_server.s3_endpoint  # pytest fixture: moto's S3 server on 127.0.0.1
 
@@ -41,7 +42,9 @@ def _load_remote_ckpt(s3: S3Endpoint, key: str) -> dict:
     return torch.load(io.BytesIO(s3.get(key)), weights_only=True)
 
 
-def test_run_dir_on_s3_and_resume_from_it(s3_endpoint: S3Endpoint, tmp_path: Path) -> None:
+def test_run_dir_on_s3_and_resume_from_it(
+    s3_endpoint: S3Endpoint, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from saltx.train import train
 
     _data(s3_endpoint, tmp_path)
@@ -76,11 +79,15 @@ def test_run_dir_on_s3_and_resume_from_it(s3_endpoint: S3Endpoint, tmp_path: Pat
 
     from saltx.evaluate import evaluate
 
+    systmp = tmp_path / "systmp"  # the system's temporary folder, watched for leftovers
+    systmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(systmp))
     result = evaluate(
         compose_evaluate(f"run_dir={out}", f"data.test_file={tmp_path / 'src' / 'test.h5'}")
     )
     assert result["n_jets"] == 100
     assert f"runs/r1/predictions/{Path(result['predictions']).name}" in s3_endpoint.keys("runs/")
+    assert list(systmp.iterdir()) == []  # the local copies of the outputs are gone
 
 
 def test_download_first_then_rerun_skips(
@@ -107,7 +114,7 @@ def test_download_first_then_rerun_skips(
         f"paths.output_dir={tmp_path / 'run'}",
     )
     cfg.data.config_S3 = block  # as a YAML file would set it
-    local_cfg = remote.prepare_data_paths(cfg, show_progress=False)
+    local_cfg = config_s3.prepare_data_paths(cfg, show_progress=False)
     for key, name in [
         ("train_file", "train.h5"),
         ("val_file", "val.h5"),
@@ -132,7 +139,7 @@ def test_download_first_then_rerun_skips(
         *(f"+data.config_S3.{k}={v}" for k, v in block.items() if k != "download_files"),
         "data.config_S3.download_files=[train_file,val_file,norm_dict,class_dict]",
     ]
-    assert remote.main(argv) == 0
+    assert config_s3.main(argv) == 0
     printed = capsys.readouterr().out
     assert f"data.train_file={local / 'train.h5'}" in printed
     assert stamps == {p.name: p.stat().st_mtime_ns for p in local.iterdir()}

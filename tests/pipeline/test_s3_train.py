@@ -11,7 +11,7 @@ import pytest
 import s3_server
 from s3_server import QUICK_TRAIN, S3Endpoint, compose_evaluate, compose_train
 
-from saltx.data.remote import RemoteError
+from saltx.errors import RemoteError
 
 s3_endpoint = s3_server.s3_endpoint  # pytest fixture: moto's S3 server on 127.0.0.1
 

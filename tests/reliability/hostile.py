@@ -3,7 +3,7 @@
 :func:`consume` runs what training runs on a file (``saltx.train.build``: class names,
 norm dict, model, datasets, loaders) and then forward passes with losses on the first
 batches of both loaders. A hostile file must either go through with finite losses or
-stop with a :class:`~saltx.data.errors.DataError` / ``ValueError`` whose message says what
+stop with a :class:`~saltx.errors.DataError` / ``ValueError`` whose message says what
 is wrong; any other exception (``IndexError`` from torch, ``KeyError``, a bare
 ``OSError``...) is a failure of the test.
 """

@@ -34,7 +34,7 @@ from relhelp import (
     write_tiny_data,
 )
 
-from saltx.engine import rundir as rundir_mod
+from saltx.io import rundir as rundir_mod
 from saltx.train import train
 
 ONE_EPOCH = ("trainer.max_epochs=1",)  # 8 steps: last.pt at 3 and 6, best.pt at 5

@@ -34,7 +34,7 @@ from relhelp import (
 )
 
 from saltx.engine.checkpoint import load_checkpoint
-from saltx.engine.rundir import load_torch
+from saltx.io.rundir import load_torch
 from saltx.train import train
 
 SHORT = ("trainer.max_epochs=1", "trainer.max_steps=3")
@@ -86,8 +86,8 @@ def test_bombs_really_run_code_with_a_plain_pickle_load(tmp_path: Path) -> None:
 def test_pickle_bomb_refused_by_every_checkpoint_loader(
     fmt: str, data_dir: Path, trained_run: Path, tmp_path: Path
 ) -> None:
-    from saltx.evaluate import load_run
     from saltx.export import export
+    from saltx.run import load_run
 
     marker = tmp_path / "marker"
     bomb = write_bombs(tmp_path / "bombs", marker)[fmt]

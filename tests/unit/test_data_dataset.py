@@ -15,8 +15,8 @@ from test_data_helpers import make_arrays, write_h5
 
 from saltx.data.batch import Batch
 from saltx.data.dataset import JetDataset, _field_runs, gather_fields, resolve_input_map
-from saltx.data.errors import DataError
 from saltx.data.sampler import BatchIndex
+from saltx.errors import DataError
 
 VARS = {"jets": ["pt_btagJes", "eta_btagJes"], "tracks": ["d0", "numberOfPixelHits", "pt"]}
 

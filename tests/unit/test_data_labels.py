@@ -8,8 +8,8 @@ import pytest
 import torch
 from test_data_helpers import write_h5
 
-from saltx.data.errors import DataError
 from saltx.data.labels import apply_label_map, read_class_names
+from saltx.errors import DataError
 
 
 def naive_map(values, mapping):

@@ -12,8 +12,8 @@ from omegaconf import OmegaConf
 from test_data_helpers import make_arrays, write_h5
 
 from saltx.data.dataset import DEFAULT_READ_THREADS, JetDataset
-from saltx.data.errors import DataError
 from saltx.data.loader import build_dataloader, build_datasets
+from saltx.errors import DataError
 
 VARS = {"jets": ["pt_btagJes"], "tracks": ["d0", "pt"], "PARAMETERS": ["mass"]}
 PARAMS = {"mass": {"train": [10.0, 40.0], "test": 40.0}}

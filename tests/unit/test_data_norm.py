@@ -10,7 +10,7 @@ import yaml
 from test_data_helpers import make_arrays, write_h5
 
 from saltx.data import class_weights, norm
-from saltx.data.errors import DataError
+from saltx.errors import DataError
 
 VARS = {"jets": ["pt_btagJes"], "tracks": ["d0", "pt"], "GLOBAL": ["eta_btagJes"]}
 GOOD = {

@@ -10,8 +10,8 @@ import torch
 from test_data_helpers import write_h5
 
 from saltx.data.dataset import JetDataset
-from saltx.data.errors import DataError
 from saltx.data.loader import build_dataloader
+from saltx.errors import DataError
 
 s3_endpoint = s3_server.s3_endpoint
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from saltx.data.errors import DataError
 from saltx.data.sampler import BatchIndex, BufferIndex, SliceSampler
+from saltx.errors import DataError
 
 
 def jets_of(items) -> list[int]:

@@ -13,9 +13,9 @@ import torch
 
 from saltx.engine.callbacks import PerformanceWriter, katib_name
 from saltx.engine.precision import Precision, normalise_precision
-from saltx.engine.rundir import RunDir
 from saltx.engine.runfiles import REDACTED, redact
 from saltx.engine.state import capture_rng, preserve_rng, restore_rng
+from saltx.io.rundir import RunDir
 
 KATIB_REGEX = r"([\w|-]+)\s*=\s*([+-]?\d*(\.\d+)?([Ee][+-]?\d+)?)"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from saltx.engine.loggers import build_loggers
-from saltx.engine.rundir import RunDir
+from saltx.io.rundir import RunDir
 
 
 def test_metrics_file_and_rank_zero_only(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from saltx.engine.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from saltx.engine.rundir import RunDir
+from saltx.io.rundir import RunDir
 
 
 def _ckpt(value: float) -> dict:
@@ -49,7 +49,7 @@ def test_sigkilled_writer_keeps_previous_checkpoint(tmp_path: Path) -> None:
     save_checkpoint(rundir, "last.pt", _ckpt(1.0))
     code = (
         "import os, signal, torch\n"
-        "from saltx.engine.rundir import RunDir\n"
+        "from saltx.io.rundir import RunDir\n"
         "def writer(f):\n"
         "    f.write(b'x' * 1_000_000)\n"
         "    f.flush()\n"

@@ -12,8 +12,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from saltx.data.batch import Batch
-from saltx.eval.predictions import output_spec
-from saltx.evaluate import intra_op_threads, write_predictions
+from saltx.eval.predictions import intra_op_threads, output_spec, write_predictions
 
 
 class RecordingTask(nn.Module):
@@ -101,3 +100,31 @@ def test_intra_op_threads_restores_on_error(two_threads) -> None:
     assert torch.get_num_threads() == 2
     with intra_op_threads(2):
         assert torch.get_num_threads() == 2
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_leftovers_of_killed_evaluations_are_removed(tmp_path: Path) -> None:
+    import os
+    import socket
+
+    model, loader, spec, cfg, ecfg = _setup(tmp_path)
+    out = tmp_path / "pred" / "best__test_test.h5"
+    out.parent.mkdir()
+    host = socket.gethostname()
+    dead = out.parent / f".{out.name}.{host}-{_dead_pid()}.tmp"
+    live = out.parent / f".{out.name}.{host}-{os.getppid()}.tmp"  # a running process
+    other_host = out.parent / f".{out.name}.elsewhere-1.tmp"
+    for p in (dead, live, other_host):
+        p.write_bytes(b"partial")
+    write_predictions(model, loader, spec, cfg, ecfg, out, 4, torch.device("cpu"), None)
+    assert sorted(p.name for p in out.parent.iterdir()) == sorted(
+        [out.name, live.name, other_host.name]
+    )

@@ -233,7 +233,7 @@ def test_untranslatable_sweeps_fail_clearly(sweeper, message):
 
 def test_katibs_default_regex_reads_the_performance_writer(tmp_path, capsys):
     from saltx.engine.callbacks import PerformanceWriter, katib_name
-    from saltx.engine.rundir import RunDir
+    from saltx.io.rundir import RunDir
 
     writer = PerformanceWriter(RunDir(tmp_path), std_out=True)
     metrics = {"val/loss": 0.1234, "train/loss": 2.5e-3, "val/jet_classification_loss": 0.5}

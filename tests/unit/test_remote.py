@@ -1,4 +1,4 @@
-"""saltx.data.remote against a real S3 endpoint (moto's server) on 127.0.0.1."""
+"""saltx.io and saltx.data.config_s3 against a real S3 endpoint (moto's server) on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ import s3_server
 from omegaconf import OmegaConf
 from s3_server import S3Endpoint, free_port
 
-from saltx.data import remote
-from saltx.data.errors import DataError
-from saltx.data.remote import RemoteError, S3Block
+from saltx.data import config_s3
+from saltx.data.config_s3 import S3Block
+from saltx.errors import DataError, RemoteError
+from saltx.io import download, fs, sync
 
 s3_endpoint = s3_server.s3_endpoint  # pytest fixture: moto's S3 server on 127.0.0.1
 
@@ -33,15 +34,11 @@ def _write_h5(path: Path, n: int = 20_000) -> np.ndarray:
 
 
 # -- pure helpers ------------------------------------------------------------------------------
-def test_split_s3_url_and_is_remote() -> None:
-    assert remote.split_s3_url("s3://bkt/a/b.h5") == ("bkt", "a/b.h5")
-    for bad in ("s3://bkt", "s3:///key", "/local/file.h5", "gs://b/k"):
-        with pytest.raises(RemoteError, match="s3://bucket/key"):
-            remote.split_s3_url(bad)
-    assert remote.is_remote("s3://b/k")
-    assert not remote.is_remote("file:///tmp/x")
-    assert not remote.is_remote(Path("/tmp/x"))
-    assert not remote.is_remote(None)
+def test_is_remote() -> None:
+    assert fs.is_remote("s3://b/k")
+    assert not fs.is_remote("file:///tmp/x")
+    assert not fs.is_remote(Path("/tmp/x"))
+    assert not fs.is_remote(None)
 
 
 def test_s3_block_accepts_salt_and_snake_case_names() -> None:
@@ -79,56 +76,56 @@ def test_s3_block_accepts_salt_and_snake_case_names() -> None:
 
 
 def test_storage_options_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in remote.ENDPOINT_VARS:
+    for var in fs.ENDPOINT_VARS:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("S3_ENDPOINT_URL", "https://s3.cern.ch")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "id")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
     monkeypatch.setenv("SALTX_S3_BLOCK_SIZE", "1048576")
-    opts = remote.s3_storage_options()
+    opts = fs.s3_storage_options()
     assert opts["endpoint_url"] == "https://s3.cern.ch"
     assert (opts["key"], opts["secret"]) == ("id", "secret")
     assert opts["default_block_size"] == 2**20
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "https://other")
-    assert remote.s3_storage_options()["endpoint_url"] == "https://other"
+    assert fs.s3_storage_options()["endpoint_url"] == "https://other"
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
-    assert "key" not in remote.s3_storage_options()  # botocore's own chain then
+    assert "key" not in fs.s3_storage_options()  # botocore's own chain then
     monkeypatch.setenv("SALTX_S3_RETRIES", "many")
     with pytest.raises(RemoteError, match="SALTX_S3_RETRIES"):
-        remote.s3_storage_options()
+        fs.s3_storage_options()
 
 
 # -- reading -----------------------------------------------------------------------------------
 def test_text_roundtrip_and_exists(s3_endpoint: S3Endpoint, tmp_path: Path) -> None:
     url = f"s3://{s3_endpoint.bucket}/dicts/norm_dict.yaml"
-    with remote.open_any(url, "w") as f:
+    with fs.open_any(url, "w") as f:
         f.write("jets:\n  pt: {mean: 1.0, std: 2.0}\n")
-    assert remote.exists(url)
-    assert not remote.exists(url + ".missing")
-    assert remote.read_text(url).startswith("jets:")
+    assert fs.exists(url)
+    assert not fs.exists(url + ".missing")
+    assert fs.read_text(url).startswith("jets:")
     assert s3_endpoint.get("dicts/norm_dict.yaml").startswith(b"jets:")
     local = tmp_path / "a.txt"
     local.write_text("local")
-    assert remote.read_text(local) == "local"
-    assert remote.read_text(f"file://{local}") == "local"
+    assert fs.read_text(local) == "local"
+    assert fs.read_text(f"file://{local}") == "local"
 
 
 def test_errors_name_the_url(s3_endpoint: S3Endpoint, monkeypatch: pytest.MonkeyPatch) -> None:
     missing_key = f"s3://{s3_endpoint.bucket}/nope/train.h5"
     with pytest.raises(RemoteError, match="no such object") as err:
-        remote.open_remote(missing_key)
+        fs.open_remote(missing_key)
     assert missing_key in str(err.value) and s3_endpoint.url in str(err.value)
     with pytest.raises(RemoteError, match="no such bucket") as err:
-        remote.read_text("s3://no-such-bucket/norm_dict.yaml")
+        fs.read_text("s3://no-such-bucket/norm_dict.yaml")
     assert "s3://no-such-bucket/norm_dict.yaml" in str(err.value)
     with pytest.raises(RemoteError, match=r"nope/train.h5"):
-        remote.remote_info(missing_key)
+        fs.remote_info(missing_key)
 
     dead = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("AWS_ENDPOINT_URL", dead)
     monkeypatch.setenv("SALTX_S3_RETRIES", "1")
     with pytest.raises(RemoteError, match="cannot reach the endpoint") as err:
-        remote.read_text(f"s3://{s3_endpoint.bucket}/dicts/x.yaml")
+        fs.read_text(f"s3://{s3_endpoint.bucket}/dicts/x.yaml")
     assert dead in str(err.value)
 
 
@@ -136,7 +133,7 @@ def test_h5_through_open_remote_matches_local(s3_endpoint: S3Endpoint, tmp_path:
     jets = _write_h5(tmp_path / "train.h5")
     url = s3_endpoint.upload(tmp_path / "train.h5", "data/train.h5")
     for cache_type in ("blockcache", "readahead"):
-        handle = remote.open_remote(url, block_size=64 * 1024, cache_type=cache_type)
+        handle = fs.open_remote(url, block_size=64 * 1024, cache_type=cache_type)
         with h5py.File(handle, "r") as f:
             np.testing.assert_array_equal(f["jets"][5000:5100], jets[5000:5100])
             np.testing.assert_array_equal(f["jets"]["pt"], jets["pt"])
@@ -144,14 +141,14 @@ def test_h5_through_open_remote_matches_local(s3_endpoint: S3Endpoint, tmp_path:
         assert handle.closed
 
 
-def _read_in_child(handle: remote.RemoteFile, url: str, queue) -> None:
+def _read_in_child(handle: fs.RemoteFile, url: str, queue) -> None:
     try:
         handle.seek(0)
         handle.read(8)
         queue.put("shared handle worked")
     except RemoteError as err:
         queue.put(f"refused: {err}")
-    own = remote.open_remote(url)
+    own = fs.open_remote(url)
     queue.put(own.read(8))
     own.close()
 
@@ -159,7 +156,7 @@ def _read_in_child(handle: remote.RemoteFile, url: str, queue) -> None:
 def test_handles_are_not_shared_across_fork(s3_endpoint: S3Endpoint, tmp_path: Path) -> None:
     _write_h5(tmp_path / "t.h5", n=100)
     url = s3_endpoint.upload(tmp_path / "t.h5", "t.h5")
-    handle = remote.open_remote(url)
+    handle = fs.open_remote(url)
     assert handle.read(8) == b"\x89HDF\r\n\x1a\n"
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
@@ -177,7 +174,7 @@ def test_lost_connection_mid_read_raises_clear_error(
 ) -> None:
     _write_h5(tmp_path / "big.h5", n=200_000)
     url = s3_endpoint.upload(tmp_path / "big.h5", "big.h5")
-    handle = remote.open_remote(url, block_size=64 * 1024, cache_blocks=2)
+    handle = fs.open_remote(url, block_size=64 * 1024, cache_blocks=2)
     f = h5py.File(handle, "r")
     try:
         f["jets"][:1000]
@@ -205,35 +202,35 @@ def test_download_many_is_parallel_complete_and_skips(
     urls = _upload_blobs(s3_endpoint, tmp_path, {"a.h5": 300_000, "b.h5": 10, "c.yaml": 1})
     out = tmp_path / "dl"
     jobs = [(url, out / name) for name, url in urls.items()]
-    first = remote.download_many(jobs, max_workers=3, show_progress=False)
+    first = download.download_many(jobs, max_workers=3, show_progress=False)
     assert [r.skipped for r in first] == [False, False, False]
     for name in urls:
         assert (out / name).read_bytes() == (tmp_path / "src" / name).read_bytes()
     assert not [p for p in out.iterdir() if ".part-" in p.name]
     stamps = {name: (out / name).stat().st_mtime_ns for name in urls}
 
-    again = remote.download_many(jobs, max_workers=3, show_progress=False)
+    again = download.download_many(jobs, max_workers=3, show_progress=False)
     assert all(r.skipped for r in again)
     assert stamps == {name: (out / name).stat().st_mtime_ns for name in urls}
 
     # same size, new content: the ETag differs, so only that file is fetched again
     new = bytes(reversed((tmp_path / "src" / "b.h5").read_bytes()))
     s3_endpoint.client.put_object(Bucket=s3_endpoint.bucket, Key="blobs/b.h5", Body=new)
-    third = remote.download_many(jobs, max_workers=3, show_progress=False)
+    third = download.download_many(jobs, max_workers=3, show_progress=False)
     assert [r.skipped for r in third] == [True, False, True]
     assert (out / "b.h5").read_bytes() == new
 
 
 def test_is_complete_without_record_checks_md5(s3_endpoint: S3Endpoint, tmp_path: Path) -> None:
     urls = _upload_blobs(s3_endpoint, tmp_path, {"x.h5": 1000})
-    info = remote.remote_info(urls["x.h5"])
+    info = fs.remote_info(urls["x.h5"])
     copy = tmp_path / "copy.h5"
     copy.write_bytes((tmp_path / "src" / "x.h5").read_bytes())
-    assert remote.is_complete(copy, info)
+    assert download.is_complete(copy, info)
     copy.write_bytes(b"\0" * 1000)  # right size, wrong bytes
-    assert not remote.is_complete(copy, info)
+    assert not download.is_complete(copy, info)
     copy.write_bytes(b"\0" * 999)
-    assert not remote.is_complete(copy, info)
+    assert not download.is_complete(copy, info)
 
 
 def test_lost_connection_mid_download_leaves_no_file(
@@ -251,7 +248,7 @@ def test_lost_connection_mid_download_leaves_no_file(
             s3_endpoint.cut()
 
     with pytest.raises(RemoteError, match=r"downloading 's3://saltx-test/blobs/big.h5'"):
-        remote.download(urls["big.h5"], target, progress=cut_after_first_chunk, chunk_size=2**16)
+        download.download(urls["big.h5"], target, progress=cut_after_first_chunk, chunk_size=2**16)
     assert calls == [2**16]
     assert target.read_bytes() == b"old good copy"
     assert sorted(p.name for p in target.parent.iterdir()) == ["big.h5"]
@@ -292,7 +289,7 @@ def test_prepare_data_paths_downloads_and_rewrites(
     monkeypatch.delenv("AWS_ENDPOINT_URL")  # the block's url must be enough
     cfg, src = _cfg(s3_endpoint, tmp_path)
     before = OmegaConf.to_yaml(cfg)
-    out = remote.prepare_data_paths(cfg, show_progress=False)
+    out = config_s3.prepare_data_paths(cfg, show_progress=False)
     assert OmegaConf.to_yaml(cfg) == before  # the input config is untouched
     local = tmp_path / "local"
     assert out.data.train_file == str(local / "train.h5")
@@ -310,17 +307,17 @@ def test_prepare_data_paths_downloads_and_rewrites(
     assert out.data.config_S3.bucket == s3_endpoint.bucket
     # the result is prepared: preparing it again changes nothing and downloads nothing
     assert out.data.config_S3.download_S3 is False
-    again = remote.prepare_data_paths(out, show_progress=False)
+    again = config_s3.prepare_data_paths(out, show_progress=False)
     assert OmegaConf.to_yaml(again) == text
 
 
 def test_prepare_data_paths_is_a_noop_without_an_active_block(tmp_path: Path) -> None:
     cfg = OmegaConf.create({"data": {"train_file": "s3://b/t.h5", "config_S3": None}})
-    assert remote.prepare_data_paths(cfg) is cfg
+    assert config_s3.prepare_data_paths(cfg) is cfg
     cfg = OmegaConf.create({"data": {"train_file": "x", "config_S3": {"use_S3": False}}})
-    assert remote.prepare_data_paths(cfg) is cfg
+    assert config_s3.prepare_data_paths(cfg) is cfg
     with pytest.raises(DataError, match="not a data key"):
-        remote.download_data_files(
+        config_s3.download_data_files(
             {"train_file": "s3://b/t.h5"}, S3Block(download_files=["trian_file"])
         )
 
@@ -329,22 +326,22 @@ def test_download_files_with_one_basename_clash_is_refused(tmp_path: Path) -> No
     data = {"train_file": "s3://b/a/x.h5", "val_file": "s3://b/b/x.h5"}
     block = S3Block(download_s3=True, download_path=str(tmp_path), download_files=list(data))
     with pytest.raises(DataError, match="both download to"):
-        remote.download_data_files(data, block, show_progress=False)
+        config_s3.download_data_files(data, block, show_progress=False)
 
 
 def test_dir_sync_uploads_new_and_changed_files_only(
     s3_endpoint: S3Endpoint, tmp_path: Path
 ) -> None:
     local = tmp_path / "tb"
-    sync = remote.DirSync(local, f"s3://{s3_endpoint.bucket}/runs/r/tensorboard")
-    assert sync.sync() == []  # nothing there yet
+    mirror = sync.DirSync(local, f"s3://{s3_endpoint.bucket}/runs/r/tensorboard")
+    assert mirror.sync() == []  # nothing there yet
     (local / "sub").mkdir(parents=True)
     (local / "events.1").write_bytes(b"one")
     (local / "sub" / "events.2").write_bytes(b"two")
-    assert len(sync.sync()) == 2
-    assert sync.sync() == []
+    assert len(mirror.sync()) == 2
+    assert mirror.sync() == []
     with open(local / "events.1", "ab") as f:
         f.write(b" more")
-    assert sync.sync() == [f"s3://{s3_endpoint.bucket}/runs/r/tensorboard/events.1"]
+    assert mirror.sync() == [f"s3://{s3_endpoint.bucket}/runs/r/tensorboard/events.1"]
     assert s3_endpoint.get("runs/r/tensorboard/events.1") == b"one more"
     assert s3_endpoint.get("runs/r/tensorboard/sub/events.2") == b"two"

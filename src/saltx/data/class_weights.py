@@ -14,9 +14,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from saltx.data.errors import DataError
 from saltx.data.h5 import H5Source, describe_source, open_h5
 from saltx.data.norm import _read_yaml, parse_variables, write_yaml
+from saltx.errors import DataError
 
 SKIPPED_SUBSTRINGS = ("VertexIndex", "barcode")
 

@@ -22,9 +22,9 @@ from numpy.lib.stride_tricks import as_strided
 from torch.utils.data import Dataset
 
 from saltx.data.batch import Batch
-from saltx.data.errors import DataError
 from saltx.data.h5 import H5Source, LazyH5
 from saltx.data.sampler import BatchIndex, BufferIndex
+from saltx.errors import DataError
 
 GLOBAL = "GLOBAL"
 PARAMETERS = "PARAMETERS"

@@ -23,7 +23,7 @@ os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
 import h5py
 import numpy as np
 
-from saltx.data.errors import DataError
+from saltx.errors import DataError
 
 H5Source = str | os.PathLike | Any
 """A local path, a URL (``scheme://...``), an ``fsspec.core.OpenFile`` or a binary file object."""
@@ -44,7 +44,7 @@ def _open_file_object(source: Any) -> Any:
     """Return a readable binary file object for a URL, an fsspec OpenFile or a file object."""
     if isinstance(source, str):  # a URL
         try:
-            from saltx.data.remote import open_remote
+            from saltx.io.fs import open_remote
         except ImportError:  # pragma: no cover - remote support not installed
             import fsspec
 

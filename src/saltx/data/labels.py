@@ -8,8 +8,8 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from saltx.data.errors import DataError
 from saltx.data.h5 import H5Source, describe_source, open_h5
+from saltx.errors import DataError
 
 PAD_VALUES = (-1, -2)
 """Label values used for padding/invalid entries; unmapped, they pass through as -1."""

@@ -15,8 +15,8 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from saltx.data.batch import Batch
 from saltx.data.dataset import DEFAULT_READ_THREADS, JetDataset
-from saltx.data.errors import DataError
 from saltx.data.sampler import BatchIndex, SliceSampler
+from saltx.errors import DataError
 
 
 def _seed_worker(worker_id: int) -> None:

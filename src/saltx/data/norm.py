@@ -19,14 +19,14 @@ from typing import Any
 import numpy as np
 import yaml
 
-from saltx.data.errors import DataError
 from saltx.data.h5 import H5Source, describe_source, open_h5
+from saltx.errors import DataError
 
 SKIPPED_INPUTS = ("PARAMETERS", "EDGE")
 
 
 def _read_yaml(path: str, what: str) -> Any:
-    from saltx.data.remote import open_any  # local paths and s3:// URLs
+    from saltx.io.fs import open_any  # local paths and s3:// URLs
 
     try:
         with open_any(str(path), "r") as f:

@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from saltx.data.errors import DataError
+from saltx.errors import DataError
 
 
 class BatchIndex(NamedTuple):

@@ -23,7 +23,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 
-from saltx.engine.rundir import RunDir
+from saltx.io.rundir import RunDir
 
 FILENAME = "performance_metric.json"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")

@@ -3,7 +3,7 @@
 Checkpoints live in ``<run dir>/checkpoints/``: ``last.pt`` (every
 ``trainer.checkpoint_every_n_steps`` steps, at each epoch end, on SIGTERM and at the end),
 ``best.pt`` (best ``trainer.monitor``) and, with ``trainer.save_every_epoch``,
-``epoch=NNN.pt``. Rank 0 writes them atomically through :class:`~saltx.engine.rundir.RunDir`.
+``epoch=NNN.pt``. Rank 0 writes them atomically through :class:`~saltx.io.rundir.RunDir`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-from saltx.engine.rundir import RunDir, load_torch, path_exists
+from saltx.io.fs import exists
+from saltx.io.rundir import RunDir, load_torch
 
 CKPT_DIR = "checkpoints"
 LAST = "last.pt"
@@ -58,7 +59,7 @@ def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict
     ValueError
         When the file is not a saltx checkpoint dict.
     """
-    if not path_exists(path):
+    if not exists(path):
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
         ckpt = load_torch(path, map_location=map_location)

@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from saltx.engine.rundir import RunDir
+from saltx.io.rundir import RunDir
 
 
 class Logger(Protocol):
@@ -86,7 +86,7 @@ class TensorBoardLogger:
     def __init__(self, local_dir: str, remote_dir: str | None = None) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        from saltx.data.remote import DirSync
+        from saltx.io.sync import DirSync
 
         log_dir = os.path.join(local_dir, "tensorboard")
         self.writer = SummaryWriter(log_dir=log_dir)

@@ -47,7 +47,6 @@ from saltx.engine.flops import FlopCounter, peak_flops
 from saltx.engine.loggers import LoggerGroup, build_loggers
 from saltx.engine.precision import Precision, enable_tf32
 from saltx.engine.progress import ProgressBar, count_parameters, print_model_summary
-from saltx.engine.rundir import RunDir
 from saltx.engine.runfiles import (
     local_dir_for,
     plain_config,
@@ -56,6 +55,7 @@ from saltx.engine.runfiles import (
 )
 from saltx.engine.schedule import OneCycleSchedule, build_optimizer, total_optimizer_steps
 from saltx.engine.state import TrainState, preserve_rng, rank_seed, seed_everything
+from saltx.io.rundir import RunDir
 
 #: Exit code of a run stopped by SIGTERM after saving ``last.pt`` (128 + SIGTERM).
 EXIT_CODE_SIGTERM = 143

@@ -17,7 +17,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from saltx.engine.distributed import DistInfo, broadcast_object
-from saltx.engine.rundir import RunDir
+from saltx.io.rundir import RunDir
 
 REDACTED = "***REDACTED***"
 _SECRET_KEY = re.compile(r"(seckey|pubkey|secret|password|passwd|token|api_?key|^aws_)", re.I)

@@ -16,23 +16,29 @@ The output (``<run dir>/predictions/<ckpt stem>__test_<sample>.h5``) holds
 Rows are appended batch by batch into resizable, lzf-compressed datasets (memory stays
 bounded by one batch). The file is written under a temporary name in the same folder and
 renamed at the very end, so an interrupted evaluation never leaves a partial file under
-the final name.
+the final name; the temporary file of a killed evaluation is removed by the next one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
+import torch
+from omegaconf import DictConfig
 from torch import Tensor, nn
 
+from saltx.data.h5 import open_h5
 from saltx.eval.metrics import prob_suffix
+from saltx.eval.report import MetricState
+from saltx.eval.testset import dataset_name
+from saltx.io.rundir import remove_orphaned, temp_tag
 
 PAD_VERTEX_INDEX = -1
 """``VertexIndex`` of padded constituent slots."""
@@ -172,7 +178,8 @@ class H5Appender:
     def __init__(self, path: str | os.PathLike, chunk_rows: int = 1000) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp_path = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        remove_orphaned(self.path.parent, f".{self.path.name}.*.tmp")  # of killed evaluations
+        self.tmp_path = self.path.with_name(f".{self.path.name}.{temp_tag()}.tmp")
         self.file = h5py.File(self.tmp_path, "w")
         self.chunk_rows = max(1, int(chunk_rows))
         self.rows: dict[str, int] = {}
@@ -301,3 +308,95 @@ def constituent_columns(
             cols[name] = pad_to(v, width, 0.0)
     cols["mask"] = pad_to(mask.astype(bool), width, True)
     return cols
+
+
+def field_list(value: Any) -> list[str] | None:
+    return None if value is None else [str(v) for v in value]
+
+
+@contextlib.contextmanager
+def intra_op_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` torch intra-op threads, then restore the previous number."""
+    before = torch.get_num_threads()
+    if n == before:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def write_predictions(
+    model: nn.Module,
+    loader: Any,
+    spec: Any,
+    cfg: DictConfig,
+    ecfg: DictConfig,
+    out_path: Path,
+    n_jets: int,
+    device: torch.device,
+    class_names: list[str] | None,
+) -> MetricState:
+    """Run the model over ``loader`` and stream the predictions h5 to ``out_path``.
+
+    The file appears under its final name only when every batch was written; on any
+    error the temporary file is removed.
+
+    Returns
+    -------
+    MetricState
+        The running metric sums over the test set.
+    """
+    test_file = str(cfg.data.test_file)
+    g = str(cfg.data.get("global_object", "jets"))
+    writer = H5Appender(out_path, chunk_rows=min(int(cfg.data.batch_size), 10_000))
+    state = MetricState()
+    try:
+        with open_h5(test_file) as f, torch.inference_mode():
+            jets_ds = f[dataset_name(cfg, g)]
+            jet_fields = select_fields(
+                jets_ds,
+                field_list(ecfg.get("jet_fields")),
+                f"jet_fields ({test_file}:{jets_ds.name})",
+            )
+            const_ds = {}
+            if ecfg.get("write_tracks", False):
+                for inp in spec.constituent_fields:
+                    ds = f[dataset_name(cfg, inp)]
+                    fields = select_fields(
+                        ds,
+                        field_list(ecfg.get("track_fields")),
+                        f"track_fields ({test_file}:{ds.name})",
+                    )
+                    const_ds[inp] = (ds, fields)
+            start = 0
+            threads = torch.get_num_threads()
+            # only the forward pass runs on all intra-op threads: loading, task outputs,
+            # metrics and h5 rows are small ops whose thread barriers cost more than
+            # they gain (and much more when the CPUs are shared)
+            with intra_op_threads(1):
+                for batch in loader:
+                    on_device = batch.to(device)
+                    with intra_op_threads(threads):
+                        preds, _ = model(on_device.inputs, on_device.masks)
+                    outputs = task_outputs(model.tasks, preds, on_device)
+                    stop = start + batch.num_jets
+                    rows = read_rows(jets_ds, jet_fields, start, stop)
+                    writer.append("jets", join_fields(rows, jet_columns(spec, outputs)))
+                    for inp, (ds, fields) in const_ds.items():
+                        mask = batch.masks[inp].numpy()
+                        cols = constituent_columns(spec, inp, outputs, mask, ds.shape[1])
+                        writer.append(inp, join_fields(read_rows(ds, fields, start, stop), cols))
+                    state.update(model, outputs, batch, spec.jet_classification_task)
+                    start = stop
+            if start != n_jets:
+                raise RuntimeError(f"evaluated {start} jets but the test set has {n_jets}")
+        if class_names:
+            writer.set_attr("jets", "flavour_label", class_names)
+        writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    return state

@@ -1,4 +1,4 @@
-"""The one exception type raised by the data layer for bad files, configs or values."""
+"""saltx's own exception types, shared by every layer (this module imports nothing)."""
 
 from __future__ import annotations
 
@@ -9,3 +9,7 @@ class DataError(ValueError):
     Messages name the file, dataset, variable or key that was wrong and what was expected
     or available, so that a user can fix the config or the file without a debugger.
     """
+
+
+class RemoteError(DataError):
+    """A remote object could not be found, reached or read; the message names the URL."""

@@ -15,6 +15,9 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
+import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,13 +25,7 @@ from typing import IO, Any
 
 import torch
 
-from saltx.data.remote import open_any, url_to_fs  # s3:// with saltx's endpoint/retries
-
-
-def is_remote(path: str | os.PathLike) -> bool:
-    """True when ``path`` is a URL with a scheme other than ``file://``."""
-    text = str(path)
-    return "://" in text and not text.startswith("file://")
+from saltx.io.fs import is_remote, open_any, url_to_fs
 
 
 class RunDir:
@@ -185,12 +182,6 @@ def load_torch(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     return torch.load(data, map_location=map_location, weights_only=True)
 
 
-def path_exists(path: str | os.PathLike) -> bool:
-    """Whether a local path or URL exists."""
-    fs, p = url_to_fs(str(path))
-    return fs.exists(p)
-
-
 def _fsync_dir(folder: Path) -> None:
     """Make a rename durable (best effort; not all platforms can open folders)."""
     try:
@@ -203,3 +194,56 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def temp_tag() -> str:
+    """``<host>-<pid>`` of this process, put into the names of its temporary files.
+
+    :func:`remove_orphaned` uses it to tell a dead writer's leftovers from the files of a
+    writer that is still running (on this host or on another one sharing the folder).
+    """
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_orphaned(folder: str | os.PathLike, pattern: str) -> list[str]:
+    """Delete the temporaries in ``folder`` that killed writers on this host left behind.
+
+    Parameters
+    ----------
+    folder
+        A local folder (nothing is done if it does not exist).
+    pattern
+        Glob of the temporaries (files or folders), whose names contain the writer's
+        :func:`temp_tag`. Entries of live processes, and of other hosts, are kept.
+
+    Returns
+    -------
+    list[str]
+        The removed paths.
+    """
+    base = Path(folder)
+    if not base.is_dir():
+        return []
+    tag = re.compile(re.escape(socket.gethostname()) + r"-(\d+)")
+    removed = []
+    for entry in sorted(base.glob(pattern)):
+        match = tag.search(entry.name)
+        if match is None or _alive(int(match.group(1))):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            removed.append(str(entry))
+    return removed
