@@ -1,11 +1,13 @@
 """Export a trained run to ONNX for Athena: ``RUN/network.onnx``.
 
 ``python -m saltx.export run_dir=RUN [ckpt=best|last|PATH] [name=GN2] [include_aux=true]
+[tasks=[...]] [rename_outputs={old: new}] [combine_outputs=[...]] [graph=auto|single|generic]
 [overwrite=true]``
 
-The graph takes raw features (normalisation inside), follows Athena's input/output names
-(see :mod:`saltx.onnx.export`), carries the ``gnn_config`` metadata, and is checked
-against the torch model with onnxruntime before it is put in place.
+The graph takes raw features (normalisation inside), follows Athena's and Salt's input and
+output names (see :mod:`saltx.onnx.export`, :mod:`saltx.onnx.outputs`), carries the
+``gnn_config`` metadata, and is checked against the torch model with onnxruntime before it
+is put in place.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from saltx.io.rundir import remove_orphaned, temp_tag
-from saltx.onnx.check import compare_outputs
-from saltx.onnx.export import export_layout, export_onnx, onnx_model_name
+from saltx.onnx.check import export_checked
+from saltx.onnx.export import export_layout
 from saltx.onnx.metadata import add_metadata, build_gnn_config
+from saltx.onnx.outputs import plan_outputs
 from saltx.run import exit_on_termination, load_run
 
 ONNX_NAME = "network.onnx"
@@ -42,7 +45,16 @@ def export(ecfg: DictConfig) -> dict[str, Any]:
             f"{run.rundir.path(ONNX_NAME)} already exists; pass overwrite=true to replace it"
         )
     cfg = run.cfg
-    name = onnx_model_name(ecfg.name or cfg.name)
+    plan = plan_outputs(
+        run.model,
+        ecfg.name or cfg.name,
+        str(cfg.data.global_object),
+        include_aux=bool(ecfg.include_aux),
+        tasks=list(ecfg.tasks) if ecfg.get("tasks") else None,
+        rename=OmegaConf.to_container(ecfg.rename_outputs) if ecfg.get("rename_outputs") else {},
+        combine=list(ecfg.get("combine_outputs") or []),
+        explicit_name=bool(ecfg.name),
+    )
     layout = export_layout(
         OmegaConf.to_container(cfg.data.variables, resolve=True),
         str(cfg.data.global_object),
@@ -54,26 +66,24 @@ def export(ecfg: DictConfig) -> dict[str, Any]:
     tmpdir = tempfile.mkdtemp(prefix=f".saltx-onnx-{temp_tag()}-", dir=local_root)
     tmp = Path(tmpdir) / ONNX_NAME
     try:
-        outputs = export_onnx(run.model, layout, tmp, name, include_aux=ecfg.include_aux)
+        report = export_checked(
+            run.model,
+            layout,
+            tmp,
+            plan,
+            graph=str(ecfg.get("graph", "auto")),
+            max_constituents=int(ecfg.validate.max_constituents),
+            trials=int(ecfg.validate.trials),
+        )
         gnn_config = build_gnn_config(
             OmegaConf.to_container(cfg, resolve=True),
             run.metadata,
             layout,
             run.ckpt_path,
-            name,
-            outputs,
+            plan,
             str(ecfg.track_selection),
         )
-        add_metadata(tmp, gnn_config, doc=name)
-        report = compare_outputs(
-            run.model,
-            layout,
-            tmp,
-            outputs,
-            include_aux=ecfg.include_aux,
-            max_constituents=int(ecfg.validate.max_constituents),
-            trials=int(ecfg.validate.trials),
-        )
+        add_metadata(tmp, gnn_config, doc=plan.model_name)
         if run.rundir.remote:
             path = run.rundir.copy_in(str(tmp), ONNX_NAME)
         else:
@@ -83,13 +93,15 @@ def export(ecfg: DictConfig) -> dict[str, Any]:
         shutil.rmtree(tmpdir, ignore_errors=True)
     print(f"ONNX model: {path}")
     print(f"inputs: {', '.join(layout.input_names)}  (jet_features: {layout.jet_variables})")
-    print(f"outputs: {', '.join(outputs)}")
+    print(f"outputs: {', '.join(plan.names)}")
+    print(f"graph: {report.graph}" + (f" ({report.note})" if report.note else ""))
     print(
-        f"validated against torch on {report.n_cases} inputs (max |Δp| = {report.max_abs_diff:.2e})"
+        f"validated against torch on {report.n_cases} inputs (max |Δ| = {report.max_abs_diff:.2e})"
     )
     return {
         "path": str(path),
-        "outputs": outputs,
+        "outputs": plan.names,
+        "graph": report.graph,
         "inputs": layout.input_names,
         "jet_variables": layout.jet_variables,
         "max_abs_diff": report.max_abs_diff,

@@ -13,14 +13,14 @@ from torch import nn
 
 from saltx.models.union_find import connected_components
 from saltx.onnx.check import session
-from saltx.onnx.export import (
-    export_layout,
-    feature_input_name,
+from saltx.onnx.export import export_layout, feature_input_name, vertex_index
+from saltx.onnx.metadata import add_metadata, build_gnn_config, main, read_metadata, sequence_name
+from saltx.onnx.outputs import (
+    OutputPlan,
     onnx_class_suffix,
     onnx_model_name,
-    vertex_index,
+    parse_combination,
 )
-from saltx.onnx.metadata import add_metadata, build_gnn_config, main, read_metadata
 
 
 def test_layout_gathers_global_and_parameters_from_jet_features():
@@ -51,7 +51,16 @@ def test_layout_gathers_global_and_parameters_from_jet_features():
 
 def test_names():
     assert feature_input_name("tracks") == "track_features"
-    assert onnx_model_name("GN2-v01") == "GN2_v01"
+    # Salt's rule: no '_' or '-' in the model name (Athena splits output names at '_')
+    assert onnx_model_name("GN2-v01") == "GN2v01"
+    assert onnx_model_name("GN2_v01") == "GN2v01"
+    with pytest.raises(ValueError, match="neither '_' nor '-'"):
+        onnx_model_name("GN2_v01", explicit=True)
+    assert [sequence_name(c, "r22default") for c in ("tracks", "electrons", "hits")] == [
+        "tracks_r22default_sd0sort",
+        "electrons_r22default",
+        "hits_var",
+    ]
     assert [onnx_class_suffix(c) for c in ["bjets", "cjets", "ujets", "taujets"]] == [
         "pb",
         "pc",
@@ -101,13 +110,13 @@ def test_metadata_round_trip_and_cli(tmp_path, capsys):
     path = tmp_path / "network.onnx"
     _tiny_onnx(path)
     layout = export_layout({"jets": ["pt_btagJes", "eta_btagJes"], "tracks": ["d0", "z0"]})
+    plan = OutputPlan("GN2", [("jet_classification", ["pb"])])
     cfg = build_gnn_config(
         {"name": "GN2", "data": {"batch_size": 3}},
         {"jet_classes": {0: "bjets"}},
         layout,
         "run/checkpoints/best.pt",
-        "GN2",
-        ["GN2_pb"],
+        plan,
     )
     add_metadata(path, cfg, doc="GN2")
     meta = read_metadata(path)
@@ -120,6 +129,7 @@ def test_metadata_round_trip_and_cli(tmp_path, capsys):
     assert meta["config.yaml"]["name"] == "GN2"
     assert meta["onnx_model_version"] == "v1"
     assert meta["layers"] == [] and meta["nodes"] == []
+    assert meta["combine_outputs"] == [] and meta["rename_outputs"] == {}
     model = onnx.load(str(path))
     assert model.doc_string == "GN2"
     assert [p.key for p in model.metadata_props] == ["gnn_config"]
@@ -148,4 +158,24 @@ def test_metadata_errors(tmp_path):
         read_metadata(path)
     layout = export_layout({"jets": ["pt"], "tracks": ["d0"]})
     with pytest.raises(ValueError, match="track_selection"):
-        build_gnn_config({}, {}, layout, "c.pt", "GN2", ["GN2_pb"], track_selection="bogus")
+        plan = OutputPlan("GN2", [("jet_classification", ["pb"])])
+        build_gnn_config({}, {}, layout, "c.pt", plan, track_selection="bogus")
+
+
+def test_output_plan_renames_and_combinations():
+    plan = OutputPlan(
+        "GN2",
+        [("jet_classification", ["pb", "pc", "pu", "ptau"])],
+        rename={"pu": "plight"},
+        combine=[parse_combination("pbc,pb,0.5*pc"), parse_combination("pq,plight")],
+    )
+    assert plan.names == ["GN2_pb", "GN2_pc", "GN2_plight", "GN2_ptau", "GN2_pbc", "GN2_pq"]
+    assert plan.combination_indices() == [[(1.0, 0), (0.5, 1)], [(1.0, 2)]]
+    # as salt-ml writes them into gnn_config
+    assert plan.metadata() == {
+        "combine_outputs": [["pbc", [[1.0, "pb"], [0.5, "pc"]]], ["pq", [[1.0, "plight"]]]],
+        "rename_outputs": {"pu": "plight"},
+    }
+    for bad in ("pbc", "pbc,", "pbc,x*pb"):
+        with pytest.raises(ValueError, match="combine_outputs"):
+            parse_combination(bad)

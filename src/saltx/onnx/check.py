@@ -1,9 +1,10 @@
 """Validate an exported ONNX model against the torch model with onnxruntime.
 
 For every constituent count ``n`` from 0 to ``max_constituents`` and several random draws
-of raw inputs in ``[0, 1)`` (all constituents valid, as Athena passes them), the ONNX
-flavour probabilities must equal the torch ones within ``rtol = atol = 1e-4`` and be
-finite; the aux outputs (track origin, vertex index) must be exactly equal.
+of raw inputs in ``[0, 1)`` (all constituents valid, as Athena passes them), every per-jet
+output of the graph must equal the torch model's (its own forward and ``predict``) within
+``TOLERANCE`` and be finite, and keep its declared rank (0); the aux outputs (track origin,
+vertex index) must be exactly equal.
 """
 
 from __future__ import annotations
@@ -15,9 +16,18 @@ import numpy as np
 import onnxruntime as ort
 from torch import nn
 
-from saltx.onnx.export import ExportLayout, example_inputs, torch_reference
+from saltx.mup.fold import fold_mureadout
+from saltx.onnx.export import (
+    ExportLayout,
+    choose_graph,
+    example_inputs,
+    export_onnx,
+    torch_reference,
+)
+from saltx.onnx.outputs import OutputPlan
 
-TOLERANCE = 1e-4
+TOLERANCE = 1e-5
+"""``|onnx - torch| <= TOLERANCE * (1 + |torch|)`` for every per-jet output."""
 
 
 class ONNXValidationError(RuntimeError):
@@ -33,19 +43,38 @@ class CheckReport:
     n_cases
         Number of (constituent count, draw) cases compared.
     max_abs_diff
-        Largest absolute difference of any flavour probability.
+        Largest absolute difference of any per-jet output.
+    graph
+        ``single`` or ``generic`` (see :func:`saltx.onnx.export.choose_graph`).
+    note
+        Why the generic graph was used, if it was.
     """
 
     n_cases: int
     max_abs_diff: float
+    graph: str = ""
+    note: str | None = None
 
 
-def session(path: str | os.PathLike) -> ort.InferenceSession:
-    """A CPU onnxruntime session, quiet (log severity 3)."""
+def session(
+    path: str | os.PathLike, threads: int = 1, level: str = "extended"
+) -> ort.InferenceSession:
+    """A quiet CPU onnxruntime session with Athena's options.
+
+    Athena's FlavorTagDiscriminants opens its sessions with 1 intra-op thread and
+    ``ORT_ENABLE_EXTENDED`` graph optimisations; ``level`` may be ``basic``, ``extended``
+    or ``all``.
+    """
+    levels = {
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    opts.intra_op_num_threads = 1
+    opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = levels[level]
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
@@ -53,8 +82,7 @@ def compare_outputs(
     model: nn.Module,
     layout: ExportLayout,
     onnx_path: str | os.PathLike,
-    output_names: list[str],
-    include_aux: bool = False,
+    plan: OutputPlan,
     max_constituents: int = 40,
     trials: int = 3,
     seed: int = 0,
@@ -69,10 +97,8 @@ def compare_outputs(
         The export layout.
     onnx_path
         The ONNX file.
-    output_names
-        The graph's outputs, flavour probabilities first, then the aux outputs.
-    include_aux
-        Whether the graph has aux outputs.
+    plan
+        The graph's outputs.
     max_constituents
         Largest constituent count tried (every count from 0 is tried).
     trials
@@ -87,35 +113,77 @@ def compare_outputs(
     Raises
     ------
     ONNXValidationError
-        On a NaN/inf, a probability difference above 1e-4, or an aux mismatch.
+        On a NaN/inf, a difference above the tolerance, a wrong rank, or an aux mismatch.
     """
     sess = session(onnx_path)
-    names = layout.input_names
+    names = plan.names
+    jet_outputs = [*plan.task_outputs, *plan.combined_outputs]
     n_cases, max_diff = 0, 0.0
     for n in range(max_constituents + 1):
         for trial in range(trials):
             inputs = example_inputs(layout, n=n, seed=seed + 1000 * n + trial)
-            ref = torch_reference(model, layout, inputs, include_aux)
-            feed = {k: v.numpy() for k, v in zip(names, inputs, strict=True)}
-            got = dict(zip(output_names, sess.run(output_names, feed), strict=True))
-            n_cls = len(ref["probs"])
-            probs = np.concatenate([np.ravel(got[k]) for k in output_names[:n_cls]])
+            ref = torch_reference(model, layout, inputs, plan)
+            feed = {k: v.numpy() for k, v in zip(layout.input_names, inputs, strict=True)}
+            got = dict(zip(names, sess.run(names, feed), strict=True))
             where = f"n_constituents={n}, trial {trial}"
-            if not np.isfinite(probs).all():
-                raise ONNXValidationError(f"ONNX probabilities are not finite ({where}): {probs}")
-            diff = float(np.max(np.abs(probs - ref["probs"])))
-            max_diff = max(max_diff, diff)
-            if not np.allclose(probs, ref["probs"], rtol=TOLERANCE, atol=TOLERANCE):
-                raise ONNXValidationError(
-                    f"ONNX and torch probabilities differ by {diff:.3g} > {TOLERANCE} ({where}): "
-                    f"onnx {probs}, torch {ref['probs']}"
-                )
-            for key in output_names[n_cls:]:
-                want = ref["origin"] if key.endswith("_TrackOrigin") else ref["vertex"]
-                if want is None or not np.array_equal(got[key].astype(np.int64), want):
+            for key in jet_outputs:
+                value, want = got[key], ref[key]
+                if value.ndim != 0:
+                    raise ONNXValidationError(f"output {key} has shape {value.shape}, not ()")
+                if not np.isfinite(value):
+                    raise ONNXValidationError(f"output {key} is not finite ({where}): {value}")
+                diff = float(abs(value - want))
+                max_diff = max(max_diff, diff)
+                if diff > TOLERANCE * (1 + abs(float(want))):
+                    raise ONNXValidationError(
+                        f"ONNX and torch differ by {diff:.3g} in {key} ({where}): onnx {value}, "
+                        f"torch {want}"
+                    )
+            for key in plan.aux_outputs:
+                if not np.array_equal(got[key].astype(np.int64), ref[key]):
                     raise ONNXValidationError(
                         f"ONNX output {key} differs from torch ({where}): onnx {got[key]}, "
-                        f"torch {want}"
+                        f"torch {ref[key]}"
                     )
             n_cases += 1
     return CheckReport(n_cases=n_cases, max_abs_diff=max_diff)
+
+
+def export_checked(
+    model: nn.Module,
+    layout: ExportLayout,
+    path: str | os.PathLike,
+    plan: OutputPlan,
+    graph: str = "auto",
+    max_constituents: int = 40,
+    trials: int = 3,
+) -> CheckReport:
+    """Export (:func:`~saltx.onnx.export.export_onnx`) and validate (:func:`compare_outputs`).
+
+    With ``graph=auto`` the single-jet graph is tried first; if the model is outside what
+    it supports, or it does not reproduce the torch model (a model variant it does not
+    know), the generic graph is exported instead and ``note`` says why.
+
+    Raises
+    ------
+    ONNXValidationError
+        When the exported graph (the generic one, or the one forced by ``graph``) does
+        not reproduce the torch model.
+    """
+    model = fold_mureadout(model.eval(), inplace=True)
+    single, note = choose_graph(model, graph)
+    kwargs = {"max_constituents": max_constituents, "trials": trials}
+    if single:
+        export_onnx(model, layout, path, plan, single=True)
+        try:
+            report = compare_outputs(model, layout, path, plan, **kwargs)
+            report.graph = "single"
+            return report
+        except ONNXValidationError as err:
+            if graph == "single":
+                raise
+            note = f"the single-jet graph does not reproduce this model ({err})"
+    export_onnx(model, layout, path, plan, single=False)
+    report = compare_outputs(model, layout, path, plan, **kwargs)
+    report.graph, report.note = "generic", note
+    return report

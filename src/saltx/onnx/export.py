@@ -9,14 +9,18 @@ Graph inputs (raw features; the normalisation is inside the graph):
 * one ``<type>_features`` ``(n_<type>, F_type)`` per constituent input, named after the
   input without its trailing ``s`` (``track_features`` with axis ``n_tracks``,
   ``electron_features`` with ``n_electrons``). Athena passes only real constituents, so the
-  graph uses an all-valid mask;
+  graph has no padding and no masks;
 * ``edge_features`` ``(n_tracks, 4)`` raw ``[pt, eta, phi, subjetIndex]`` of the edge
   input's constituents, only for models with edge features (a saltx extension).
 
-Outputs: ``<name>_p<flavour>`` ``(1,)`` float32 per jet class (``bjets`` -> ``pb``,
-``taujets`` -> ``ptau``); with ``include_aux``, ``<name>_TrackOrigin`` ``(n_tracks,)`` int8
-(argmax of the track-origin task) and ``<name>_VertexIndex`` ``(n_tracks,)`` int8 (smallest
-track index of the track's vertex), as Salt and Athena use them.
+Outputs: see :mod:`saltx.onnx.outputs` (per-jet scalars, as Salt writes them).
+
+Two graphs compute the same outputs: ``single`` (:mod:`saltx.onnx.singlejet`, a short
+graph of 2-D matrices for the model structures it knows) and ``generic`` (the model's own
+forward with a batch of one and all-valid masks, for every model). ``auto`` takes
+``single`` where the model supports it.
+
+ONNX opset 17 and IR version 8 (see :data:`OPSET`).
 """
 
 from __future__ import annotations
@@ -31,11 +35,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from saltx.eval.metrics import class_label
+from saltx.models.union_find import pair_adjacency
 from saltx.mup.fold import fold_mureadout
+from saltx.onnx.outputs import OutputPlan
+from saltx.onnx.singlejet import SingleJetRepresentation, unsupported_reason
 
 OPSET = 17
-"""ONNX opset (LayerNormalization is a native op from 17)."""
+"""ONNX opset: the lowest with every operator the graphs use (``LayerNormalization`` is
+native from 17). The file declares the lowest IR version valid for it (8), so any
+onnxruntime from 1.13 on loads it; Salt 0.13 writes opset 20 and IR 9 (onnxruntime 1.17
+or later), so the files load wherever Salt's do."""
 
 EXAMPLE_TRACKS = 40
 """Constituents in the example inputs used for tracing."""
@@ -43,20 +52,8 @@ EXAMPLE_TRACKS = 40
 CLOSURE_SQUARINGS = 10
 """Boolean matrix squarings of the vertex finder: exact for vertices of up to 1024 tracks."""
 
-
-def onnx_model_name(name: str) -> str:
-    """The model name used in ONNX output names: ``-`` becomes ``_`` (Athena auxvar names)."""
-    return str(name).replace("-", "_")
-
-
-def onnx_class_suffix(class_name: str) -> str:
-    """``p`` + the class name without a trailing ``jets``: ``bjets`` -> ``pb``.
-
-    Known ftag flavours use ftag's ``px`` (identical for b, c, u, tau); Salt's
-    character-wise ``rstrip('jets')`` (``taus`` -> ``ptau``) is not reproduced: unknown
-    names keep everything but a literal ``jets`` suffix, as in the predictions h5.
-    """
-    return class_label(class_name).px
+GRAPHS = ("auto", "single", "generic")
+"""Values of the export's ``graph`` option."""
 
 
 def feature_input_name(input_name: str) -> str:
@@ -193,30 +190,24 @@ class ONNXWrapper(nn.Module):
         A :class:`saltx.models.saltmodel.SaltModel` in eval mode.
     layout
         From :func:`export_layout`.
-    jet_task
-        Name of the jet classification task giving the flavour probabilities.
-    origin_task, vertex_task
-        Names of the aux tasks (track origin, vertexing) or None; only used with aux.
-    include_aux
-        Add ``TrackOrigin`` and ``VertexIndex`` outputs.
+    plan
+        From :func:`saltx.onnx.outputs.plan_outputs`.
+    single
+        Compute the representations with :class:`SingleJetRepresentation` (else with the
+        model's forward on a batch of one).
     """
 
     def __init__(
-        self,
-        model: nn.Module,
-        layout: ExportLayout,
-        jet_task: str,
-        origin_task: str | None = None,
-        vertex_task: str | None = None,
-        include_aux: bool = False,
+        self, model: nn.Module, layout: ExportLayout, plan: OutputPlan, single: bool = False
     ) -> None:
         super().__init__()
         self.model = model
         self.layout = layout
-        self.jet_task = jet_task
-        self.include_aux = include_aux
-        self.origin_task = origin_task if include_aux else None
-        self.vertex_task = vertex_task if include_aux else None
+        self.plan = plan
+        self.single = (
+            SingleJetRepresentation(model, layout.gather, layout.constituents) if single else None
+        )
+        self.combinations = plan.combination_indices()
         for name, idx in layout.gather.items():
             self.register_buffer(f"_gather_{name}", torch.tensor(idx, dtype=torch.long))
 
@@ -233,63 +224,49 @@ class ONNXWrapper(nn.Module):
             inputs["EDGE"] = rest[len(self.layout.constituents)].unsqueeze(0)
         return inputs, masks
 
+    def predictions(self, jet_features: Tensor, *rest: Tensor) -> tuple[dict, dict]:
+        """The predictions of the exported tasks and the (all-valid) constituent masks."""
+        if self.single is None:
+            inputs, masks = self.model_inputs(jet_features, *rest)
+            preds, _ = self.model(inputs, masks)
+            return preds, masks
+        encoded, global_rep = self.single(jet_features, *rest)
+        preds = {t: self.model.tasks[t](global_rep)[0] for t, _ in self.plan.tasks}
+        masks = {}
+        for t in (self.plan.origin_task, self.plan.vertex_task):
+            if t is None:
+                continue
+            task = self.model.tasks[t]
+            x = encoded[task.input_name].unsqueeze(0)
+            masks[task.input_name] = torch.zeros_like(x[..., 0], dtype=torch.bool)
+            preds[t] = task(x, None, mask=masks[task.input_name], context=global_rep)[0]
+        return preds, masks
+
     def forward(self, jet_features: Tensor, *constituents: Tensor) -> tuple[Tensor, ...]:
         """``jet_features`` ``(1, F)``, then ``(n_<type>, F_type)`` per constituent input."""
-        inputs, masks = self.model_inputs(jet_features, *constituents)
-        preds, _ = self.model(inputs, masks)
-        probs = torch.softmax(preds[self.jet_task].float(), dim=-1)
-        outputs = [probs[:, i] for i in range(probs.shape[-1])]
-        if self.origin_task is not None:
-            origin = preds[self.origin_task][0].argmax(-1)
+        preds, masks = self.predictions(jet_features, *constituents)
+        outputs: list[Tensor] = []
+        for t, suffixes in self.plan.tasks:
+            values = task_values(self.model.tasks[t], preds[t]).reshape(-1)
+            outputs += [values[i] for i in range(len(suffixes))]  # rank 0 each
+        for terms in self.combinations:
+            parts = [outputs[i] if scale == 1.0 else scale * outputs[i] for scale, i in terms]
+            outputs.append(sum(parts[1:], parts[0]))
+        if self.plan.origin_task is not None:
+            origin = preds[self.plan.origin_task][0].argmax(-1)
             outputs.append(origin.to(torch.int8))
-        if self.vertex_task is not None:
-            from saltx.models.union_find import pair_adjacency
-
-            task = self.model.tasks[self.vertex_task]
-            adj = pair_adjacency(preds[self.vertex_task], masks[task.input_name])
+        if self.plan.vertex_task is not None:
+            task = self.model.tasks[self.plan.vertex_task]
+            adj = pair_adjacency(preds[self.plan.vertex_task], masks[task.input_name])
             outputs.append(vertex_index(adj)[0].to(torch.int8))
         return tuple(outputs)
 
 
-def find_tasks(model: nn.Module, global_object: str) -> tuple[str, str | None, str | None]:
-    """Names of the jet classification, track-origin and vertexing tasks.
-
-    Raises
-    ------
-    ValueError
-        When the model has no classification task on the global object.
-    """
-    jet = origin = vertex = None
-    for name, task in model.tasks.items():
-        kind = getattr(task, "kind", "")
-        if task.input_name == global_object and kind == "classification" and jet is None:
-            jet = name
-        elif task.input_name != global_object and kind == "classification" and origin is None:
-            origin = name
-        elif kind == "vertexing" and vertex is None:
-            vertex = name
-    if jet is None:
-        raise ValueError(
-            f"the model has no classification task on '{global_object}' "
-            f"(tasks: {list(model.tasks)}); ONNX export needs the jet flavour probabilities"
-        )
-    return jet, origin, vertex
-
-
-def output_names(
-    model: nn.Module, name: str, layout: ExportLayout, include_aux: bool
-) -> tuple[list[str], dict[str, dict[int, str]]]:
-    """ONNX output names and their dynamic axes."""
-    jet, origin, vertex = find_tasks(model, layout.global_object)
-    name = onnx_model_name(name)
-    names = [f"{name}_{onnx_class_suffix(c)}" for c in model.tasks[jet].class_names]
-    axes: dict[str, dict[int, str]] = {}
-    if include_aux:
-        for task, suffix in ((origin, "TrackOrigin"), (vertex, "VertexIndex")):
-            if task is not None:
-                names.append(f"{name}_{suffix}")
-                axes[names[-1]] = {0: layout.axis_name(model.tasks[task].input_name)}
-    return names, axes
+def task_values(task: nn.Module, preds: Tensor) -> Tensor:
+    """Per-jet outputs of a global task: probabilities ``(1, C)`` or values ``(1, T)``."""
+    if getattr(task, "kind", "") == "classification":
+        return torch.softmax(preds.float(), dim=-1)
+    return task.predict(preds)["values"]
 
 
 def example_inputs(layout: ExportLayout, n: int = EXAMPLE_TRACKS, seed: int = 0) -> tuple:
@@ -357,12 +334,45 @@ def patch_bool_eyelike(path: str | os.PathLike) -> int:
     return count
 
 
+def set_min_ir_version(path: str | os.PathLike) -> int:
+    """Declare the lowest IR version valid for the file's opsets (torch may write a newer
+    one than the opset needs); returns it."""
+    import onnx
+
+    model = onnx.load(str(path))
+    ir = onnx.helper.find_min_ir_version_for(list(model.opset_import))
+    if model.ir_version != ir:
+        model.ir_version = ir
+        onnx.save(model, str(path))
+    return ir
+
+
+def choose_graph(model: nn.Module, graph: str) -> tuple[bool, str | None]:
+    """``(single, reason)``: whether to build the single-jet graph, and why not.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``graph``, or ``graph=single`` on a model it does not support.
+    """
+    if graph not in GRAPHS:
+        raise ValueError(f"export graph={graph!r}: expected one of {list(GRAPHS)}")
+    if graph == "generic":
+        return False, "graph=generic"
+    reason = unsupported_reason(model)
+    if reason and graph == "single":
+        raise ValueError(
+            f"graph=single: the single-jet graph does not support this model: {reason}"
+        )
+    return reason is None, reason
+
+
 def export_onnx(
     model: nn.Module,
     layout: ExportLayout,
     path: str | os.PathLike,
-    name: str,
-    include_aux: bool = False,
+    plan: OutputPlan,
+    single: bool = True,
 ) -> list[str]:
     """Trace ``model`` into an ONNX file at ``path`` (no metadata yet).
 
@@ -374,10 +384,10 @@ def export_onnx(
         From :func:`export_layout`.
     path
         Output file (overwritten).
-    name
-        Model name for the output names.
-    include_aux
-        Add the track-origin and vertex-index outputs (when the model has those tasks).
+    plan
+        The outputs, from :func:`saltx.onnx.outputs.plan_outputs`.
+    single
+        Export the single-jet graph (see :func:`choose_graph`), else the generic one.
 
     Returns
     -------
@@ -385,14 +395,7 @@ def export_onnx(
         The output names.
     """
     model = fold_mureadout(model.eval(), inplace=True)
-    jet, origin, vertex = find_tasks(model, layout.global_object)
-    if include_aux and origin is None and vertex is None:
-        raise ValueError(
-            "include_aux=true but the model has neither a constituent classification "
-            f"(track origin) nor a vertexing task (tasks: {list(model.tasks)})"
-        )
-    wrapper = ONNXWrapper(model, layout, jet, origin, vertex, include_aux).eval()
-    names, out_axes = output_names(model, name, layout, include_aux)
+    wrapper = ONNXWrapper(model, layout, plan, single=single).eval()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation/tracer warnings
@@ -402,36 +405,44 @@ def export_onnx(
             str(path),
             dynamo=False,
             input_names=layout.input_names,
-            output_names=names,
-            dynamic_axes={**layout.dynamic_axes, **out_axes},
+            output_names=plan.names,
+            dynamic_axes={**layout.dynamic_axes, **plan.aux_axes},
             opset_version=OPSET,
             do_constant_folding=True,
         )
     patch_bool_eyelike(path)
-    return names
+    set_min_ir_version(path)
+    return plan.names
 
 
 def torch_reference(
-    model: nn.Module, layout: ExportLayout, inputs: Sequence[Tensor], include_aux: bool
+    model: nn.Module, layout: ExportLayout, inputs: Sequence[Tensor], plan: OutputPlan
 ) -> dict[str, Any]:
-    """What the exported graph must give, computed with the model's own predict path.
+    """What the exported graph must give, from the model's own forward and predict path.
 
-    Returns ``{"probs": (C,), "origin": (n,) or None, "vertex": (n,) or None}`` as numpy.
+    Returns ``{output name: numpy value}`` (scalars for the per-jet outputs, ``(n,)`` int64
+    for the aux outputs).
     """
-    jet, origin, vertex = find_tasks(model, layout.global_object)
-    wrapper = ONNXWrapper(model, layout, jet)
+    wrapper = ONNXWrapper(model, layout, plan)
     model_inputs, masks = wrapper.model_inputs(*inputs)
     batch = {"masks": masks, "labels": {}}
+    out: dict[str, Any] = {}
     with torch.no_grad():
         preds, _ = model(model_inputs, masks)
-        out: dict[str, Any] = {
-            "probs": model.tasks[jet].predict(preds, batch)["probs"][0].numpy(),
-            "origin": None,
-            "vertex": None,
-        }
-        if include_aux and origin is not None:
-            out["origin"] = model.tasks[origin].predict(preds, batch)["probs"][0].argmax(-1)
-            out["origin"] = out["origin"].numpy()
-        if include_aux and vertex is not None:
-            out["vertex"] = model.tasks[vertex].predict(preds, batch)["vertex_index"][0].numpy()
+        values = []
+        for t, _ in plan.tasks:
+            task = model.tasks[t]
+            pred = task.predict(preds, batch)
+            values += list((pred["probs"] if "probs" in pred else pred["values"])[0].double())
+        for value, name in zip(values, plan.task_outputs, strict=True):
+            out[name] = value.numpy()
+        for name, terms in zip(plan.combined_outputs, plan.combination_indices(), strict=True):
+            out[name] = sum(s * values[i] for s, i in terms).numpy()
+        if plan.origin_task is not None:
+            task = model.tasks[plan.origin_task]
+            probs = task.predict(preds, batch)["probs"][0]
+            out[plan.aux_outputs[0]] = probs.argmax(-1).numpy()
+        if plan.vertex_task is not None:
+            vertex = model.tasks[plan.vertex_task].predict(preds, batch)["vertex_index"][0]
+            out[plan.aux_outputs[-1]] = vertex.numpy()
     return out

@@ -2,13 +2,14 @@
 
 ``python -m saltx.onnx.metadata network.onnx [-k gnn_config]`` prints the stored JSON.
 
-The ``gnn_config`` value is a JSON string with Salt's keys: ``ckpt_path``, ``layers: []``,
-``nodes: []`` (legacy placeholders), ``config.yaml`` (the training config), ``metadata.yaml``
-(the run metadata), ``inputs`` (``jet_var`` with the ``jet_features`` columns),
-``input_sequences`` (one ``<type>_<track_selection>_sd0sort`` entry per constituent type),
-``output_names``, ``model_name``, ``onnx_model_version: "v1"`` and
-``salt_export_hash`` (saltx's git hash, or ``"unknown"``). Offsets and scales are
-identities (0, 1): the normalisation is inside the graph.
+The ``gnn_config`` value is a JSON string with the keys salt-ml 0.13 writes: ``ckpt_path``,
+``layers: []``, ``nodes: []`` (legacy placeholders), ``config.yaml`` (the training config),
+``metadata.yaml`` (the run metadata), ``salt_export_hash`` (saltx's git hash, or
+``"unknown"``), ``onnx_model_version: "v1"``, ``output_names``, ``model_name``, ``inputs``
+(``jet_var`` with the ``jet_features`` columns), ``input_sequences`` (one entry per
+constituent type, named as Athena's loaders expect, see :func:`sequence_name`),
+``combine_outputs`` and ``rename_outputs``. Offsets and scales are identities (0, 1): the
+normalisation is inside the graph.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 import onnx
 
 from saltx.onnx.export import ExportLayout
+from saltx.onnx.outputs import OutputPlan
 
 METADATA_KEY = "gnn_config"
 TRACK_SELECTIONS = (
@@ -62,13 +64,25 @@ def git_hash() -> str:
         return "unknown"
 
 
+def sequence_name(input_name: str, track_selection: str) -> str:
+    """Athena's name of a constituent input sequence, by Salt's rule.
+
+    Tracks and flows: ``<type>_<track_selection>_sd0sort`` (``tracks_r22default_sd0sort``);
+    electrons: ``<type>_r22default``; any other type: ``<type>_var``.
+    """
+    if "tracks" in input_name or "flows" in input_name:
+        return f"{input_name.split('_')[0]}_{track_selection}_sd0sort"
+    if "electrons" in input_name:
+        return f"{input_name}_r22default"
+    return f"{input_name}_var"
+
+
 def build_gnn_config(
     config: Mapping[str, Any],
     metadata: Mapping[str, Any],
     layout: ExportLayout,
     ckpt_path: str,
-    model_name: str,
-    output_names: Sequence[str],
+    plan: OutputPlan,
     track_selection: str = "r22default",
 ) -> dict[str, Any]:
     """The ``gnn_config`` dictionary.
@@ -83,10 +97,8 @@ def build_gnn_config(
         The export layout (input variable lists).
     ckpt_path
         The exported checkpoint.
-    model_name
-        Name used in the output names.
-    output_names
-        The graph's output names.
+    plan
+        The graph's outputs (model name, output names, renames and combinations).
     track_selection
         Athena track selection naming the input sequences (Salt's list).
     """
@@ -96,7 +108,7 @@ def build_gnn_config(
         )
     sequences = [
         {
-            "name": f"{c}_{track_selection}_sd0sort",
+            "name": sequence_name(c, track_selection),
             "variables": _identity_vars(layout.constituent_variables[c]),
         }
         for c in layout.constituents
@@ -107,6 +119,10 @@ def build_gnn_config(
         "nodes": [],
         "config.yaml": dict(config),
         "metadata.yaml": dict(metadata),
+        "salt_export_hash": git_hash(),
+        "onnx_model_version": "v1",
+        "output_names": plan.names,
+        "model_name": plan.model_name,
         "inputs": [
             {
                 "name": "jet_var",
@@ -114,10 +130,7 @@ def build_gnn_config(
             }
         ],
         "input_sequences": sequences,
-        "output_names": list(output_names),
-        "model_name": model_name,
-        "onnx_model_version": "v1",
-        "salt_export_hash": git_hash(),
+        **plan.metadata(),
     }
 
 
