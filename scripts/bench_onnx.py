@@ -1,26 +1,46 @@
 """ONNX Runtime throughput of a saltx run's exported graph, one jet per call (as Athena).
 
     python scripts/bench_onnx.py --run-dir RUN [--test-file F] [--njets 1000] [--reps 3] \\
-        [--threads 2 1] [--export] [--json out.json]
+        [--threads 2 1] [--export] [--variants plain aux] [--level extended] \\
+        [--peer SALT.onnx] [--peer-aux SALT_AUX.onnx] [--pairs 3] [--json out.json]
 
-``RUN/network.onnx`` is written with ``python -m saltx.export run_dir=RUN overwrite=true``
-when it is missing or ``--export`` is given (``export_s`` then includes saltx's own
-onnxruntime-vs-torch check). Real test jets are fed one at a time with their valid
-constituents only: ``jet_features`` ``(1, F)``, ``track_features`` ``(n_tracks, F)``.
-Each thread count gets its own session (``intra_op_num_threads``, 1 inter-op thread),
-50 warm-up calls, then ``--reps`` timed passes over the jets; ``jets_per_s`` is their
-median.
+Variants: ``plain`` is ``RUN/network.onnx`` (the flavour outputs, what Athena schedules),
+``aux`` is ``RUN/network_aux.onnx`` (plus track origin and vertex index). A variant's file
+is written with ``python -m saltx.export run_dir=RUN overwrite=true [include_aux=true]``
+when it is missing or ``--export`` is given; ``export_s`` then includes saltx's own
+onnxruntime-vs-torch check, and ``max_abs_diff`` is the largest |ONNX - torch| it found.
+
+Real test jets are fed one at a time with their valid constituents only:
+``jet_features`` ``(1, F)``, ``track_features`` ``(n_tracks, F)``. Sessions use Athena's
+options: ``intra_op_num_threads`` (each ``--threads`` value), 1 inter-op thread and
+``ORT_ENABLE_EXTENDED`` graph optimisations (``--level``). Each session gets 50 warm-up
+calls; a pass is one call per jet.
+
+* Without a peer: ``--reps`` passes per session; ``jets_per_s`` is their median.
+* With ``--peer`` (a salt-ml ``network.onnx``, e.g. the kit's ``bench_onnx.py`` export)
+  and/or ``--peer-aux``: the same jets go through saltx's and salt-ml's graphs in
+  ``--pairs`` interleaved A B pairs (one pass each, in the same process and onnxruntime);
+  each pair gives a ratio saltx/salt-ml, reported as median [min, max]. The peer's
+  outputs must have the same names and ranks (``<name>_p<flavour>`` scalars).
+
+Node counts are reported for each graph as written and after onnxruntime's optimisations
+at the session's level (what runs). The 1-minute load average before and after each
+measurement is recorded next to it: on a shared machine, compare only figures taken
+under similar load.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
+import re
 import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -28,23 +48,36 @@ from typing import Any
 import numpy as np
 import yaml
 
+VARIANT_FILES = {"plain": "network.onnx", "aux": "network_aux.onnx"}
+LEVELS = ("basic", "extended", "all")
 
-def run_export(run_dir: Path) -> float:
-    """Export ``run_dir`` with ``python -m saltx.export``; returns the wall time in s."""
+
+def run_export(run_dir: Path, aux: bool) -> dict[str, Any]:
+    """Export ``run_dir`` (``include_aux`` for the aux variant) to its variant's file.
+
+    Returns ``{"export_s": wall time, "max_abs_diff": the export's validation, "graph": ...}``.
+    """
+    cmd = [sys.executable, "-m", "saltx.export", f"run_dir={run_dir}", "overwrite=true"]
+    if aux:
+        cmd.append("include_aux=true")
     t0 = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-m", "saltx.export", f"run_dir={run_dir}", "overwrite=true"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     dt = time.perf_counter() - t0
-    (run_dir / "export.log").write_text(proc.stdout + proc.stderr)
+    log = proc.stdout + proc.stderr
+    (run_dir / f"export{'_aux' if aux else ''}.log").write_text(log)
     if proc.returncode != 0:
         raise RuntimeError(
-            f"saltx.export failed (rc {proc.returncode}) for {run_dir}: {proc.stderr[-2000:]}"
+            f"saltx.export failed (rc {proc.returncode}) for {run_dir}: {log[-2000:]}"
         )
-    return dt
+    if aux:
+        os.replace(run_dir / VARIANT_FILES["plain"], run_dir / VARIANT_FILES["aux"])
+    diff = re.search(r"max \|Δ\| = ([0-9.e+-]+)", log)
+    graph = re.search(r"^graph: (\w+)", log, re.MULTILINE)
+    return {
+        "export_s": dt,
+        "max_abs_diff": float(diff.group(1)) if diff else None,
+        "graph": graph.group(1) if graph else None,
+    }
 
 
 def load_samples(
@@ -87,29 +120,120 @@ def load_samples(
     return samples
 
 
-def time_session(onnx_path: Path, samples: list[dict], threads: int, reps: int) -> dict:
-    """Jets/s of one onnxruntime session at ``threads`` intra-op threads."""
+def session_options(threads: int, level: str, optimized_path: str | None = None):
+    """Athena's session options (1 inter-op thread, ``level`` graph optimisations)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
-    sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
-    for feed in samples[:50]:
-        sess.run(None, feed)
-    rates = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        for feed in samples:
-            sess.run(None, feed)
-        rates.append(len(samples) / (time.perf_counter() - t0))
+    so.log_severity_level = 3
+    so.graph_optimization_level = {
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[level]
+    if optimized_path:
+        so.optimized_model_filepath = optimized_path
+    return so
+
+
+def graph_info(path: Path, level: str) -> dict[str, Any]:
+    """Node counts of the graph as written and as onnxruntime runs it, plus its interface."""
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.load(str(path))
+    with tempfile.TemporaryDirectory() as tmp:
+        out = str(Path(tmp) / "optimized.onnx")
+        ort.InferenceSession(
+            str(path), session_options(1, level, out), providers=["CPUExecutionProvider"]
+        )
+        optimized = onnx.load(out)
+    ops = collections.Counter(n.op_type for n in optimized.graph.node)
     return {
-        "threads": threads,
-        "reps_jets_per_s": rates,
-        "jets_per_s": statistics.median(rates),
-        "min": min(rates),
-        "max": max(rates),
+        "nodes": len(model.graph.node),
+        "nodes_optimized": len(optimized.graph.node),
+        "ops_optimized": dict(ops.most_common()),
+        "opset": max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+        "ir_version": model.ir_version,
+        "outputs": {o.name: len(o.type.tensor_type.shape.dim) for o in model.graph.output},
+        "size_mb": path.stat().st_size / 1e6,
     }
+
+
+def make_session(path: Path, threads: int, level: str) -> tuple[Any, list[str]]:
+    """A session with Athena's options and its input names."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(
+        str(path), session_options(threads, level), providers=["CPUExecutionProvider"]
+    )
+    return sess, [i.name for i in sess.get_inputs()]
+
+
+def one_pass(sess, names: list[str], samples: list[dict]) -> float:
+    """Jets/s of one call per jet."""
+    feeds = [{k: s[k] for k in names} for s in samples]
+    t0 = time.perf_counter()
+    for feed in feeds:
+        sess.run(None, feed)
+    return len(feeds) / (time.perf_counter() - t0)
+
+
+def warm(sess, names: list[str], samples: list[dict]) -> None:
+    for s in samples[:50]:
+        sess.run(None, {k: s[k] for k in names})
+
+
+def summary(values: list[float]) -> dict[str, Any]:
+    return {
+        "values": values,
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+    }
+
+
+def measure(
+    path: Path, peer: Path | None, samples: list[dict], threads: int, level: str, passes: int
+) -> dict[str, Any]:
+    """saltx alone (``passes`` passes), or saltx/peer in ``passes`` interleaved A B pairs."""
+    load0 = os.getloadavg()[0]
+    sx, sx_names = make_session(path, threads, level)
+    warm(sx, sx_names, samples)
+    res: dict[str, Any] = {"threads": threads}
+    if peer is None:
+        rates = [one_pass(sx, sx_names, samples) for _ in range(passes)]
+        res.update({"saltx": summary(rates), "jets_per_s": statistics.median(rates)})
+    else:
+        pe, pe_names = make_session(peer, threads, level)
+        warm(pe, pe_names, samples)
+        a, b = [], []
+        for _ in range(passes):
+            a.append(one_pass(sx, sx_names, samples))
+            b.append(one_pass(pe, pe_names, samples))
+        res.update(
+            {
+                "saltx": summary(a),
+                "salt": summary(b),
+                "ratio": summary([x / y for x, y in zip(a, b, strict=True)]),
+                "jets_per_s": statistics.median(a),
+            }
+        )
+    res["load_1min"] = [load0, os.getloadavg()[0]]
+    return res
+
+
+def check_peer_interface(ours: dict[str, Any], peer: dict[str, Any], what: str) -> None:
+    """The peer's per-jet outputs must be ours (same names and ranks)."""
+    ours_jet = {k: v for k, v in ours["outputs"].items() if v == 0}
+    peer_jet = {k: v for k, v in peer["outputs"].items() if v == 0}
+    if ours_jet != peer_jet:
+        raise SystemExit(
+            f"{what}: the per-jet outputs differ (saltx {ours_jet}, salt-ml {peer_jet}); "
+            "compare graphs of the same tasks and model name"
+        )
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -117,45 +241,102 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--run-dir", required=True, type=Path)
     p.add_argument("--test-file", help="default: the run's data.test_file")
     p.add_argument("--njets", type=int, default=1000)
-    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--reps", type=int, default=3, help="passes per session (no peer)")
+    p.add_argument("--pairs", type=int, default=3, help="A B pairs per session (with a peer)")
     p.add_argument("--threads", type=int, nargs="+", default=[2, 1])
-    p.add_argument("--export", action="store_true", help="re-export even if network.onnx exists")
+    p.add_argument("--variants", nargs="+", choices=list(VARIANT_FILES), default=["plain", "aux"])
+    p.add_argument("--level", choices=LEVELS, default="extended", help="graph optimisations")
+    p.add_argument("--export", action="store_true", help="re-export even if the files exist")
+    p.add_argument("--peer", type=Path, help="salt-ml's network.onnx (plain variant)")
+    p.add_argument("--peer-aux", type=Path, help="salt-ml's network.onnx with the aux tasks")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
     import onnxruntime as ort
 
-    onnx_path = args.run_dir / "network.onnx"
-    export_s = None
-    if args.export or not onnx_path.exists():
-        export_s = run_export(args.run_dir)
+    peers = {"plain": args.peer, "aux": args.peer_aux}
     cfg = yaml.safe_load((args.run_dir / "config.yaml").read_text())
     test_file = args.test_file or cfg["data"]["test_file"]
-    names = [i.name for i in ort.InferenceSession(str(onnx_path)).get_inputs()]
-    samples = load_samples(cfg, test_file, args.njets, names)
-    per_thread = [time_session(onnx_path, samples, t, args.reps) for t in args.threads]
-    n_const = [next((v.shape[0] for k, v in s.items() if k != "jet_features"), 0) for s in samples]
-    result = {
-        "onnx": str(onnx_path),
-        "onnx_size_mb": onnx_path.stat().st_size / 1e6,
-        "export_s": export_s,
+    result: dict[str, Any] = {
+        "run_dir": str(args.run_dir),
         "test_file": test_file,
-        "njets": len(samples),
-        "mean_valid_constituents": float(np.mean(n_const)) if n_const else 0.0,
         "ort_version": ort.__version__,
-        "inputs": names,
-        "ort": per_thread,
-        "jets_per_s": {str(r["threads"]): r["jets_per_s"] for r in per_thread},
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "load_average_1min": os.getloadavg()[0],
+        "level": args.level,
+        "uptime_before": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
+        "variants": {},
     }
-    for r in per_thread:
-        print(
-            f"onnxruntime, {r['threads']} thread(s): {r['jets_per_s']:,.0f} jets/s "
-            f"[{r['min']:,.0f}, {r['max']:,.0f}]"
-        )
+    samples = None
+    for variant in args.variants:
+        path = args.run_dir / VARIANT_FILES[variant]
+        entry: dict[str, Any] = {"onnx": str(path), "export": None}
+        if args.export or not path.exists():
+            entry["export"] = run_export(args.run_dir, aux=variant == "aux")
+        entry["graph"] = graph_info(path, args.level)
+        peer = peers[variant]
+        if peer is not None:
+            entry["peer"] = {"onnx": str(peer), "graph": graph_info(peer, args.level)}
+            check_peer_interface(entry["graph"], entry["peer"]["graph"], variant)
+        if samples is None:
+            names = [i.name for i in ort.InferenceSession(str(path)).get_inputs()]
+            samples = load_samples(cfg, test_file, args.njets, names)
+        passes = args.pairs if peer is not None else args.reps
+        entry["ort"] = [measure(path, peer, samples, t, args.level, passes) for t in args.threads]
+        result["variants"][variant] = entry
+    n_const = [next((v.shape[0] for k, v in s.items() if k != "jet_features"), 0) for s in samples]
+    result["njets"] = len(samples)
+    result["mean_valid_constituents"] = float(np.mean(n_const)) if n_const else 0.0
+    result["uptime_after"] = subprocess.run(
+        ["uptime"], capture_output=True, text=True
+    ).stdout.strip()
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["load_average_1min"] = os.getloadavg()[0]
+    # the keys scripts/bench.py reads: the plain (or first) variant
+    first = result["variants"].get("plain") or next(iter(result["variants"].values()))
+    result["onnx"] = first["onnx"]
+    result["onnx_size_mb"] = first["graph"]["size_mb"]
+    result["export_s"] = (first["export"] or {}).get("export_s")
+    result["inputs"] = list(samples[0]) if samples else []
+    result["ort"] = first["ort"]
+    result["jets_per_s"] = {str(r["threads"]): r["jets_per_s"] for r in first["ort"]}
+    report(result)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def report(result: dict[str, Any]) -> None:
+    """Print the node counts and the jets/s table."""
+    print(
+        f"{result['njets']} jets, {result['mean_valid_constituents']:.1f} valid constituents "
+        f"on average; onnxruntime {result['ort_version']}, {result['level']} optimisations"
+    )
+    print(f"load: {result['uptime_before']}")
+    for variant, entry in result["variants"].items():
+        g = entry["graph"]
+        line = f"[{variant}] saltx nodes {g['nodes']} -> {g['nodes_optimized']} after onnxruntime"
+        if "peer" in entry:
+            pg = entry["peer"]["graph"]
+            line += f"; salt-ml {pg['nodes']} -> {pg['nodes_optimized']}"
+        if entry["export"]:
+            ex = entry["export"]
+            line += f"; export {ex['export_s']:.1f} s, graph {ex['graph']}, "
+            line += f"max |Δ| vs torch {ex['max_abs_diff']:.1e}"
+        print(line)
+        for r in entry["ort"]:
+            s = r["saltx"]
+            text = (
+                f"[{variant}] {r['threads']} thread(s): saltx {s['median']:,.0f} jets/s "
+                f"[{s['min']:,.0f}, {s['max']:,.0f}]"
+            )
+            if "salt" in r:
+                q, ratio = r["salt"], r["ratio"]
+                text += (
+                    f", salt-ml {q['median']:,.0f} [{q['min']:,.0f}, {q['max']:,.0f}], "
+                    f"ratio {ratio['median']:.2f} [{ratio['min']:.2f}, {ratio['max']:.2f}] "
+                    f"({len(ratio['values'])} pairs)"
+                )
+            text += f"; load {r['load_1min'][0]:.1f} -> {r['load_1min'][1]:.1f}"
+            print(text)
+    print(f"load: {result['uptime_after']}")
 
 
 if __name__ == "__main__":

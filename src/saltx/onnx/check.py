@@ -14,20 +14,29 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnxruntime as ort
+import torch
 from torch import nn
 
 from saltx.mup.fold import fold_mureadout
 from saltx.onnx.export import (
     ExportLayout,
+    ONNXWrapper,
     choose_graph,
     example_inputs,
     export_onnx,
     torch_reference,
 )
 from saltx.onnx.outputs import OutputPlan
+from saltx.onnx.singlejet import SingleJetRepresentation
 
 TOLERANCE = 1e-5
 """``|onnx - torch| <= TOLERANCE * (1 + |torch|)`` for every per-jet output."""
+
+REPRESENTATION_TOLERANCE = 1e-4
+"""Single-jet vs model representations: ``max |Δ| <= tol * max(1, max |model|)``."""
+
+REPRESENTATION_CASES = (0, 1, 3, 17, 40)
+"""Constituent counts at which the single-jet representations are compared."""
 
 
 class ONNXValidationError(RuntimeError):
@@ -149,6 +158,33 @@ def compare_outputs(
     return CheckReport(n_cases=n_cases, max_abs_diff=max_diff)
 
 
+def compare_representations(model: nn.Module, layout: ExportLayout, seed: int = 0) -> float:
+    """Largest relative difference between the single-jet and the model's representations.
+
+    The single-jet computation (:class:`SingleJetRepresentation`) and the model's
+    ``representations`` run in torch on the same random inputs (``REPRESENTATION_CASES``
+    constituents, every type); the per-constituent encodings and the jet representation
+    are compared, each scaled by ``max(1, max |model|)``. This checks the structure much
+    more tightly than the flavour probabilities, which a little-trained model keeps close
+    to its priors whatever the inputs.
+    """
+    single = SingleJetRepresentation(model, layout.gather, layout.constituents).eval()
+    wrapper = ONNXWrapper(model, layout, OutputPlan("x", []))
+    worst = 0.0
+    with torch.no_grad():
+        for n in REPRESENTATION_CASES:
+            inputs = example_inputs(layout, n=n, seed=seed + n)
+            encoded, global_rep = single(*inputs)
+            ref_encoded, ref_global = model.representations(*wrapper.model_inputs(*inputs))
+            pairs = [(global_rep, ref_global[0:1])]
+            pairs += [(encoded[k], ref_encoded[k][0]) for k in encoded]
+            for got, want in pairs:
+                if want.numel():
+                    scale = max(1.0, float(want.abs().max()))
+                    worst = max(worst, float((got - want).abs().max()) / scale)
+    return worst
+
+
 def export_checked(
     model: nn.Module,
     layout: ExportLayout,
@@ -162,7 +198,8 @@ def export_checked(
 
     With ``graph=auto`` the single-jet graph is tried first; if the model is outside what
     it supports, or it does not reproduce the torch model (a model variant it does not
-    know), the generic graph is exported instead and ``note`` says why.
+    know: :func:`compare_representations`, then the ONNX outputs), the generic graph is
+    exported instead and ``note`` says why.
 
     Raises
     ------
@@ -171,11 +208,16 @@ def export_checked(
         not reproduce the torch model.
     """
     model = fold_mureadout(model.eval(), inplace=True)
-    single, note = choose_graph(model, graph)
+    single, note = choose_graph(model, graph, plan)
     kwargs = {"max_constituents": max_constituents, "trials": trials}
     if single:
-        export_onnx(model, layout, path, plan, single=True)
         try:
+            diff = compare_representations(model, layout)
+            if diff > REPRESENTATION_TOLERANCE:
+                raise ONNXValidationError(
+                    f"its representations differ from the model's by {diff:.3g} (relative)"
+                )
+            export_onnx(model, layout, path, plan, single=True)
             report = compare_outputs(model, layout, path, plan, **kwargs)
             report.graph = "single"
             return report

@@ -38,7 +38,13 @@ from torch import Tensor, nn
 from saltx.models.union_find import pair_adjacency
 from saltx.mup.fold import fold_mureadout
 from saltx.onnx.outputs import OutputPlan
-from saltx.onnx.singlejet import SingleJetRepresentation, unsupported_reason
+from saltx.onnx.singlejet import (
+    SingleJetRepresentation,
+    aux_unsupported_reason,
+    dense_rows,
+    pair_logits_rows,
+    unsupported_reason,
+)
 
 OPSET = 17
 """ONNX opset: the lowest with every operator the graphs use (``LayerNormalization`` is
@@ -49,8 +55,9 @@ or later), so the files load wherever Salt's do."""
 EXAMPLE_TRACKS = 40
 """Constituents in the example inputs used for tracing."""
 
-CLOSURE_SQUARINGS = 10
-"""Boolean matrix squarings of the vertex finder: exact for vertices of up to 1024 tracks."""
+CLOSURE_SQUARINGS = 7
+"""Boolean matrix squarings of the vertex finder: exact for vertices of up to 128 tracks
+(paths of up to 2**7 edges), the range of the int8 vertex ids."""
 
 GRAPHS = ("auto", "single", "generic")
 """Values of the export's ``graph`` option."""
@@ -164,12 +171,13 @@ def vertex_index(adjacency: Tensor) -> Tensor:
     Parameters
     ----------
     adjacency
-        ``(B, N, N)`` bool symmetric adjacency without padded nodes.
+        ``(..., N, N)`` bool symmetric adjacency without padded nodes (the diagonal is
+        ignored).
 
     Returns
     -------
     Tensor
-        ``(B, N)`` long component ids (the smallest index in the component).
+        ``(..., N)`` long component ids (the smallest index in the component).
     """
     n = adjacency.shape[-1]
     eye = torch.eye(n, dtype=torch.bool, device=adjacency.device)
@@ -224,41 +232,37 @@ class ONNXWrapper(nn.Module):
             inputs["EDGE"] = rest[len(self.layout.constituents)].unsqueeze(0)
         return inputs, masks
 
-    def predictions(self, jet_features: Tensor, *rest: Tensor) -> tuple[dict, dict]:
-        """The predictions of the exported tasks and the (all-valid) constituent masks."""
-        if self.single is None:
-            inputs, masks = self.model_inputs(jet_features, *rest)
-            preds, _ = self.model(inputs, masks)
-            return preds, masks
-        encoded, global_rep = self.single(jet_features, *rest)
-        preds = {t: self.model.tasks[t](global_rep)[0] for t, _ in self.plan.tasks}
-        masks = {}
-        for t in (self.plan.origin_task, self.plan.vertex_task):
-            if t is None:
-                continue
-            task = self.model.tasks[t]
-            x = encoded[task.input_name].unsqueeze(0)
-            masks[task.input_name] = torch.zeros_like(x[..., 0], dtype=torch.bool)
-            preds[t] = task(x, None, mask=masks[task.input_name], context=global_rep)[0]
-        return preds, masks
-
     def forward(self, jet_features: Tensor, *constituents: Tensor) -> tuple[Tensor, ...]:
         """``jet_features`` ``(1, F)``, then ``(n_<type>, F_type)`` per constituent input."""
-        preds, masks = self.predictions(jet_features, *constituents)
+        plan, tasks = self.plan, self.model.tasks
+        if self.single is None:
+            inputs, masks = self.model_inputs(jet_features, *constituents)
+            preds, _ = self.model(inputs, masks)
+        else:
+            encoded, global_rep = self.single(jet_features, *constituents)
+            preds = {t: tasks[t](global_rep)[0] for t, _ in plan.tasks}
         outputs: list[Tensor] = []
-        for t, suffixes in self.plan.tasks:
-            values = task_values(self.model.tasks[t], preds[t]).reshape(-1)
+        for t, suffixes in plan.tasks:
+            values = task_values(tasks[t], preds[t]).reshape(-1)
             outputs += [values[i] for i in range(len(suffixes))]  # rank 0 each
         for terms in self.combinations:
             parts = [outputs[i] if scale == 1.0 else scale * outputs[i] for scale, i in terms]
             outputs.append(sum(parts[1:], parts[0]))
-        if self.plan.origin_task is not None:
-            origin = preds[self.plan.origin_task][0].argmax(-1)
-            outputs.append(origin.to(torch.int8))
-        if self.plan.vertex_task is not None:
-            task = self.model.tasks[self.plan.vertex_task]
-            adj = pair_adjacency(preds[self.plan.vertex_task], masks[task.input_name])
-            outputs.append(vertex_index(adj)[0].to(torch.int8))
+        if plan.origin_task is not None:
+            task = tasks[plan.origin_task]
+            if self.single is None:
+                logits = preds[plan.origin_task][0]
+            else:
+                logits = dense_rows(task.net, encoded[task.input_name], global_rep)
+            outputs.append(logits.argmax(-1).to(torch.int8))
+        if plan.vertex_task is not None:
+            task = tasks[plan.vertex_task]
+            if self.single is None:
+                adj = pair_adjacency(preds[plan.vertex_task], masks[task.input_name])[0]
+            else:
+                logits = pair_logits_rows(task, encoded[task.input_name], global_rep)
+                adj = torch.sigmoid(0.5 * (logits + logits.t())) >= 0.5
+            outputs.append(vertex_index(adj).to(torch.int8))
         return tuple(outputs)
 
 
@@ -347,7 +351,7 @@ def set_min_ir_version(path: str | os.PathLike) -> int:
     return ir
 
 
-def choose_graph(model: nn.Module, graph: str) -> tuple[bool, str | None]:
+def choose_graph(model: nn.Module, graph: str, plan: OutputPlan) -> tuple[bool, str | None]:
     """``(single, reason)``: whether to build the single-jet graph, and why not.
 
     Raises
@@ -359,7 +363,9 @@ def choose_graph(model: nn.Module, graph: str) -> tuple[bool, str | None]:
         raise ValueError(f"export graph={graph!r}: expected one of {list(GRAPHS)}")
     if graph == "generic":
         return False, "graph=generic"
-    reason = unsupported_reason(model)
+    reason = unsupported_reason(model) or aux_unsupported_reason(
+        model, [plan.origin_task, plan.vertex_task]
+    )
     if reason and graph == "single":
         raise ValueError(
             f"graph=single: the single-jet graph does not support this model: {reason}"

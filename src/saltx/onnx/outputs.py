@@ -78,11 +78,11 @@ def parse_combination(spec: str) -> tuple[str, list[tuple[float, str]]]:
             f"combine_outputs item {spec!r}: expected 'NEW,TERM[,TERM...]' with TERM = "
             "[SCALE*]OUTPUT, e.g. 'plight,pu,0.5*pc'"
         )
-    terms = []
+    terms: list[tuple[float, str]] = []
     for term in items[1:]:
         scale, _, out = term.rpartition("*")
-        try:
-            terms.append((float(scale) if scale else 1.0, out))
+        try:  # an unscaled term weighs int 1, as Salt writes it into gnn_config
+            terms.append((float(scale) if scale else 1, out))
         except ValueError as err:
             raise ValueError(f"combine_outputs item {spec!r}: bad scale in {term!r}") from err
     return items[0], terms

@@ -15,7 +15,11 @@ from the model's own parameters, with 2-D ``(n, D)`` token matrices:
   the q rows), ``Reshape``/``Transpose``/``Split`` to heads, ``MatMul`` with a transposed
   key (fused by onnxruntime into ``FusedMatMul``), ``Softmax``, ``MatMul``; reshapes use
   constant shapes (``-1``), so no ``Shape``/``Gather``/``Concat`` chains are exported;
-* global attention pooling is ``Gemm`` → ``Softmax`` over the tokens → ``MatMul``.
+* global attention pooling is ``Gemm`` → ``Softmax`` over the tokens → ``MatMul``;
+* the aux heads (with ``include_aux``) run on the ``(n, D)`` rows too: the per-jet
+  context enters their first layer as one row (:func:`dense_rows`), and the vertexing
+  pair network forms its ``(n, n, H)`` first-layer sums from per-track terms
+  (:func:`pair_logits_rows`).
 
 Only standard ONNX operators are written (onnxruntime's own fusions at session creation,
 which Athena runs too, turn them into its fused kernels).
@@ -121,9 +125,71 @@ def unsupported_reason(model: nn.Module) -> str | None:
     return _structure_problem(model.pooling, "pooling")
 
 
+def _head_problem(task: nn.Module, name: str) -> str | None:
+    dense = task.net
+    problem = _structure_problem(dense, f"tasks.{name}.net")
+    if problem:
+        return problem
+    if dense.first_linear_index != 0:
+        return f"tasks.{name} has a layer before its first Linear"
+    return None
+
+
+def aux_unsupported_reason(model: nn.Module, tasks: list[str | None]) -> str | None:
+    """Why the aux heads ``tasks`` (track origin, vertexing) cannot run on rows, or None."""
+    for name in tasks:
+        if name is not None:
+            problem = _head_problem(model.tasks[name], name)
+            if problem:
+                return problem
+    return None
+
+
 def _linear_parts(linear: nn.Linear) -> tuple[Tensor, Tensor]:
     bias = linear.bias if linear.bias is not None else linear.weight.new_zeros(linear.out_features)
     return linear.weight.detach(), bias.detach()
+
+
+def _rows(layers: nn.Module, h: Tensor) -> Tensor:
+    """``layers`` on ``(rows, F)``: every Linear as one ``Gemm`` (bias included)."""
+    for layer in layers:
+        h = F.linear(h, layer.weight, layer.bias) if isinstance(layer, nn.Linear) else layer(h)
+    return h
+
+
+def _first_layer_row(dense: Dense, context: Tensor | None, skip: int = 0) -> tuple[Tensor, Tensor]:
+    """The first Linear's per-jet part ``(1, H)`` (context columns and bias) and the weight
+    of the remaining columns ``(H, F)``, from column ``context_size + skip`` on."""
+    weight, bias = dense.net[0].weight, dense.net[0].bias
+    c = dense.context_size
+    if bias is None:
+        bias = weight.new_zeros(weight.shape[0])
+    row = bias.unsqueeze(0) if not c else F.linear(context, weight[:, :c], bias)
+    return row, weight[:, c + skip :]
+
+
+def dense_rows(dense: Dense, x: Tensor, context: Tensor | None) -> Tensor:
+    """A :class:`Dense` head on ``(n, F)`` rows with a ``(1, C)`` per-jet context.
+
+    ``Dense`` prepends the context to every row; here its columns of the first Linear act
+    on the one context row, added as the ``C`` input of the rows' ``Gemm``.
+    """
+    row, w = _first_layer_row(dense, context)
+    return _rows(dense.net[1:], torch.addmm(row, x, w.t()))
+
+
+def pair_logits_rows(task: nn.Module, x: Tensor, context: Tensor | None) -> Tensor:
+    """Vertexing pair logits ``(n, n)`` of ``net([context, x_i, x_j])`` for one jet.
+
+    The first Linear is ``W_c c + W_i x_i + W_j x_j + b``: per-track terms ``(n, H)``
+    broadcast-added to ``(n, n, H)``, the remaining layers on its ``n*n`` rows.
+    """
+    dense, d = task.net, task.node_size
+    row, w = _first_layer_row(dense, context)
+    h_i = torch.addmm(row, x, w[:, :d].t())  # receiver term, with context and bias
+    h_j = torch.matmul(x, w[:, d:].t())  # sender term
+    h = (h_i.unsqueeze(1) + h_j.unsqueeze(0)).reshape(-1, h_i.shape[-1])
+    return _rows(dense.net[1:], h).reshape(x.shape[0], x.shape[0])
 
 
 class SingleJetRepresentation(nn.Module):
