@@ -17,6 +17,9 @@ options: ``intra_op_num_threads`` (each ``--threads`` value), 1 inter-op thread 
 calls; a pass is one call per jet.
 
 * Without a peer: ``--reps`` passes per session; ``jets_per_s`` is their median.
+* Every pass is also timed in CPU seconds of this process (``*_per_cpu_s``): with one
+  thread the calls run in this process's thread, so jets per CPU second leave out the
+  time the process waited for a core on a shared machine.
 * With ``--peer`` (a salt-ml ``network.onnx``, e.g. the kit's ``bench_onnx.py`` export)
   and/or ``--peer-aux``: the same jets go through saltx's and salt-ml's graphs in
   ``--pairs`` interleaved A B pairs (one pass each, in the same process and onnxruntime);
@@ -172,13 +175,14 @@ def make_session(path: Path, threads: int, level: str) -> tuple[Any, list[str]]:
     return sess, [i.name for i in sess.get_inputs()]
 
 
-def one_pass(sess, names: list[str], samples: list[dict]) -> float:
-    """Jets/s of one call per jet."""
+def one_pass(sess, names: list[str], samples: list[dict]) -> tuple[float, float]:
+    """Jets per wall second and per CPU second (of this process) of one call per jet."""
     feeds = [{k: s[k] for k in names} for s in samples]
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for feed in feeds:
         sess.run(None, feed)
-    return len(feeds) / (time.perf_counter() - t0)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return len(feeds) / wall, len(feeds) / max(cpu, 1e-9)
 
 
 def warm(sess, names: list[str], samples: list[dict]) -> None:
@@ -205,7 +209,8 @@ def measure(
     res: dict[str, Any] = {"threads": threads}
     if peer is None:
         rates = [one_pass(sx, sx_names, samples) for _ in range(passes)]
-        res.update({"saltx": summary(rates), "jets_per_s": statistics.median(rates)})
+        res["saltx"] = summary([r[0] for r in rates])
+        res["saltx_per_cpu_s"] = summary([r[1] for r in rates])
     else:
         pe, pe_names = make_session(peer, threads, level)
         warm(pe, pe_names, samples)
@@ -213,14 +218,11 @@ def measure(
         for _ in range(passes):
             a.append(one_pass(sx, sx_names, samples))
             b.append(one_pass(pe, pe_names, samples))
-        res.update(
-            {
-                "saltx": summary(a),
-                "salt": summary(b),
-                "ratio": summary([x / y for x, y in zip(a, b, strict=True)]),
-                "jets_per_s": statistics.median(a),
-            }
-        )
+        for key, idx in (("", 0), ("_per_cpu_s", 1)):
+            res[f"saltx{key}"] = summary([x[idx] for x in a])
+            res[f"salt{key}"] = summary([y[idx] for y in b])
+            res[f"ratio{key}"] = summary([x[idx] / y[idx] for x, y in zip(a, b, strict=True)])
+    res["jets_per_s"] = res["saltx"]["median"]
     res["load_1min"] = [load0, os.getloadavg()[0]]
     return res
 
@@ -328,11 +330,11 @@ def report(result: dict[str, Any]) -> None:
                 f"[{s['min']:,.0f}, {s['max']:,.0f}]"
             )
             if "salt" in r:
-                q, ratio = r["salt"], r["ratio"]
+                q, ratio, cpu = r["salt"], r["ratio"], r["ratio_per_cpu_s"]
                 text += (
                     f", salt-ml {q['median']:,.0f} [{q['min']:,.0f}, {q['max']:,.0f}], "
                     f"ratio {ratio['median']:.2f} [{ratio['min']:.2f}, {ratio['max']:.2f}] "
-                    f"({len(ratio['values'])} pairs)"
+                    f"({len(ratio['values'])} pairs; per CPU s {cpu['median']:.2f})"
                 )
             text += f"; load {r['load_1min'][0]:.1f} -> {r['load_1min'][1]:.1f}"
             print(text)

@@ -13,7 +13,7 @@ from torch import nn
 
 from saltx.models.union_find import connected_components
 from saltx.onnx.check import session
-from saltx.onnx.export import export_layout, feature_input_name, vertex_index
+from saltx.onnx.export import export_layout, feature_input_name, set_min_ir_version, vertex_index
 from saltx.onnx.metadata import add_metadata, build_gnn_config, main, read_metadata, sequence_name
 from saltx.onnx.outputs import (
     OutputPlan,
@@ -90,7 +90,7 @@ def test_vertex_index_long_chain():
     assert torch.equal(vertex_index(adj), torch.zeros(1, n, dtype=torch.long))
 
 
-def _tiny_onnx(path):
+def _tiny_onnx(path, opset=17):
     class M(nn.Module):
         def forward(self, jet, trk):
             return (jet.sum(-1) + trk.sum()).sigmoid()
@@ -103,6 +103,7 @@ def _tiny_onnx(path):
         input_names=["jet_features", "track_features"],
         output_names=["GN2_pb"],
         dynamic_axes={"track_features": {0: "n_tracks"}},
+        opset_version=opset,
     )
 
 
@@ -179,3 +180,20 @@ def test_output_plan_renames_and_combinations():
     for bad in ("pbc", "pbc,", "pbc,x*pb"):
         with pytest.raises(ValueError, match="combine_outputs"):
             parse_combination(bad)
+
+
+def test_min_ir_version_for_the_opset(tmp_path):
+    path = tmp_path / "network.onnx"
+    _tiny_onnx(path)
+    model = onnx.load(str(path))
+    model.ir_version = 10  # what a newer exporter may write for the same opset
+    onnx.save(model, str(path))
+    assert set_min_ir_version(path) == 8  # opset 17 needs no more than IR 8
+    assert onnx.load(str(path)).ir_version == 8
+    assert session(path).run(
+        None,
+        {
+            "jet_features": np.ones((1, 2), np.float32),
+            "track_features": np.ones((2, 2), np.float32),
+        },
+    )
