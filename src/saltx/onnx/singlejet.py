@@ -12,7 +12,7 @@ from the model's own parameters, with 2-D ``(n, D)`` token matrices:
 * every linear layer acts on a 2-D matrix, so it exports as one ``Gemm`` (bias included),
   which onnxruntime fuses with a following ReLU;
 * self-attention uses one ``Gemm`` for q, k and v (the ``1/sqrt(d)`` scale folded into
-  the q rows), ``Reshape``/``Transpose``/``Split`` to heads, ``MatMul`` with a transposed
+  the q rows), ``Reshape``/``Transpose``/``Split`` into heads, ``MatMul`` with a transposed
   key (fused by onnxruntime into ``FusedMatMul``), ``Softmax``, ``MatMul``; reshapes use
   constant shapes (``-1``), so no ``Shape``/``Gather``/``Concat`` chains are exported;
 * global attention pooling is ``Gemm`` → ``Softmax`` over the tokens → ``MatMul``;
@@ -92,8 +92,11 @@ def unsupported_reason(model: nn.Module) -> str | None:
     Supported: init nets (``Dense`` whose first module is its first ``Linear``) on each
     constituent input, optionally with the global object and PARAMETERS attached;
     :class:`TransformerEncoder` of :class:`TransformerEncoderLayer` with scaled
-    dot-product self-attention, no edges and no FFN context; an optional final norm and
-    final linear; :class:`GlobalAttentionPooling`; GLOBAL concatenated after pooling.
+    dot-product self-attention, no edges and no FFN context, learned register tokens
+    (``registers``), LayerNorms with or without affine parameters, an optional final norm
+    (before or after, ``final_norm_position``) and final linear;
+    :class:`GlobalAttentionPooling` (over the constituents and the registers); GLOBAL
+    concatenated after pooling.
     """
     if model.encoder is None:
         return "the model has no encoder (jets-only)"
@@ -114,8 +117,11 @@ def unsupported_reason(model: nn.Module) -> str | None:
     if not children <= {"layers", "final_norm", "final_linear"} or "layers" not in children:
         return f"the encoder has children {sorted(children)}"
     own = [name for name, _ in encoder.named_parameters(recurse=False)]
-    if own or encoder.edge_embed_dim:
+    if [name for name in own if name != "registers"] or encoder.edge_embed_dim:
         return f"the encoder has own parameters {own} or edges"
+    position = getattr(encoder, "final_norm_position", "before_out_proj")
+    if position not in ("before_out_proj", "after_out_proj", "none"):
+        return f"the encoder's final norm sits at {position!r}"
     if encoder.final_linear is not None and type(encoder.final_linear) is not nn.Linear:
         return f"the encoder's final linear is a {type(encoder.final_linear).__name__}"
     for i, layer in enumerate(encoder.layers):
@@ -148,6 +154,20 @@ def aux_unsupported_reason(model: nn.Module, tasks: list[str | None]) -> str | N
 def _linear_parts(linear: nn.Linear) -> tuple[Tensor, Tensor]:
     bias = linear.bias if linear.bias is not None else linear.weight.new_zeros(linear.out_features)
     return linear.weight.detach(), bias.detach()
+
+
+def _encoder_output(encoder: nn.Module, h: Tensor) -> Tensor:
+    """The encoder's final LayerNorm and output projection, in its configured order
+    (``final_norm_position``: before or after the projection, or no norm)."""
+    position = getattr(encoder, "final_norm_position", "before_out_proj")
+    norm = getattr(encoder, "final_norm", None) if position != "none" else None
+    if position == "before_out_proj" and norm is not None:
+        h = norm(h)
+    if encoder.final_linear is not None:
+        h = encoder.final_linear(h)
+    if position == "after_out_proj" and norm is not None:
+        h = norm(h)
+    return h
 
 
 def _rows(layers: nn.Module, h: Tensor) -> Tensor:
@@ -319,14 +339,15 @@ class SingleJetRepresentation(nn.Module):
         """
         raw = dict(zip(self.constituents, constituents, strict=True))
         parts = [self._embed(name, jet_features, raw[name]) for name in self.order]
-        h = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
         encoder = self.model.encoder
+        registers = getattr(encoder, "registers", None)  # (R, D) learned tokens, in front
+        if registers is not None:
+            parts = [registers.to(parts[0].dtype), *parts]
+        h = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
         for i, layer in enumerate(encoder.layers):
             h = self._layer(i, layer, h)
-        if hasattr(encoder, "final_norm"):
-            h = encoder.final_norm(h)
-        if encoder.final_linear is not None:
-            h = encoder.final_linear(h)
+        h = _encoder_output(encoder, h)
+        n_reg = 0 if registers is None else registers.shape[0]
         gate = self.model.pooling.gate
         weights = torch.softmax(F.linear(h, gate.weight, gate.bias), dim=0)  # (n, 1)
         global_rep = torch.matmul(weights.t(), h)  # (1, D); zeros without constituents
@@ -334,8 +355,8 @@ class SingleJetRepresentation(nn.Module):
             glob = jet_features.index_select(1, self._gather_global)
             glob = self.model.input_norm({"GLOBAL": glob})["GLOBAL"]
             global_rep = torch.cat([global_rep, glob], dim=-1)
-        encoded, start = {}, 0
-        for name, part in zip(self.order, parts, strict=True):
+        encoded, start = {}, n_reg
+        for name, part in zip(self.order, parts[1:] if n_reg else parts, strict=True):
             n = part.shape[0]
             encoded[name] = h if len(parts) == 1 else h[start : start + n]
             start = start + n
