@@ -61,10 +61,20 @@ def run_export(run_dir: Path, aux: bool) -> dict[str, Any]:
     Returns ``{"export_s": wall time, "max_abs_diff": the export's validation, "graph": ...}``.
     """
     cmd = [sys.executable, "-m", "saltx.export", f"run_dir={run_dir}", "overwrite=true"]
+    plain = run_dir / VARIANT_FILES["plain"]
+    kept = run_dir / "network.onnx.bench-keep"
     if aux:
         cmd.append("include_aux=true")
+        if plain.exists():  # the export writes network.onnx: keep the plain graph aside
+            os.replace(plain, kept)
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if aux and proc.returncode == 0:
+            os.replace(plain, run_dir / VARIANT_FILES["aux"])
+    finally:
+        if kept.exists():
+            os.replace(kept, plain)
     dt = time.perf_counter() - t0
     log = proc.stdout + proc.stderr
     (run_dir / f"export{'_aux' if aux else ''}.log").write_text(log)
@@ -72,8 +82,6 @@ def run_export(run_dir: Path, aux: bool) -> dict[str, Any]:
         raise RuntimeError(
             f"saltx.export failed (rc {proc.returncode}) for {run_dir}: {log[-2000:]}"
         )
-    if aux:
-        os.replace(run_dir / VARIANT_FILES["plain"], run_dir / VARIANT_FILES["aux"])
     diff = re.search(r"max \|Δ\| = ([0-9.e+-]+)", log)
     graph = re.search(r"^graph: (\w+)", log, re.MULTILINE)
     return {
