@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 
 @dataclass
@@ -30,7 +30,8 @@ class DataConfig:
     num_test: int = -1
     global_object: str = "jets"
     variables: dict[str, list[str]] = field(default_factory=dict)
-    input_map: dict[str, str] | None = None
+    # {input: h5 dataset}; inputs not listed read the dataset of their own name
+    input_map: dict[str, str] | None = field(default_factory=dict)
     num_inputs: dict[str, int] = field(default_factory=dict)
     non_finite_to_num: bool = False
     parameters: dict[str, Any] = field(default_factory=dict)
@@ -190,10 +191,22 @@ def _local_dir(path: str) -> str:
     return str(path)
 
 
+OPEN_NODES = ("data.input_map", "data.num_inputs", "data.config_S3", "data.parameters")
+"""Dict nodes whose keys the user chooses: ``data.num_inputs.tracks=10`` works without ``+``."""
+
+
+def train_schema() -> DictConfig:
+    """The train schema as a config node, with :data:`OPEN_NODES` open to new keys."""
+    node = OmegaConf.structured(TrainConfig)
+    for key in OPEN_NODES:
+        OmegaConf.set_struct(OmegaConf.select(node, key), False)
+    return node
+
+
 def register_configs() -> None:
     """Register schemas and resolvers; safe to call more than once."""
     cs = ConfigStore.instance()
-    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="train_schema", node=train_schema())
     if not OmegaConf.has_resolver("saltx_local_dir"):
         OmegaConf.register_new_resolver("saltx_local_dir", _local_dir)
 

@@ -180,6 +180,15 @@ def _build_init_nets(
     return init_nets
 
 
+def _edge_input(input_map: Mapping[str, str] | None, constituents: list[str]) -> str:
+    """The constituent input whose dataset the EDGE features read (``data.input_map.EDGE``;
+    default: the first constituent's dataset), or that dataset's name if none reads it."""
+    datasets = {c: str((input_map or {}).get(c, c)) for c in constituents}
+    default = datasets[constituents[0]] if constituents else "tracks"
+    edge_dataset = str((input_map or {}).get("EDGE", default))
+    return next((c for c, d in datasets.items() if d == edge_dataset), edge_dataset)
+
+
 def _build_edges(
     mcfg: Any, variables: dict[str, list[str]], edge_input: str, constituents: list[str]
 ) -> tuple[nn.Module | None, InitNet | None, dict[str, Any]]:
@@ -199,7 +208,8 @@ def _build_edges(
         )
     if not constituents or edge_input != constituents[0]:
         raise ValueError(
-            f"edges belong to {edge_input!r} (data.input_map.EDGE), which must be the first "
+            f"edges belong to {edge_input!r} (the input reading dataset data.input_map.EDGE), "
+            "which must be the first "
             f"constituent input in data.variables; the inputs are {constituents}"
         )
     from saltx.models.edges import EdgeFeatures
@@ -282,7 +292,7 @@ def build_model(
             f"(it has {list(variables)})"
         )
     constituents = constituent_inputs(variables, global_object)
-    edge_input = (input_map or {}).get("EDGE", "tracks")
+    edge_input = _edge_input(input_map, constituents)
 
     input_norm = InputNorm(norm_dict, variables, global_object, input_map)
     init_nets = _build_init_nets(mcfg, variables, global_object, constituents)
