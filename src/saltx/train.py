@@ -17,7 +17,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-import saltx.config  # noqa: F401  (registers the schemas and resolvers)
+import saltx.config  # registers the schemas and resolvers; check_keys
 from saltx.data.config_s3 import prepare_data_paths
 from saltx.engine.distributed import DistInfo, launched_by_torchrun, spawn
 from saltx.engine.loop import (
@@ -170,6 +170,7 @@ def train(cfg: DictConfig, build_fn: BuildFn | None = None) -> dict[str, float]:
         A loss became NaN/inf (names the step, the tasks and the last good checkpoint).
     """
     build_fn = build_fn or build
+    saltx.config.check_keys(cfg)  # keys no schema declares (e.g. Salt's names typed with '+')
     # Salt's download-first `data.config_S3` block: fetch the files, point the config at them
     cfg = prepare_data_paths(cfg)
     devices = int(cfg.trainer.get("devices", 1) or 1)
