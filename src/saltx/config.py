@@ -58,6 +58,7 @@ class ModelConfig:
     pooling: Any = None
     tasks: dict[str, Any] = field(default_factory=dict)
     muP: bool = False
+    norm_affine: bool = True
 
 
 @dataclass

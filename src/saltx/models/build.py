@@ -19,6 +19,7 @@ from saltx.models.initnet import InitNet
 from saltx.models.inputnorm import InputNorm
 from saltx.models.saltmodel import SaltModel
 from saltx.models.tasks import stage_has_labels
+from saltx.models.transformer import REGISTERS
 
 # data.variables keys that are not constituent inputs of the encoder
 SPECIAL_INPUTS = ("GLOBAL", "PARAMETERS", "EDGE")
@@ -244,8 +245,19 @@ def _build_encoder_pooling(
         **heads,
         **edge_args,
     }
-    shared = {"dropout": mcfg.get("dropout"), "activation": mcfg.get("activation")}
+    shared = {
+        "dropout": mcfg.get("dropout"),
+        "activation": mcfg.get("activation"),
+        "norm_affine": mcfg.get("norm_affine"),
+    }
     shared = {k: v for k, v in shared.items() if v is not None}
+    if not shared.get("norm_affine", True):
+        target = _plain(mcfg.encoder).get("_target_", "")
+        if "norm_affine" not in inspect.signature(get_class(target).__init__).parameters:
+            raise ValueError(
+                f"model.norm_affine=false, but the encoder {target} has no non-affine "
+                "LayerNorm option"
+            )
     encoder = _construct(mcfg.encoder, "model.encoder", enc_derived, shared)
     node_size = int(getattr(encoder, "out_size", out_dim or embed_dim))
     pooling = _construct(mcfg.pooling, "model.pooling", {"input_size": node_size, **heads}, shared)
@@ -292,6 +304,11 @@ def build_model(
             f"(it has {list(variables)})"
         )
     constituents = constituent_inputs(variables, global_object)
+    if REGISTERS in constituents:
+        raise ValueError(
+            f"data.variables may not have an input named {REGISTERS!r}: the encoder uses "
+            "that name for its register tokens"
+        )
     edge_input = _edge_input(input_map, constituents)
 
     input_norm = InputNorm(norm_dict, variables, global_object, input_map)
