@@ -534,10 +534,10 @@ class _Converter:
             if self.edges.get("embed_dim") not in (None, int(edge_dim)):
                 self.refuse(args.key("edge_embed_dim"), "differs from the EDGE init net's output")
             self.edges["embed_dim"] = int(edge_dim)
-        if args.get("update_edges") is not None:
-            self.edges["update_edges"] = bool(args.get("update_edges"))
         if self.edges:
-            self.edges.setdefault("update_edges", False)
+            self.edges["update_edges"] = bool(args.get("update_edges") or False)
+        elif args.get("update_edges"):
+            self.refuse(args.key("update_edges"), "true, but the model has no edge init net")
 
     def _mha(self, mha: _Node) -> None:
         self._heads(mha.get("num_heads"), mha.key("num_heads"))
@@ -600,6 +600,8 @@ class _Converter:
         self.set("model.encoder.num_registers", int(args.get("num_registers", 1)))
         final = args.get("do_final_norm", True)
         self.set("model.encoder.final_norm", "after_out_proj" if final else "none")
+        if not args.data.get("mup", args.data.get("muP")):
+            self.set("model.encoder.qkv_init", "xavier_packed")  # 0.13's initialisation
         args.drop("attn_type")
         args.expect("drop_registers", (None, False), "saltx's pooling always sees the registers")
         args.expect("ls_init", (None,), "LayerScale is not in saltx")
@@ -1065,7 +1067,8 @@ _Dumper.add_representer(list, _list)
 
 def _defaults_yaml(groups: list[str]) -> str:
     lines = ["defaults:"]
-    for entry in groups:
+    # Hydra takes added groups (/model/edges) before the overrides
+    for entry in sorted(groups, key=lambda g: g.startswith("override ")):
         key, _, value = entry.partition(": ")
         lines.append(f"  - {key}: {value}")
     return "\n".join(lines) + "\n"
