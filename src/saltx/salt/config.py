@@ -261,11 +261,14 @@ class _Converter:
                 continue  # Salt ignores these (YAML anchors)
             variables[SPECIAL.get(name, name)] = [str(f) for f in fields or []]
         input_map = {}
-        for name, dataset in (data.get("input_map") or {}).items():
-            name = SPECIAL.get(name, name)
-            if name in ("GLOBAL", "PARAMETERS") or dataset == name:
+        given = {SPECIAL.get(k, k): str(v) for k, v in (data.get("input_map") or {}).items()}
+        own = [k for k in variables if k not in ("GLOBAL", "PARAMETERS", "EDGE")]
+        first = next((k for k in own if k != self.global_object), "tracks")
+        for name, dataset in given.items():
+            default = given.get(first, first) if name == "EDGE" else name
+            if name in ("GLOBAL", "PARAMETERS") or dataset == default:
                 continue  # saltx maps these itself
-            input_map[name] = str(dataset)
+            input_map[name] = dataset
         if input_map:
             self.set("data.input_map", input_map)
         if data.get("num_inputs"):
