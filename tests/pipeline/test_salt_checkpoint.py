@@ -195,6 +195,14 @@ def test_checkpoint_errors(run_dir, tmp_path):
     seed = FIX / "configs" / "gn2_seed.yaml"
     with pytest.raises(SaltConfigError, match=r"seed-era"):
         convert_checkpoint(SALT_CKPT, seed, tmp_path / "b")
+    edges = yaml.safe_load(SALT_CONFIG.read_text())
+    edges["data"]["edge_constructors"] = [{"input_name": "tracks", "edge_features": ["dR"]}]
+    init = edges["model"]["model"]["init_args"]
+    init["edge_init_nets"] = [{"input_name": "tracks", "dense_config": {"output_size": 4}}]
+    init["encoder"]["init_args"]["edge_embed_dim"] = 4
+    (tmp_path / "edges.yaml").write_text(yaml.safe_dump(edges))
+    with pytest.raises(SaltConfigError, match=r"EdgeAttention updates edges"):
+        convert_checkpoint(SALT_CKPT, tmp_path / "edges.yaml", tmp_path / "d")
     wider = yaml.safe_load(SALT_CONFIG.read_text())
     enc = wider["model"]["model"]["init_args"]["encoder"]["init_args"]
     enc["num_registers"] = 3

@@ -175,6 +175,18 @@ def gn2emu_salt013() -> dict:
     return cfg
 
 
+def edges_salt013() -> dict:
+    """0.13's edges: an edge constructor on tracks and an edge init net."""
+    cfg = copy.deepcopy(TINY_013)
+    cfg["data"]["edge_constructors"] = [
+        {"input_name": "tracks", "edge_features": ["dR", "z", "kt", "isSelfLoop"]}
+    ]
+    dense = {"output_size": 8, "hidden_layers": [8], "activation": "ReLU"}
+    _args(cfg)["edge_init_nets"] = [{"input_name": "tracks", "dense_config": dense}]
+    _args(cfg)["encoder"]["init_args"].update(edge_embed_dim=8, update_edges=True)
+    return cfg
+
+
 CASES = {
     # name: (Salt config, Salt's trainable parameter count when known)
     "gn2_seed": (lambda: SEED_GN2, 2_343_502),  # salt-semantics §2.14
@@ -191,6 +203,7 @@ CASES = {
     "gn2_tiny_salt013": (lambda: TINY_013, 6_614),  # trainable_params in Salt's metadata.yaml
     "run_config_salt013": (lambda: RUN_013, 6_614),
     "gn2emu_salt013": (gn2emu_salt013, None),
+    "edges_salt013": (edges_salt013, None),
 }
 
 

@@ -324,7 +324,8 @@ class _Converter:
             )
         variables["EDGE"] = features
         owner = str(ec.get("input_name"))
-        if input_map.get(owner, owner) != owner or owner != "tracks":
+        own = [k for k in variables if k not in (self.global_object, *SPECIAL.values())]
+        if own and owner != own[0]:  # saltx's EDGE default: the first constituent's dataset
             input_map["EDGE"] = input_map.get(owner, owner)
         ec.drop("variables", "indices_map")
         ec.done()
