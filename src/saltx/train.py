@@ -170,7 +170,6 @@ def train(cfg: DictConfig, build_fn: BuildFn | None = None) -> dict[str, float]:
         A loss became NaN/inf (names the step, the tasks and the last good checkpoint).
     """
     build_fn = build_fn or build
-    saltx.config.check_keys(cfg)  # keys no schema declares (e.g. Salt's names typed with '+')
     # Salt's download-first `data.config_S3` block: fetch the files, point the config at them
     cfg = prepare_data_paths(cfg)
     devices = int(cfg.trainer.get("devices", 1) or 1)
@@ -195,6 +194,7 @@ def run(cfg: DictConfig, build_fn: BuildFn | None = None) -> float:
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     """``python -m saltx.train``: train and return the optimised metric (for sweepers)."""
+    saltx.config.check_keys(cfg)  # keys no schema declares (e.g. Salt's names typed with '+')
     return run(cfg)
 
 

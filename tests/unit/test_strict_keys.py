@@ -16,7 +16,7 @@ from saltx.config import ConfigKeyError, check_keys, unknown_keys
 from saltx.data.loader import build_datasets
 from saltx.data.norm import load_norm_dict
 from saltx.models.build import build_model, required_labels
-from saltx.train import train
+from saltx.train import main
 
 
 def compose_train(*overrides: str):
@@ -56,7 +56,7 @@ def test_train_refuses_before_anything_runs(tmp_path):
         "+data.nan_to_num=true", "+model.lrs_config.max=1", f"paths.output_dir={out}"
     )
     with pytest.raises(ConfigKeyError, match=r"data\.nan_to_num: Salt's name; in saltx: data"):
-        train(cfg)
+        main(cfg)  # python -m saltx.train (and every sweep trial)
     assert not out.exists()  # no run directory, no config.yaml holding the ignored keys
 
 
