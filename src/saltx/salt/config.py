@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from saltx.config import OPEN_NODES  # noqa: F401  (registers the schemas)
+import saltx.config  # noqa: F401  (registers the schemas)
 
 # saltx's names of Salt's special inputs, any generation
 SPECIAL = {"GLOBAL": "GLOBAL", "global": "GLOBAL", "PARAMETERS": "PARAMETERS"}
@@ -150,7 +150,6 @@ class _Converter:
         self.out = Converted()
         self.problems: list[str] = []
         self.global_object = "jets"
-        self.embed_dim: int | None = None
         self.edges: dict[str, Any] = {}
 
     # -- bookkeeping ----------------------------------------------------------------------
@@ -294,7 +293,6 @@ class _Converter:
         data.expect("recover_malformed", (None, False), "saltx does not repair labels")
         if "concat_jet_tracks" in data:
             data.expect("concat_jet_tracks", (None,), "use attach_global of the init nets")
-        self.variables = variables
         self._set_variables(variables)
         data.done()
 
