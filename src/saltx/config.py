@@ -8,12 +8,13 @@ the optimizer) stay open: their keys are checked by the constructor they target.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 
 @dataclass
@@ -30,7 +31,8 @@ class DataConfig:
     num_test: int = -1
     global_object: str = "jets"
     variables: dict[str, list[str]] = field(default_factory=dict)
-    input_map: dict[str, str] | None = None
+    # {input: h5 dataset}; inputs not listed read the dataset of their own name
+    input_map: dict[str, str] | None = field(default_factory=dict)
     num_inputs: dict[str, int] = field(default_factory=dict)
     non_finite_to_num: bool = False
     parameters: dict[str, Any] = field(default_factory=dict)
@@ -56,6 +58,7 @@ class ModelConfig:
     pooling: Any = None
     tasks: dict[str, Any] = field(default_factory=dict)
     muP: bool = False
+    norm_affine: bool = True
 
 
 @dataclass
@@ -181,6 +184,73 @@ class TrainConfig:
     mup: MupConfig | None = None
 
 
+class ConfigKeyError(KeyError):
+    """Keys that no schema declares (typos, or Salt's names typed with ``+``)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+def unknown_keys(cfg: Any, reference: Any = None, prefix: str = "") -> list[str]:
+    """Dotted keys of ``cfg`` that no schema declares.
+
+    A node built from a dataclass schema declares its fields; a plain node is checked
+    against ``reference`` (the same node of a config file) when given; any other node
+    (``dict[str, ...]`` fields, ``_target_`` nodes whose constructor checks its keys) is open.
+
+    Parameters
+    ----------
+    cfg
+        A composed config (keys added with ``+`` are what this finds).
+    reference
+        A plain config with the declared keys, for configs without a schema.
+    """
+    if not isinstance(cfg, DictConfig):
+        return []
+    schema = OmegaConf.get_type(cfg)
+    if dataclasses.is_dataclass(schema):
+        declared = {f.name for f in dataclasses.fields(schema)}
+    elif isinstance(reference, DictConfig):
+        declared = set(reference.keys())
+    else:
+        return []
+    out = []
+    for key in cfg:
+        path = f"{prefix}{key}"
+        if key not in declared:
+            out.append(path)
+            continue
+        child = cfg._get_node(key)
+        sub = reference._get_node(key) if isinstance(reference, DictConfig) else None
+        if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+            out += unknown_keys(child, sub if isinstance(sub, DictConfig) else None, f"{path}.")
+    return out
+
+
+def check_keys(cfg: Any, reference: Any = None) -> None:
+    """Refuse keys that no schema declares, naming each (and the saltx key for Salt's names).
+
+    Raises
+    ------
+    ConfigKeyError
+        Listing every unknown key.
+    """
+    keys = unknown_keys(cfg, reference)
+    if not keys:
+        return
+    from saltx.salt.keys import saltx_key_for
+
+    lines = []
+    for key in keys:
+        hint = saltx_key_for(key)
+        lines.append(f"  {key}: " + (f"Salt's name; in saltx: {hint}" if hint else "not a key"))
+    raise ConfigKeyError(
+        "unknown config keys (added with '+'? saltx would ignore them):\n"
+        + "\n".join(lines)
+        + "\nSee docs/salt.md for Salt's keys and docs/training.md for saltx's."
+    )
+
+
 def _local_dir(path: str) -> str:
     """Map a run directory to a local folder Hydra may create (s3:// runs get a local cache)."""
     if "://" in str(path):
@@ -190,10 +260,22 @@ def _local_dir(path: str) -> str:
     return str(path)
 
 
+OPEN_NODES = ("data.input_map", "data.num_inputs", "data.config_S3", "data.parameters")
+"""Dict nodes whose keys the user chooses: ``data.num_inputs.tracks=10`` works without ``+``."""
+
+
+def train_schema() -> DictConfig:
+    """The train schema as a config node, with :data:`OPEN_NODES` open to new keys."""
+    node = OmegaConf.structured(TrainConfig)
+    for key in OPEN_NODES:
+        OmegaConf.set_struct(OmegaConf.select(node, key), False)
+    return node
+
+
 def register_configs() -> None:
     """Register schemas and resolvers; safe to call more than once."""
     cs = ConfigStore.instance()
-    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="train_schema", node=train_schema())
     if not OmegaConf.has_resolver("saltx_local_dir"):
         OmegaConf.register_new_resolver("saltx_local_dir", _local_dir)
 

@@ -1,11 +1,12 @@
 """Evaluate a trained run: predictions h5, physics metrics, plots.
 
 ``python -m saltx.evaluate run_dir=RUN [ckpt=best|last|PATH] [data.test_file=F]
-[data.num_test=N] [write_tracks=true] [f_c=0.2] [batch_size=B] [jet_fields=[pt,eta]]``
+[data.num_test=N] [write_tracks=true] [test_suff=S] [beside_ckpt=true] [f_c=0.2]``
 
 The run's own ``config.yaml`` (and its norm/class dict copies) rebuild the model; only
-the test-data keys given under ``data`` override it. Outputs go to ``RUN/predictions/``:
-``<ckpt stem>__test_<sample>.h5``, ``metrics.json`` and PNG plots.
+the test-data keys given under ``data`` (and ``parameters``) override it. Outputs go to
+``RUN/predictions/``: ``<ckpt stem>__test_<sample>[_S].h5`` (beside the checkpoint with
+``beside_ckpt``), ``metrics.json`` and PNG plots (in ``predictions/S/`` with a suffix).
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ from typing import Any
 import hydra
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from saltx.config import check_keys
 from saltx.data.loader import build_dataloader, build_datasets
 from saltx.engine.allocator import reuse_freed_memory
 from saltx.eval import report
-from saltx.eval.predictions import output_spec, prediction_file_name, write_predictions
+from saltx.eval.predictions import output_spec, prediction_target, write_predictions
 from saltx.eval.testset import metric_labels, prepare_test_config
 from saltx.run import exit_on_termination, load_run
 
@@ -41,6 +43,7 @@ def evaluate(
     wrap_loader
         Wraps the test loader (the evaluation benchmark times its batches this way).
     """
+    check_keys(ecfg, OmegaConf.load(Path(__file__).parent / "conf" / "evaluate.yaml"))
     run = load_run(str(ecfg.run_dir), ecfg.get("ckpt"))
     if run.cfg.get("trainer", {}).get("reuse_freed_memory", True):
         reuse_freed_memory()  # as in training: no page faults for per-batch tensors
@@ -61,11 +64,12 @@ def evaluate(
     )
     if wrap_loader is not None:
         loader = wrap_loader(loader)
-    rel = f"predictions/{prediction_file_name(run.ckpt_stem, test_file)}"
+    target, rel, report_rel = prediction_target(run, test_file, ecfg)
     with tempfile.TemporaryDirectory(prefix="saltx-eval-") as tmpdir:
-        # a remote run directory gets its files written locally first, then uploaded whole
-        out_dir = Path(tmpdir) if run.rundir.remote else Path(run.rundir._fs_path("predictions"))
-        out_path = out_dir / Path(rel).name
+        # remote directories get their files written locally first, then uploaded whole
+        out_path = Path(tmpdir if target.remote else target._fs_path(""), rel)
+        out_dir = Path(tmpdir if run.rundir.remote else run.rundir._fs_path(report_rel))
+        out_dir.mkdir(parents=True, exist_ok=True)
         try:
             state = write_predictions(
                 model, loader, spec, cfg, ecfg, out_path, len(dataset), device, run.class_names
@@ -92,12 +96,13 @@ def evaluate(
             flav, pngs = report.flavour_metrics(taggers, truth, ecfg, out_dir, model_name)
             result.update(flav)
         result.update(report.track_metrics(state))
+        if target.remote:
+            result["predictions"] = target.copy_in(str(out_path), rel)
         if run.rundir.remote:
-            result["predictions"] = run.rundir.copy_in(str(out_path), rel)
-            pngs = [run.rundir.copy_in(png, f"predictions/{Path(png).name}") for png in pngs]
+            pngs = [run.rundir.copy_in(png, f"{report_rel}/{Path(png).name}") for png in pngs]
     result["plots"] = pngs
     text = json.dumps(report.finite(result), indent=2)
-    result["metrics_file"] = run.rundir.write_text("predictions/metrics.json", text + "\n")
+    result["metrics_file"] = run.rundir.write_text(f"{report_rel}/metrics.json", text + "\n")
     report.print_summary(result, model_name)
     return result
 

@@ -17,7 +17,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-import saltx.config  # noqa: F401  (registers the schemas and resolvers)
+import saltx.config  # registers the schemas and resolvers; check_keys
 from saltx.data.config_s3 import prepare_data_paths
 from saltx.engine.distributed import DistInfo, launched_by_torchrun, spawn
 from saltx.engine.loop import (
@@ -194,6 +194,7 @@ def run(cfg: DictConfig, build_fn: BuildFn | None = None) -> float:
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     """``python -m saltx.train``: train and return the optimised metric (for sweepers)."""
+    saltx.config.check_keys(cfg)  # keys no schema declares (e.g. Salt's names typed with '+')
     return run(cfg)
 
 

@@ -104,15 +104,13 @@ def test_num_inputs_errors(h5file):
         JetDataset(h5file, VARS, num_inputs={"electrons": 2})
 
 
-def test_input_map_replaces_default(h5file, arrays):
+def test_input_map_renames_datasets(h5file, arrays):
     variables = {"jets": ["pt_btagJes"], "trk": ["d0"], "GLOBAL": ["mass", "n_tracks"]}
     with pytest.raises(DataError, match=r"no dataset 'trk'"):
         JetDataset(h5file, variables, non_finite_to_num=True)
-    with pytest.raises(DataError, match=r"'trk' is in data.variables but not in data.input_map"):
+    with pytest.raises(DataError, match=r"no dataset 'trk'"):  # unlisted inputs: own name
         JetDataset(h5file, variables, input_map={"jets": "jets"})
-    ds = JetDataset(
-        h5file, variables, input_map={"jets": "jets", "trk": "tracks"}, non_finite_to_num=True
-    )
+    ds = JetDataset(h5file, variables, input_map={"trk": "tracks"}, non_finite_to_num=True)
     batch = ds[0:3]
     assert batch.inputs["trk"].shape == (3, 6, 1)
     assert "trk" in batch.masks and "GLOBAL" not in batch.masks
@@ -126,11 +124,20 @@ def test_resolve_input_map_defaults():
         "jets": "jets",
         "GLOBAL": "events",
         "PARAMETERS": "events",
-        "EDGE": "tracks",
+        "EDGE": "jets",  # the first constituent input (here: jets, as events is global)
     }
     given = {"jets": "j", "EDGE": "flows", "GLOBAL": "j"}
     assert resolve_input_map(variables, given, "jets")["EDGE"] == "flows"
     assert resolve_input_map(variables, given, "jets")["GLOBAL"] == "j"
+    # EDGE follows the first constituent input's dataset when the map does not name one
+    variables = {"jets": [], "tracks": [], "electrons": [], "EDGE": []}
+    renamed = resolve_input_map(variables, {"tracks": "tracks_loose"}, "jets")
+    assert renamed == {
+        "jets": "jets",
+        "tracks": "tracks_loose",
+        "electrons": "electrons",
+        "EDGE": "tracks_loose",
+    }
 
 
 def test_other_global_object(tmp_path, arrays):

@@ -135,16 +135,19 @@ def test_pair_counts_match_dense_reference():
 @pytest.mark.parametrize(
     ("path", "sample"),
     [
+        # Salt's rule: the 4th `_` token of a 4-token stem, else the whole stem
         ("dir/pp_output_test_ttbar.h5", "ttbar"),
         ("pp_output_test_zprime.h5", "zprime"),
-        ("s3://bucket/x/test_ttbar.h5", "ttbar"),
+        ("s3://bucket/x/test_zprime.h5", "test_zprime"),
         ("data/test.h5", "test"),
-        ("pp_output_test_ttbar_lowpt.h5", "ttbar_lowpt"),
+        ("pp_output_test_ttbar_lowpt.h5", "pp_output_test_ttbar_lowpt"),
+        ("a_b_c_d.h5", "d"),
     ],
 )
 def test_sample_name(path, sample):
     assert sample_name(path) == sample
     assert prediction_file_name("best", path) == f"best__test_{sample}.h5"
+    assert prediction_file_name("best", path, "m40") == f"best__test_{sample}_m40.h5"
 
 
 def test_join_and_pad():

@@ -17,7 +17,6 @@ import argparse
 import copy
 import json
 import os
-import re
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -229,36 +228,6 @@ def _compose(config_name: str, overrides: list[str]) -> Any:
         return compose(config_name, overrides=overrides)
 
 
-_BLOCK_OVERRIDE = re.compile(r"^[+~]{0,2}data\.config_[sS]3(?:\.(\w+))?=(.*)$", re.S)
-
-
-def _split_block_overrides(overrides: list[str]) -> tuple[list[str], dict[str, Any]]:
-    """Take ``data.config_S3.KEY=VALUE`` / ``data.config_S3={...}`` out of Hydra's overrides.
-
-    The schema's ``config_S3`` defaults to ``null``, which Hydra cannot override key by key,
-    so the command applies these itself (values parsed with Hydra's override grammar).
-    """
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parser = OverridesParser.create()
-    rest: list[str] = []
-    values: dict[str, Any] = {}
-    for item in overrides:
-        match = _BLOCK_OVERRIDE.match(item)
-        if match is None:
-            rest.append(item)
-            continue
-        key, text = match.groups()
-        value = parser.parse_override(f"x={text}").value()
-        if key:
-            values[key] = value
-        elif isinstance(value, Mapping):
-            values.update(value)
-        else:
-            raise DataError(f"{item!r}: data.config_S3 must be a mapping")
-    return rest, values
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """``saltx-s3-download [download] [options] [hydra overrides]``.
 
@@ -281,11 +250,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = list(args.overrides)
     if overrides and overrides[0] == "download":
         overrides = overrides[1:]
-    overrides, block_values = _split_block_overrides(overrides)
-    cfg = _compose(args.config_name, overrides)
+    cfg = _compose(args.config_name, overrides)  # data.config_S3.KEY=VALUE needs no '+'
     data = cfg.data
-    raw = dict(data.get("config_S3") or data.get("config_s3") or {})
-    block = S3Block.from_mapping({**raw, **block_values})
+    block = S3Block.from_mapping(dict(data.get("config_S3") or {}))
     block.download_s3 = True
     if not block.download_files:
         block.download_files = [

@@ -148,26 +148,23 @@ def resolve_input_map(
 ) -> dict[str, str]:
     """Internal input name -> h5 dataset name.
 
-    Without ``input_map`` every input maps to itself; given, it replaces that default.
-    In both cases ``GLOBAL`` and ``PARAMETERS`` map to the global object and ``EDGE`` to
-    ``tracks`` unless the map states otherwise.
+    An input reads the dataset ``input_map`` names for it, else the dataset of its own
+    name (Salt requires a given map to list every input; saltx fills in the rest).
+    ``GLOBAL`` and ``PARAMETERS`` read the global object, and ``EDGE`` the dataset of the
+    first constituent input (``tracks``), unless the map states otherwise.
     """
-    defaults = {GLOBAL: global_object, PARAMETERS: global_object, EDGE: "tracks"}
-    given = dict(input_map) if input_map is not None else None
-    resolved = {}
-    for name in variables:
-        if given is not None and name in given:
-            resolved[name] = str(given[name])
-        elif name in defaults:
-            resolved[name] = defaults[name]
-        elif given is None:
-            resolved[name] = name
-        else:
-            raise DataError(
-                f"input '{name}' is in data.variables but not in data.input_map {given}; "
-                "a given input_map replaces the default mapping, so list every input"
-            )
-    return resolved
+    given = {str(k): str(v) for k, v in (input_map or {}).items()}
+    resolved = {name: given.get(name, name) for name in variables if name not in SPECIAL_INPUTS}
+    constituents = [n for n in resolved if n != global_object]
+    defaults = {
+        GLOBAL: global_object,
+        PARAMETERS: global_object,
+        EDGE: resolved[constituents[0]] if constituents else "tracks",
+    }
+    for name in SPECIAL_INPUTS:
+        if name in variables:
+            resolved[name] = given.get(name, defaults[name])
+    return {name: resolved[name] for name in variables}
 
 
 def _check_parameters(

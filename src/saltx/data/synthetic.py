@@ -50,6 +50,13 @@ Conventions chosen here (documented for readers of the files):
 * ``jets.n_tracks`` is the number of valid tracks stored (after truncation to T slots).
 * Tracks are sorted by descending ``IP3D_signed_d0_significance``, electrons by descending pt.
 
+Difficulty: ``difficulty`` (default 1) multiplies the impact-parameter resolution (both
+terms of ``sigma(d0)`` and ``sigma(z0)``) and the fraction of prompt tracks with
+mismeasured impact parameters (1.5 % at 1). Larger values make heavy-flavour tracks look
+more prompt and light jets more often displaced, so rejections drop (e.g. for rejections
+that stay measurable with a small model and test file). The random stream does not
+depend on it: ``difficulty=1`` writes exactly the default files.
+
 Randomness: each block of ``block_size`` jets of a split has its own generator seeded by
 ``(seed, crc32(split name), block index)``, so the output does not depend on the chunk size
 used for writing, nor on which other splits are written.
@@ -376,9 +383,13 @@ def _hadron_direction(rng: np.random.Generator, had_pt: np.ndarray) -> tuple[np.
 
 
 def _track_groups(
-    rng: np.random.Generator, jets: dict[str, np.ndarray]
+    rng: np.random.Generator, jets: dict[str, np.ndarray], difficulty: float = 1.0
 ) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
-    """All track candidates of a block, by category, and the hadron Lxy (mm, NaN light)."""
+    """All track candidates of a block, by category, and the hadron Lxy (mm, NaN light).
+
+    ``difficulty`` multiplies the fraction of prompt tracks with mismeasured impact
+    parameters (the same random draws are used for every value).
+    """
     n = jets["pt"].shape[0]
     flav, pt, had_pt = jets["flav"], jets["pt"], jets["had_pt"]
     is_b, is_c, is_tau = flav == 0, flav == 1, flav == 3
@@ -440,7 +451,7 @@ def _track_groups(
     width = width / np.sqrt(np.clip(p["pt"], 0.5, None) / 2.0) ** 0.5
     p["deta"] = np.clip(rng.normal(size=(n, k_p)) * width, -0.6, 0.6)
     p["dphi"] = np.clip(rng.normal(size=(n, k_p)) * width, -0.6, 0.6)
-    p["tail"] = rng.uniform(size=(n, k_p)) < 0.015
+    p["tail"] = rng.uniform(size=(n, k_p)) < min(0.015 * difficulty, 1.0)
     groups.append(p)
 
     # pileup: low pt, flat in the cone, displaced along z (within the association cut)
@@ -516,10 +527,13 @@ def _hit_pattern(
 
 
 def _make_tracks(
-    rng: np.random.Generator, jets: dict[str, np.ndarray], n_tracks: int
+    rng: np.random.Generator, jets: dict[str, np.ndarray], n_tracks: int, difficulty: float = 1.0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Structured ``tracks`` ``(n, n_tracks)`` and the jets' hadron Lxy ``(n,)``."""
-    groups, lxy = _track_groups(rng, jets)
+    """Structured ``tracks`` ``(n, n_tracks)`` and the jets' hadron Lxy ``(n,)``.
+
+    ``difficulty`` scales the impact-parameter resolution and the tail fraction.
+    """
+    groups, lxy = _track_groups(rng, jets, difficulty)
     c = {key: np.concatenate([g[key] for g in groups], axis=1) for key in groups[0]}
     n, k = c["pt"].shape
     jet_eta = jets["eta"][:, None]
@@ -541,8 +555,9 @@ def _make_tracks(
         * np.where(fake, 3.0, 1.0)
     )
     pterm = 1.0 / (pt * np.sqrt(sin_theta))
-    sig_d0 = np.hypot(_D0_RES_A, _D0_RES_B * pterm) * degrade
-    sig_z0 = np.hypot(_Z0_RES_A, _Z0_RES_B * pterm) * degrade
+    res = float(difficulty)  # 1.0 multiplies exactly: the default files do not change
+    sig_d0 = np.hypot(_D0_RES_A * res, _D0_RES_B * res * pterm) * degrade
+    sig_z0 = np.hypot(_Z0_RES_A * res, _Z0_RES_B * res * pterm) * degrade
     true_scale = np.where(c["tail"], rng.uniform(2.0, 8.0, (n, k)), 1.0)
 
     # impact parameters from the production vertex (jet frame; x along the jet)
@@ -814,7 +829,11 @@ def _reference_scores(
 
 
 def generate_block(
-    rng: np.random.Generator, n_jets: int, n_tracks: int = 40, n_electrons: int = 10
+    rng: np.random.Generator,
+    n_jets: int,
+    n_tracks: int = 40,
+    n_electrons: int = 10,
+    difficulty: float = 1.0,
 ) -> dict[str, np.ndarray]:
     """Generate one block of jets in memory.
 
@@ -826,6 +845,8 @@ def generate_block(
         Number of jets ``N``.
     n_tracks, n_electrons
         Constituent slots ``T`` and ``M``.
+    difficulty
+        Impact-parameter resolution and tail-fraction multiplier (see the module doc).
 
     Returns
     -------
@@ -834,7 +855,7 @@ def generate_block(
         dtypes :data:`JET_DTYPE`, :data:`TRACK_DTYPE`, :data:`ELECTRON_DTYPE`.
     """
     kin = _jet_kinematics(rng, n_jets)
-    tracks, lxy = _make_tracks(rng, kin, n_tracks)
+    tracks, lxy = _make_tracks(rng, kin, n_tracks, difficulty)
     electrons = _make_electrons(rng, kin, n_electrons)
     muons = _soft_muons(rng, kin)
     ref = _reference_scores(rng, tracks, muons)
@@ -868,6 +889,7 @@ def generate(
     n_electrons: int = 10,
     split: str = "train",
     block_size: int = DEFAULT_BLOCK_SIZE,
+    difficulty: float = 1.0,
 ) -> dict[str, np.ndarray]:
     """Generate ``n_jets`` jets in memory, identical to what :func:`write_split` writes.
 
@@ -876,7 +898,9 @@ def generate(
     dict[str, np.ndarray]
         ``{"jets": (N,), "tracks": (N, T), "electrons": (N, M)}`` structured arrays.
     """
-    blocks = [b for b, _ in _blocks(n_jets, seed, split, n_tracks, n_electrons, block_size)]
+    blocks = [
+        b for b, _ in _blocks(n_jets, seed, split, n_tracks, n_electrons, block_size, difficulty)
+    ]
     if not blocks:
         return {
             "jets": np.zeros(0, JET_DTYPE),
@@ -886,7 +910,9 @@ def generate(
     return {k: np.concatenate([b[k] for b in blocks]) for k in blocks[0]}
 
 
-def _check_sizes(n_tracks: int, n_electrons: int, block_size: int) -> None:
+def _check_sizes(n_tracks: int, n_electrons: int, block_size: int, difficulty: float = 1.0) -> None:
+    if not (np.isfinite(difficulty) and difficulty > 0):
+        raise ValueError(f"difficulty must be a finite number > 0, got {difficulty}")
     if block_size < 1:
         raise ValueError(f"block_size must be >= 1, got {block_size}")
     if n_tracks < 1 or n_electrons < 1:
@@ -896,13 +922,22 @@ def _check_sizes(n_tracks: int, n_electrons: int, block_size: int) -> None:
         )
 
 
-def _blocks(n_jets: int, seed: int, split: str, n_tracks: int, n_electrons: int, block_size: int):
+def _blocks(
+    n_jets: int,
+    seed: int,
+    split: str,
+    n_tracks: int,
+    n_electrons: int,
+    block_size: int,
+    difficulty: float = 1.0,
+):
     """Yield ``(block, index)`` for consecutive blocks, each with its own seeded generator."""
-    _check_sizes(n_tracks, n_electrons, block_size)
+    _check_sizes(n_tracks, n_electrons, block_size, difficulty)
     for i, start in enumerate(range(0, n_jets, block_size)):
         ss = np.random.SeedSequence(entropy=seed, spawn_key=(_split_seed(split), i))
         rng = np.random.default_rng(ss)
-        yield generate_block(rng, min(block_size, n_jets - start), n_tracks, n_electrons), i
+        size = min(block_size, n_jets - start)
+        yield generate_block(rng, size, n_tracks, n_electrons, difficulty), i
 
 
 # ---------------------------------------------------------------------------------------
@@ -1005,6 +1040,7 @@ def write_split(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     block_size: int = DEFAULT_BLOCK_SIZE,
     compression: str | None = "lzf",
+    difficulty: float = 1.0,
 ) -> _Stats:
     """Write one split file in the UPP layout, appending chunks to resizable datasets.
 
@@ -1025,6 +1061,9 @@ def write_split(
         Jets per independently seeded block; changing it changes the random stream.
     compression
         h5py compression filter of the datasets (``"lzf"`` like UPP, or None).
+    difficulty
+        Impact-parameter resolution and tail-fraction multiplier (see the module doc);
+        recorded in the file's ``config`` attribute when not 1.
 
     Returns
     -------
@@ -1035,7 +1074,7 @@ def write_split(
         raise ValueError(f"n_jets must be >= 1 for split {split!r}, got {n_jets}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    _check_sizes(n_tracks, n_electrons, block_size)
+    _check_sizes(n_tracks, n_electrons, block_size, difficulty)
     blocks_per_chunk = max(1, -(-chunk_size // block_size))
     stats = _Stats()
     path = Path(path)
@@ -1073,7 +1112,8 @@ def write_split(
             written += m
             buffer.clear()
 
-        for block, _ in _blocks(n_jets, seed, split, n_tracks, n_electrons, block_size):
+        blocks = _blocks(n_jets, seed, split, n_tracks, n_electrons, block_size, difficulty)
+        for block, _ in blocks:
             stats.update(block)
             buffer.append(block)
             if len(buffer) >= blocks_per_chunk:
@@ -1084,20 +1124,21 @@ def write_split(
         dsets["jets"].attrs["flavour_label"] = list(FLAVOURS)
         f.attrs["unique_jets"] = n_jets
         f.attrs["jet_counts"] = json.dumps({k: int(c) for k, c in zip(FLAVOURS, counts)})
-        f.attrs["config"] = json.dumps(
-            {
-                "generator": "saltx.data.synthetic",
-                "split": split,
-                "seed": seed,
-                "num_jets": n_jets,
-                "num_tracks": n_tracks,
-                "num_electrons": n_electrons,
-                "block_size": block_size,
-                "flavours": list(FLAVOURS),
-                "flavour_fractions": list(FLAVOUR_FRACTIONS),
-                "units": {"momentum": "MeV", "length": "mm"},
-            }
-        )
+        config = {
+            "generator": "saltx.data.synthetic",
+            "split": split,
+            "seed": seed,
+            "num_jets": n_jets,
+            "num_tracks": n_tracks,
+            "num_electrons": n_electrons,
+            "block_size": block_size,
+            "flavours": list(FLAVOURS),
+            "flavour_fractions": list(FLAVOUR_FRACTIONS),
+            "units": {"momentum": "MeV", "length": "mm"},
+        }
+        if difficulty != 1.0:  # the default files stay byte-for-byte as before
+            config["difficulty"] = float(difficulty)
+        f.attrs["config"] = json.dumps(config)
     return stats
 
 
@@ -1145,6 +1186,7 @@ def write_dataset(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     block_size: int = DEFAULT_BLOCK_SIZE,
     compression: str | None = "lzf",
+    difficulty: float = 1.0,
 ) -> dict[str, Path]:
     """Write ``<split>.h5`` for every split plus ``norm_dict.yaml`` and ``class_dict.yaml``.
 
@@ -1161,7 +1203,7 @@ def write_dataset(
         Constituent slots ``T`` (tracks) and ``M`` (electrons).
     splits, split_fractions
         Split names (file stems) and their fractions of ``n_jets``.
-    chunk_size, block_size, compression
+    chunk_size, block_size, compression, difficulty
         See :func:`write_split`.
 
     Returns
@@ -1187,6 +1229,7 @@ def write_dataset(
             chunk_size,
             block_size,
             compression,
+            difficulty,
         )
     stats = stats_by_split.get("train", stats_by_split[splits[0]])
     paths["norm_dict"] = out_dir / "norm_dict.yaml"
@@ -1215,6 +1258,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     parser.add_argument("--n-val", type=int, default=None, help="val jets (default 10%%)")
     parser.add_argument("--n-test", type=int, default=None, help="test jets (default 10%%)")
     parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE)
+    parser.add_argument(
+        "--difficulty",
+        type=float,
+        default=1.0,
+        help="impact-parameter resolution and tail-fraction multiplier (default 1)",
+    )
     args = parser.parse_args(argv)
 
     n: int | dict[str, int] = args.n_jets
@@ -1231,6 +1280,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
         n_tracks=args.n_tracks,
         n_electrons=args.n_electrons,
         chunk_size=args.chunk_size,
+        difficulty=args.difficulty,
     )
     dt = time.perf_counter() - start
     counts = split_counts(n)

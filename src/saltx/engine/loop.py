@@ -397,7 +397,8 @@ def resume(state: TrainState, cfg: DictConfig, rundir: RunDir, info: DistInfo) -
     path = broadcast_object(path, info)
     if path is not None:
         ckpt = ckpt_io.load_checkpoint(path, map_location=info.device)
-        state.load_state_dict(ckpt, rank=info.rank)
+        # weights only (e.g. converted from Salt): a new run starting from those weights
+        state.load_state_dict(ckpt, rank=info.rank, weights_only="optimizer" not in ckpt)
     return path
 
 

@@ -1,6 +1,7 @@
 """Streaming a model's test-set predictions into an h5 file with Salt's field names.
 
-The output (``<run dir>/predictions/<ckpt stem>__test_<sample>.h5``) holds
+The output (``<run dir>/predictions/<ckpt stem>__test_<sample>[_<suffix>].h5``, or beside
+the checkpoint as Salt writes it) holds one dataset per input, named after its h5 dataset:
 
 * ``jets`` ``(J,)``: the test file's jet fields (all, or a chosen list) joined with the jet
   classification probabilities ``<name>_pb``, ``<name>_pc``, ``<name>_pu``,
@@ -10,8 +11,8 @@ The output (``<run dir>/predictions/<ckpt stem>__test_<sample>.h5``) holds
 * with ``write_tracks``, one dataset per constituent input that has a task (e.g.
   ``tracks`` ``(J, T)``, T = the file's width): the copied constituent fields joined with
   origin probabilities ``<name>_p<Class>`` (e.g. ``GN2_pPileup``, Salt HEAD's names; 0 in
-  padded slots), ``VertexIndex`` (int32, **-1** in padded slots, where Salt writes the
-  int32 minimum) and ``mask`` (bool, True = padded, as Salt).
+  padded slots), ``VertexIndex`` (int64, the int32 minimum in padded slots) and ``mask``
+  (bool, True = padded), all as salt-ml 0.13 writes them.
 
 Rows are appended batch by batch into resizable, lzf-compressed datasets (memory stays
 bounded by one batch). The file is written under a temporary name in the same folder and
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import posixpath
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,31 +40,50 @@ from saltx.data.h5 import open_h5
 from saltx.eval.metrics import prob_suffix
 from saltx.eval.report import MetricState
 from saltx.eval.testset import dataset_name
-from saltx.io.rundir import remove_orphaned, temp_tag
+from saltx.io.rundir import RunDir, remove_orphaned, temp_tag
 
-PAD_VERTEX_INDEX = -1
-"""``VertexIndex`` of padded constituent slots."""
+VERTEX_INDEX_DTYPE = np.dtype(np.int64)
+PAD_VERTEX_INDEX = int(np.iinfo(np.int32).min)
+"""``VertexIndex`` of padded constituent slots: Salt casts its -inf fill to int32."""
 
 
 def sample_name(test_file: str | os.PathLike) -> str:
-    """Sample part of a prediction file name.
+    """Sample part of a prediction file name, by Salt's rule.
 
-    ``pp_output_test_ttbar.h5`` -> ``ttbar`` (Salt's rule for UPP names);
-    ``test_zprime.h5`` -> ``zprime``; anything else -> the file stem. Salt keeps the whole
-    stem when a UPP name has more than four ``_``-separated tokens; saltx strips the
-    prefix in that case too (``pp_output_test_ttbar_lowpt`` -> ``ttbar_lowpt``).
+    The fourth ``_``-separated token of the file stem when the stem has exactly four
+    (``pp_output_test_ttbar.h5`` -> ``ttbar``), else the whole stem
+    (``test_zprime.h5`` -> ``test_zprime``, ``pp_output_test_ttbar_lowpt.h5`` ->
+    ``pp_output_test_ttbar_lowpt``).
     """
-    stem = Path(str(test_file).rstrip("/")).name
-    stem = stem[: -len(".h5")] if stem.endswith(".h5") else Path(stem).stem
-    for prefix in ("pp_output_test_", "test_"):
-        if stem.startswith(prefix) and len(stem) > len(prefix):
-            return stem[len(prefix) :]
-    return stem
+    stem = Path(str(test_file).rstrip("/")).stem
+    tokens = stem.split("_")
+    return tokens[3] if len(tokens) == 4 else stem
 
 
-def prediction_file_name(ckpt_stem: str, test_file: str | os.PathLike) -> str:
-    """``<ckpt stem>__test_<sample>.h5``."""
-    return f"{ckpt_stem}__test_{sample_name(test_file)}.h5"
+def prediction_file_name(
+    ckpt_stem: str, test_file: str | os.PathLike, suffix: str | None = None
+) -> str:
+    """``<ckpt stem>__test_<sample>.h5``, or ``..._<suffix>.h5`` (Salt's ``test_suff``)."""
+    tail = f"_{suffix}" if suffix not in (None, "") else ""
+    return f"{ckpt_stem}__test_{sample_name(test_file)}{tail}.h5"
+
+
+def prediction_target(run: Any, test_file: str, ecfg: Any) -> tuple[RunDir, str, str]:
+    """Where an evaluation writes: the predictions file's directory and path in it, and
+    the run-relative folder of ``metrics.json`` and the plots.
+
+    The predictions go to ``RUN/predictions/<name>``, or, with ``ecfg.beside_ckpt``, to
+    ``<checkpoint dir>/<name>`` as Salt writes them (``<name>`` from
+    :func:`prediction_file_name` with ``ecfg.test_suff``). Metrics and plots go to
+    ``predictions/``, or ``predictions/<test_suff>/`` so that evaluations at several
+    PARAMETERS values sit side by side.
+    """
+    suffix = ecfg.get("test_suff")
+    name = prediction_file_name(run.ckpt_stem, test_file, suffix)
+    report = f"predictions/{suffix}" if suffix not in (None, "") else "predictions"
+    if ecfg.get("beside_ckpt", False):
+        return RunDir(posixpath.dirname(str(run.ckpt_path).rstrip("/"))), name, report
+    return run.rundir, f"predictions/{name}", report
 
 
 @dataclass
@@ -301,7 +322,7 @@ def constituent_columns(
     for name, (task, key, i) in spec.constituent_fields[input_name].items():
         value = outputs[task][key]
         if key == "vertex_index":
-            v = np.where(mask, PAD_VERTEX_INDEX, value).astype(np.int32)
+            v = np.where(mask, PAD_VERTEX_INDEX, value).astype(VERTEX_INDEX_DTYPE)
             cols[name] = pad_to(v, width, PAD_VERTEX_INDEX)
         else:
             v = np.where(mask, 0.0, value[..., i]).astype(np.float32)
@@ -355,7 +376,8 @@ def write_predictions(
     state = MetricState()
     try:
         with open_h5(test_file) as f, torch.inference_mode():
-            jets_ds = f[dataset_name(cfg, g)]
+            jet_out = dataset_name(cfg, g)  # outputs are named after the h5 datasets (Salt)
+            jets_ds = f[jet_out]
             jet_fields = select_fields(
                 jets_ds,
                 field_list(ecfg.get("jet_fields")),
@@ -384,17 +406,18 @@ def write_predictions(
                     outputs = task_outputs(model.tasks, preds, on_device)
                     stop = start + batch.num_jets
                     rows = read_rows(jets_ds, jet_fields, start, stop)
-                    writer.append("jets", join_fields(rows, jet_columns(spec, outputs)))
+                    writer.append(jet_out, join_fields(rows, jet_columns(spec, outputs)))
                     for inp, (ds, fields) in const_ds.items():
                         mask = batch.masks[inp].numpy()
                         cols = constituent_columns(spec, inp, outputs, mask, ds.shape[1])
-                        writer.append(inp, join_fields(read_rows(ds, fields, start, stop), cols))
+                        rows = join_fields(read_rows(ds, fields, start, stop), cols)
+                        writer.append(dataset_name(cfg, inp), rows)
                     state.update(model, outputs, batch, spec.jet_classification_task)
                     start = stop
             if start != n_jets:
                 raise RuntimeError(f"evaluated {start} jets but the test set has {n_jets}")
         if class_names:
-            writer.set_attr("jets", "flavour_label", class_names)
+            writer.set_attr(jet_out, "flavour_label", class_names)
         writer.commit()
     except BaseException:
         writer.abort()

@@ -52,13 +52,20 @@ def check_class_names(model: nn.Module, cfg: DictConfig, test_file: str) -> None
 
 
 def prepare_test_config(run: LoadedRun, ecfg: DictConfig) -> str:
-    """Apply the ``data.*``/``batch_size`` overrides; return the checked test file."""
+    """Apply the ``data.*``/``batch_size``/``parameters`` overrides; return the test file."""
     cfg = run.cfg
     overrides = {k: v for k, v in (ecfg.get("data") or {}).items() if v is not None}
     with open_dict(cfg):
         cfg.data.update(overrides)
         if ecfg.get("batch_size"):
             cfg.data.batch_size = int(ecfg.batch_size)
+        for name, value in (ecfg.get("parameters") or {}).items():
+            if name not in (cfg.data.get("parameters") or {}):
+                raise KeyError(
+                    f"parameters.{name}: the run has no PARAMETERS input {name!r}; its "
+                    f"data.parameters are {list(cfg.data.get('parameters') or {})}"
+                )
+            cfg.data.parameters[name].test = value
     test_file = cfg.data.get("test_file")
     if not test_file:
         raise ValueError("no test file: the run's config has none; pass data.test_file=...")

@@ -45,6 +45,7 @@ from saltx.models.masking import (
 
 __all__ = [
     "BLOCK",
+    "QKV_INITS",
     "GATv2Attention",
     "MultiheadAttention",
     "ScaledDotProductAttention",
@@ -54,6 +55,9 @@ __all__ = [
 
 BLOCK = 16
 """Tile size of the padding-exact attention GEMMs."""
+
+QKV_INITS = ("linear_default", "xavier_packed")
+"""Initialisations of the q/k/v projections (see :class:`MultiheadAttention`)."""
 
 
 # --------------------------------------------------------------------------------------
@@ -493,6 +497,12 @@ class MultiheadAttention(nn.Module):
     muP : bool
         muP parametrisation: logits scaled by ``1/Dh`` and Salt's muP initialisation
         (zero ``linear_q`` weights; N(0, 1/fan_in) elsewhere; zero biases).
+    qkv_init : str
+        Initialisation of the q/k/v projections (without muP): ``linear_default``
+        (``nn.Linear``'s own: weights and biases uniform in ``±1/sqrt(fan_in)``) or
+        ``xavier_packed`` (salt-ml 0.13: the stacked ``(3D, D)`` q/k/v weight drawn as one
+        Xavier-uniform matrix, zero biases). Only for self-attention-shaped projections
+        (``kv_dim == embed_dim``).
     """
 
     def __init__(
@@ -504,8 +514,13 @@ class MultiheadAttention(nn.Module):
         edge_embed_dim: int = 0,
         update_edges: bool = False,
         muP: bool = False,
+        qkv_init: str = "linear_default",
     ) -> None:
         super().__init__()
+        if qkv_init not in QKV_INITS:
+            raise ValueError(
+                f"model.encoder.qkv_init={qkv_init!r}; expected one of {list(QKV_INITS)}"
+            )
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim={embed_dim} must be divisible by num_heads={num_heads}.")
         if update_edges and not edge_embed_dim:
@@ -531,6 +546,23 @@ class MultiheadAttention(nn.Module):
         self.attention = factory(num_heads=num_heads, head_dim=self.head_dim, **extra)
         if muP:
             self.reset_parameters_mup()
+        elif qkv_init == "xavier_packed":
+            self.reset_qkv_xavier_packed()
+
+    @torch.no_grad()
+    def reset_qkv_xavier_packed(self) -> None:
+        """salt-ml 0.13's initialisation: q/k/v weights as one Xavier-uniform ``(3D, D)``
+        matrix (bound ``sqrt(6 / (D + 3D))``), zero q/k/v biases."""
+        layers = (self.linear_q, self.linear_k, self.linear_v)
+        if len({layer.in_features for layer in layers}) != 1:
+            raise ValueError(
+                "qkv_init='xavier_packed' needs queries and keys/values of the same width"
+            )
+        packed = torch.empty(3 * self.embed_dim, self.linear_q.in_features)
+        nn.init.xavier_uniform_(packed)
+        for layer, weight in zip(layers, packed.chunk(3), strict=True):
+            layer.weight.copy_(weight)
+            nn.init.zeros_(layer.bias)
 
     def reset_parameters_mup(self) -> None:
         """Salt's muP initialisation."""

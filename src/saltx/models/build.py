@@ -19,6 +19,7 @@ from saltx.models.initnet import InitNet
 from saltx.models.inputnorm import InputNorm
 from saltx.models.saltmodel import SaltModel
 from saltx.models.tasks import stage_has_labels
+from saltx.models.transformer import REGISTERS
 
 # data.variables keys that are not constituent inputs of the encoder
 SPECIAL_INPUTS = ("GLOBAL", "PARAMETERS", "EDGE")
@@ -180,6 +181,15 @@ def _build_init_nets(
     return init_nets
 
 
+def _edge_input(input_map: Mapping[str, str] | None, constituents: list[str]) -> str:
+    """The constituent input whose dataset the EDGE features read (``data.input_map.EDGE``;
+    default: the first constituent's dataset), or that dataset's name if none reads it."""
+    datasets = {c: str((input_map or {}).get(c, c)) for c in constituents}
+    default = datasets[constituents[0]] if constituents else "tracks"
+    edge_dataset = str((input_map or {}).get("EDGE", default))
+    return next((c for c, d in datasets.items() if d == edge_dataset), edge_dataset)
+
+
 def _build_edges(
     mcfg: Any, variables: dict[str, list[str]], edge_input: str, constituents: list[str]
 ) -> tuple[nn.Module | None, InitNet | None, dict[str, Any]]:
@@ -199,7 +209,8 @@ def _build_edges(
         )
     if not constituents or edge_input != constituents[0]:
         raise ValueError(
-            f"edges belong to {edge_input!r} (data.input_map.EDGE), which must be the first "
+            f"edges belong to {edge_input!r} (the input reading dataset data.input_map.EDGE), "
+            "which must be the first "
             f"constituent input in data.variables; the inputs are {constituents}"
         )
     from saltx.models.edges import EdgeFeatures
@@ -234,8 +245,19 @@ def _build_encoder_pooling(
         **heads,
         **edge_args,
     }
-    shared = {"dropout": mcfg.get("dropout"), "activation": mcfg.get("activation")}
+    shared = {
+        "dropout": mcfg.get("dropout"),
+        "activation": mcfg.get("activation"),
+        "norm_affine": mcfg.get("norm_affine"),
+    }
     shared = {k: v for k, v in shared.items() if v is not None}
+    if not shared.get("norm_affine", True):
+        target = _plain(mcfg.encoder).get("_target_", "")
+        if "norm_affine" not in inspect.signature(get_class(target).__init__).parameters:
+            raise ValueError(
+                f"model.norm_affine=false, but the encoder {target} has no non-affine "
+                "LayerNorm option"
+            )
     encoder = _construct(mcfg.encoder, "model.encoder", enc_derived, shared)
     node_size = int(getattr(encoder, "out_size", out_dim or embed_dim))
     pooling = _construct(mcfg.pooling, "model.pooling", {"input_size": node_size, **heads}, shared)
@@ -282,7 +304,12 @@ def build_model(
             f"(it has {list(variables)})"
         )
     constituents = constituent_inputs(variables, global_object)
-    edge_input = (input_map or {}).get("EDGE", "tracks")
+    if REGISTERS in constituents:
+        raise ValueError(
+            f"data.variables may not have an input named {REGISTERS!r}: the encoder uses "
+            "that name for its register tokens"
+        )
+    edge_input = _edge_input(input_map, constituents)
 
     input_norm = InputNorm(norm_dict, variables, global_object, input_map)
     init_nets = _build_init_nets(mcfg, variables, global_object, constituents)

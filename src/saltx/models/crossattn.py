@@ -12,6 +12,7 @@ from saltx.models.masking import build_attn_mask
 from saltx.models.transformer import (
     TransformerCrossAttentionLayer,
     TransformerEncoderLayer,
+    make_norm,
     make_readout,
 )
 
@@ -43,6 +44,8 @@ class TransformerCrossAttentionEncoder(nn.Module):
         As for :class:`~saltx.models.transformer.TransformerEncoder`.
     ca_every_layer : bool
         Cross-attention on every layer instead of the first and last only.
+    norm_affine : bool
+        LayerNorms with (True) or without learned scale and shift.
     """
 
     def __init__(
@@ -59,6 +62,7 @@ class TransformerCrossAttentionEncoder(nn.Module):
         out_dim: int = 0,
         ca_every_layer: bool = False,
         muP: bool = False,
+        norm_affine: bool = True,
     ) -> None:
         super().__init__()
         names = list(input_names)
@@ -78,6 +82,7 @@ class TransformerCrossAttentionEncoder(nn.Module):
             "dropout": dropout,
             "context_dim": context_dim,
             "muP": muP,
+            "norm_affine": norm_affine,
         }
         self.self_attention = nn.ModuleDict(
             {
@@ -99,7 +104,7 @@ class TransformerCrossAttentionEncoder(nn.Module):
                 for a, b in self.pairs
             }
         )
-        self.final_norm = nn.LayerNorm(embed_dim)
+        self.final_norm = make_norm(embed_dim, norm_affine)
         self.final_linear = make_readout(embed_dim, out_dim, muP)
 
     @staticmethod

@@ -18,7 +18,7 @@ from saltx.models.masking import (
     gather_seq,
     masked_softmax,
 )
-from saltx.models.transformer import TransformerCrossAttentionLayer
+from saltx.models.transformer import TransformerCrossAttentionLayer, make_norm
 
 __all__ = ["CrossAttentionPooling", "GlobalAttentionPooling"]
 
@@ -111,6 +111,8 @@ class CrossAttentionPooling(nn.Module):
         FFN dropout (and attention dropout of the default kernel).
     context_dim : int
         Width of a per-jet context for the FFNs.
+    norm_affine : bool
+        LayerNorms with (True) or without learned scale and shift.
     """
 
     def __init__(
@@ -123,6 +125,7 @@ class CrossAttentionPooling(nn.Module):
         activation: str = "ReLU",
         dropout: float = 0.0,
         context_dim: int = 0,
+        norm_affine: bool = True,
     ) -> None:
         super().__init__()
         self.input_size = input_size
@@ -136,10 +139,11 @@ class CrossAttentionPooling(nn.Module):
                 activation=activation,
                 dropout=dropout,
                 context_dim=context_dim,
+                norm_affine=norm_affine,
             )
             for _ in range(num_layers)
         )
-        self.final_norm = nn.LayerNorm(input_size)
+        self.final_norm = make_norm(input_size, norm_affine)
 
     @property
     def out_size(self) -> int:

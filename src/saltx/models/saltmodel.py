@@ -107,8 +107,9 @@ class SaltModel(nn.Module):
         Returns
         -------
         tuple
-            ``{input: (B, N, D)}`` encoder outputs (empty for a jets-only model) and the
-            global representation ``(B, P)`` (pooled, plus GLOBAL when used).
+            ``{input: (B, N, D)}`` encoder outputs (empty for a jets-only model; with
+            register tokens also ``REGISTERS: (B, R, D)``) and the global representation
+            ``(B, P)`` (pooled over constituents and registers, plus GLOBAL when used).
         """
         x = self.input_norm(inputs)
         if self.encoder is None:
@@ -161,7 +162,7 @@ class SaltModel(nn.Module):
                 )
             enc, glob = self.representations(sub_in, sub_masks)
             for key, t in enc.items():
-                if t.dim() >= 2 and t.shape[1] == length and length < n:
+                if key == name and length < n:  # the trimmed input (not e.g. registers)
                     t = F.pad(t, [0, 0] * (t.dim() - 2) + [0, n - length])
                 enc_parts.setdefault(key, []).append(t)
             glob_parts.append(glob)

@@ -19,12 +19,29 @@ from saltx.models.masking import (
 )
 
 __all__ = [
+    "FINAL_NORMS",
+    "REGISTERS",
     "FeedForward",
     "TransformerCrossAttentionLayer",
     "TransformerEncoder",
     "TransformerEncoderLayer",
+    "make_norm",
     "make_readout",
 ]
+
+REGISTERS = "REGISTERS"
+"""Key of the register tokens in the encoder's output dict (pooled, never a task input)."""
+
+FINAL_NORMS = ("before_out_proj", "after_out_proj", "none")
+"""Placements of the encoder's final LayerNorm relative to the output projection."""
+
+
+def make_norm(dim: int, affine: bool = True) -> nn.LayerNorm:
+    """A LayerNorm over the last ``dim`` features, with or without learned scale and shift.
+
+    ``affine=False`` is salt-ml 0.13's ``salt.models.layernorm.LayerNorm`` (no parameters).
+    """
+    return nn.LayerNorm(dim, elementwise_affine=affine)
 
 
 class FeedForward(nn.Module):
@@ -120,7 +137,8 @@ class TransformerEncoderLayer(nn.Module):
     with ``update_edges``: ``edge_x = edge_x + LNe_out(edge update)``.
 
     Parameters are those of :class:`TransformerEncoder`; the FFN hidden width is
-    ``hidden_dim_scale * embed_dim``.
+    ``hidden_dim_scale * embed_dim``; ``norm_affine=False`` gives LayerNorms without
+    learned scale and shift.
     """
 
     def __init__(
@@ -135,10 +153,12 @@ class TransformerEncoderLayer(nn.Module):
         edge_embed_dim: int = 0,
         update_edges: bool = False,
         muP: bool = False,
+        norm_affine: bool = True,
+        qkv_init: str = "linear_default",
     ) -> None:
         super().__init__()
         self.update_edges = update_edges
-        self.norm1 = nn.LayerNorm(embed_dim)
+        self.norm1 = make_norm(embed_dim, norm_affine)
         self.attn = MultiheadAttention(
             embed_dim,
             num_heads,
@@ -146,15 +166,16 @@ class TransformerEncoderLayer(nn.Module):
             edge_embed_dim=edge_embed_dim,
             update_edges=update_edges,
             muP=muP,
+            qkv_init=qkv_init,
         )
-        self.norm2 = nn.LayerNorm(embed_dim)
+        self.norm2 = make_norm(embed_dim, norm_affine)
         self.ffn = FeedForward(
             embed_dim, hidden_dim_scale * embed_dim, activation, dropout, context_dim, muP
         )
         if edge_embed_dim:
-            self.norm_e = nn.LayerNorm(edge_embed_dim)
+            self.norm_e = make_norm(edge_embed_dim, norm_affine)
             if update_edges:
-                self.norm_e_out = nn.LayerNorm(edge_embed_dim)
+                self.norm_e_out = make_norm(edge_embed_dim, norm_affine)
 
     def forward(
         self,
@@ -190,14 +211,15 @@ class TransformerCrossAttentionLayer(nn.Module):
         dropout: float = 0.0,
         context_dim: int = 0,
         muP: bool = False,
+        norm_affine: bool = True,
     ) -> None:
         super().__init__()
-        self.norm0 = nn.LayerNorm(embed_dim)
-        self.norm1 = nn.LayerNorm(embed_dim)
+        self.norm0 = make_norm(embed_dim, norm_affine)
+        self.norm1 = make_norm(embed_dim, norm_affine)
         self.attn = MultiheadAttention(
             embed_dim, num_heads, attention=_attention_factory(attention, dropout), muP=muP
         )
-        self.norm2 = nn.LayerNorm(embed_dim)
+        self.norm2 = make_norm(embed_dim, norm_affine)
         self.ffn = FeedForward(
             embed_dim, hidden_dim_scale * embed_dim, activation, dropout, context_dim, muP
         )
@@ -251,14 +273,32 @@ class TransformerEncoder(nn.Module):
     context_dim : int
         Width of a per-jet context given to every FFN (prepended to its input).
     out_dim : int
-        If > 0, a final Linear ``embed_dim -> out_dim`` after the final LayerNorm (a
-        zero-initialised ``mup.MuReadout`` under muP, which requires it).
+        If > 0, a final Linear ``embed_dim -> out_dim`` (a zero-initialised
+        ``mup.MuReadout`` under muP, which requires it).
     edge_embed_dim : int
         Width De of edge features; 0 = no edges.
     update_edges : bool
         Update the edge features in every layer but the last.
     muP : bool
         muP parametrisation of the attention, FFNs and readout.
+    num_registers : int
+        Learned register tokens (salt-ml 0.13's ``num_registers``; 0 = none). They join
+        the sequence of every jet (attending and attended to like a valid constituent),
+        so a jet without valid constituents still has a key to attend to. Their outputs
+        are returned under :data:`REGISTERS` (``(B, R, out_size)``): the pooling sums
+        them with the constituents, constituent tasks never see them.
+    norm_affine : bool
+        LayerNorms with learned scale and shift (True) or without (salt-ml 0.13's
+        non-affine ``LayerNorm``).
+    final_norm : str
+        Where the final LayerNorm sits (:data:`FINAL_NORMS`): ``before_out_proj``
+        (LayerNorm on ``embed_dim``, then the projection; the seed-era GN2),
+        ``after_out_proj`` (projection, then LayerNorm on ``out_size``; salt-ml 0.13) or
+        ``none``.
+    qkv_init : str
+        Initialisation of the attention's q/k/v projections: ``linear_default`` or
+        ``xavier_packed`` (salt-ml 0.13); see
+        :class:`~saltx.models.attention.MultiheadAttention`.
     """
 
     def __init__(
@@ -275,11 +315,23 @@ class TransformerEncoder(nn.Module):
         edge_embed_dim: int = 0,
         update_edges: bool = False,
         muP: bool = False,
+        num_registers: int = 0,
+        norm_affine: bool = True,
+        final_norm: str = "before_out_proj",
+        qkv_init: str = "linear_default",
     ) -> None:
         super().__init__()
+        if final_norm not in FINAL_NORMS:
+            raise ValueError(
+                f"model.encoder.final_norm={final_norm!r}; expected one of {list(FINAL_NORMS)}"
+            )
+        if int(num_registers) < 0:
+            raise ValueError(f"model.encoder.num_registers={num_registers} must be >= 0")
         self.embed_dim = embed_dim
         self.out_dim = out_dim
         self.edge_embed_dim = edge_embed_dim
+        self.num_registers = int(num_registers)
+        self.final_norm_position = final_norm
         self.layers = nn.ModuleList(
             TransformerEncoderLayer(
                 embed_dim,
@@ -292,11 +344,18 @@ class TransformerEncoder(nn.Module):
                 edge_embed_dim=edge_embed_dim,
                 update_edges=update_edges and i < num_layers - 1,
                 muP=muP,
+                norm_affine=norm_affine,
+                qkv_init=qkv_init,
             )
             for i in range(num_layers)
         )
-        self.final_norm = nn.LayerNorm(embed_dim)
+        norm_dim = embed_dim if final_norm == "before_out_proj" else self.out_size
+        self.final_norm = None if final_norm == "none" else make_norm(norm_dim, norm_affine)
         self.final_linear = make_readout(embed_dim, out_dim, muP)
+        self.register_parameter("registers", None)
+        if self.num_registers:
+            # small random start, as salt-ml 0.13 (normal, std 1e-4)
+            self.registers = nn.Parameter(torch.randn(self.num_registers, embed_dim) * 1e-4)
 
     @property
     def out_size(self) -> int:
@@ -327,6 +386,34 @@ class TransformerEncoder(nn.Module):
             f"or {sizes[0]} (the first input)."
         )
 
+    def _add_registers(
+        self, h: Tensor, mask: Tensor | None, edges: Tensor | None
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """Put the register tokens in front of the sequence (never padded; zero edges).
+
+        In front rather than at the end (salt-ml 0.13): attention does not depend on the
+        order of the keys, and padded slots then stay at the end of the sequence, which
+        keeps the outputs bit-identical whatever padding is appended.
+        """
+        r = self.num_registers
+        reg = self.registers.to(h.dtype).unsqueeze(0).expand(h.shape[0], r, -1)
+        h = torch.cat([reg, h], dim=1)
+        if mask is not None:
+            mask = F.pad(mask, (r, 0), value=False)
+        if edges is not None:
+            edges = F.pad(edges, (0, 0, r, 0, r, 0))
+        return h, mask, edges
+
+    def _output(self, h: Tensor) -> Tensor:
+        """Final LayerNorm and output projection, in the configured order."""
+        if self.final_norm_position == "before_out_proj" and self.final_norm is not None:
+            h = self.final_norm(h)
+        if self.final_linear is not None:
+            h = self.final_linear(h)
+        if self.final_norm_position == "after_out_proj":
+            h = self.final_norm(h)
+        return h
+
     def forward(
         self,
         x: dict[str, Tensor],
@@ -353,11 +440,14 @@ class TransformerEncoder(nn.Module):
         Returns
         -------
         dict[str, Tensor]
-            ``{name: (B, N_name, out_size)}``, same keys and order as ``x``.
+            ``{name: (B, N_name, out_size)}``, same keys and order as ``x``; with
+            registers also ``REGISTERS: (B, num_registers, out_size)`` (last).
         """
         h, mask, sizes = concat_inputs(x, masks)
         if edges is not None:
             edges = self._edges(edges, sizes)
+        if self.num_registers:
+            h, mask, edges = self._add_registers(h, mask, edges)
         pos = None
         if mask is not None:
             # contiguous: a compiled block would otherwise specialise on the mask's
@@ -377,11 +467,16 @@ class TransformerEncoder(nn.Module):
         attn_mask = build_attn_mask(None, mask)
         for layer in self.layers:
             h, edges = layer(h, mask, edges=edges, context=context, attn_mask=attn_mask)
-        h = self.final_norm(h)
-        if self.final_linear is not None:
-            h = self.final_linear(h)
+        h = self._output(h)
         if pos is not None:
             h = gather_seq(h, pos)
+        out: dict[str, Tensor] = {}
+        if self.num_registers:
+            registers, h = h[:, : self.num_registers], h[:, self.num_registers :]
         if len(sizes) == 1:
-            return {next(iter(x)): h}
-        return dict(zip(x, torch.split(h, sizes, dim=1), strict=True))
+            out[next(iter(x))] = h
+        else:
+            out.update(zip(x, torch.split(h, sizes, dim=1), strict=True))
+        if self.num_registers:
+            out[REGISTERS] = registers
+        return out

@@ -1,0 +1,640 @@
+"""Learning quality, side by side: saltx against salt-ml 0.13 (``make bench-physics``).
+
+    python scripts/bench_physics.py                      # the full comparison (~80 min, 2 cores)
+    python scripts/bench_physics.py --quick              # plumbing check (~5 min)
+    python scripts/bench_physics.py --variants salt-ml,saltx-salt013 --seeds 1 2 3
+
+Both frameworks train the same small GN2 (the kit's ``configs/learning_small.yaml``: embed
+64, 3 layers, 4 heads, out_dim 128, init net [64], heads [128, 64, 32], all three GN2 tasks)
+on the same synthetic files, with the same batch (500), epochs (2), class weights
+(``class_dict.yaml``) and learning-rate schedule (GN2's OneCycle: 1e-7 -> 5e-4 -> 1e-5,
+pct_start 0.01, weight decay 1e-5), for every seed. The variants:
+
+* ``salt-ml``: salt-ml 0.13 through the kit (``run_train.sh`` / ``run_test.sh``, i.e.
+  ``salt fit`` / ``salt test`` with ``gn2_cpu.yaml`` + ``learning_small.yaml`` and
+  ``--seed_everything``);
+* ``saltx-salt013``: saltx with salt-ml 0.13's architecture (``+experiment=gn2_salt013``)
+  and the same hyperparameters: the parity measurement;
+* ``saltx-gn2``: saltx's seed-era GN2 (``+experiment=gn2``), as measured in issue 17;
+* ``saltx-fast``: saltx's recipe for short trainings (``+experiment=gn2_fast``: the 0.13
+  architecture with its own schedule and optimizer settings), same sizes, data and epochs.
+
+Data: ``saltx.data.synthetic`` at ``--difficulty`` (rejections not saturated), written once
+per setting into the work folder. Per run: per-task validation losses every
+``--val-every`` steps (the learning curve), and light and c rejections at 70 % and 77 %
+b-jet efficiency (``f_c = 0.2``, ``f_tau = 0``) on the test file, computed by the same code
+(``saltx.eval.metrics``) from both frameworks' prediction files; the checkpoint is the one
+with the lowest validation jet-classification loss in both frameworks (salt's choice).
+The learning rate and AdamW's beta1 of every step are logged on both sides
+(``salt_learning_cb.LearningCurve`` for salt-ml) and compared.
+
+Prints per variant the mean, the sample standard deviation and the range over seeds, the
+ratio saltx/salt-ml of the means, and the issue's targets; writes ``--out``/physics.json
+(every run, every curve) and physics.md (the tables). ``--quick`` runs tiny files, one seed
+and a few steps, into ``~/.cache/saltx/bench/physics-quick`` unless ``--out`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import glob
+import hashlib
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ROOT / "scripts"
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "saltx" / "bench"
+KIT = Path(os.environ.get("SALT_KIT", ROOT.parent / "shared" / "peers" / "salt"))
+PEERS = Path(os.environ.get("PEERS", ROOT.parent / "peers"))
+CLASSES = ("bjets", "cjets", "ujets", "taujets")
+PROBS = {"bjets": "pb", "cjets": "pc", "ujets": "pu", "taujets": "ptau"}
+WORKING_POINTS = (0.70, 0.77)
+F_C = 0.2
+# salt-ml's task names -> saltx's (the kit's GN2 config names the jet task "jets_...")
+SALT_TASKS = {
+    "jets_classification": "jet_classification",
+    "track_origin": "track_origin",
+    "track_vertexing": "track_vertexing",
+}
+TASKS = tuple(SALT_TASKS.values())
+
+# saltx overrides mirroring the kit's configs/learning_small.yaml (sizes) and gn2_cpu.yaml
+# (GN2's learning-rate schedule); the task heads keep gn2's [128, 64, 32]
+SMALL = [
+    "model.embed_dim=64",
+    "model.num_heads=4",
+    "model.out_dim=128",
+    "model.encoder.num_layers=3",
+    "model.init_nets.tracks.hidden_layers=[64]",
+]
+GN2_SCHEDULE = [
+    "lrs.initial=1e-7",
+    "lrs.max=5e-4",
+    "lrs.end=1e-5",
+    "lrs.pct_start=0.01",
+    "lrs.weight_decay=1e-5",
+]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One framework + configuration, trained once per seed."""
+
+    name: str
+    framework: str  # "salt" or "saltx"
+    experiment: str = ""
+    overrides: tuple[str, ...] = ()
+    same_schedule: bool = True  # uses salt-ml's schedule (compared step by step)
+    note: str = ""
+
+
+VARIANTS: dict[str, Variant] = {
+    v.name: v
+    for v in (
+        Variant("salt-ml", "salt", note="salt-ml 0.13 through the kit"),
+        Variant(
+            "saltx-salt013",
+            "saltx",
+            "gn2_salt013",
+            (*SMALL, *GN2_SCHEDULE),
+            note="salt-ml 0.13's architecture and hyperparameters",
+        ),
+        Variant(
+            "saltx-gn2",
+            "saltx",
+            "gn2",
+            (*SMALL, *GN2_SCHEDULE),
+            note="seed-era GN2, salt-ml's hyperparameters (issue 17's measurement)",
+        ),
+        Variant(
+            "saltx-fast",
+            "saltx",
+            "gn2_fast",
+            tuple(SMALL),
+            same_schedule=False,
+            note="saltx's short-training recipe (+experiment=gn2_fast)",
+        ),
+    )
+}
+DEFAULT_VARIANTS = ("salt-ml", "saltx-salt013", "saltx-gn2", "saltx-fast")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything that fixes the data and the training budget."""
+
+    n_train: int = 100_000
+    n_val: int = 10_000
+    n_test: int = 50_000
+    difficulty: float = 2.0
+    data_seed: int = 17
+    batch_size: int = 500
+    epochs: int = 2
+    val_every: int = 100
+
+    def data_key(self) -> str:
+        key = (self.n_train, self.n_val, self.n_test, self.difficulty, self.data_seed)
+        return hashlib.sha1(repr(key).encode()).hexdigest()[:10]
+
+    @property
+    def steps(self) -> int:
+        return self.epochs * math.ceil(self.n_train / self.batch_size)
+
+
+QUICK = Settings(n_train=4000, n_val=1000, n_test=2000, val_every=4)
+
+
+# ------------------------------------------------------------------------------- helpers
+def run(cmd: Sequence[Any], log: Path, env: dict[str, str], cwd: Path | None = None) -> float:
+    """Run ``cmd`` with output to ``log``; returns the wall time; raises on failure."""
+    t0 = time.perf_counter()
+    with log.open("w") as fo:
+        fo.write("$ " + " ".join(map(str, cmd)) + "\n")
+        fo.flush()
+        rc = subprocess.call(
+            list(map(str, cmd)), stdout=fo, stderr=subprocess.STDOUT, env=env, cwd=cwd
+        )
+    if rc != 0:
+        tail = "".join(log.read_text().splitlines(keepends=True)[-25:])
+        raise RuntimeError(f"command failed (exit {rc}); log {log}:\n{tail}")
+    return time.perf_counter() - t0
+
+
+def base_env(threads: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), HYDRA_FULL_ERROR="1")
+    env.setdefault("WANDB_MODE", "offline")
+    return env
+
+
+def write_data(settings: Settings, out: Path) -> Path:
+    """The synthetic files of ``settings`` (written once; reused when complete)."""
+    data = out / f"data-{settings.data_key()}"
+    done = data / "done.json"
+    if done.exists():
+        return data
+    from saltx.data.synthetic import write_dataset
+
+    print(f"-- writing synthetic data to {data}", flush=True)
+    counts = {"train": settings.n_train, "val": settings.n_val, "test": settings.n_test}
+    write_dataset(data, counts, seed=settings.data_seed, difficulty=settings.difficulty)
+    done.write_text(json.dumps(asdict(settings)))
+    return data
+
+
+def rejections(pred_file: Path) -> dict[str, float]:
+    """Light and c rejections at the working points of b-tagging (f_c = 0.2, f_tau = 0)."""
+    from saltx.eval.metrics import fractions_for, rejection_table
+
+    with h5py.File(pred_file, "r") as f:
+        jets = f["jets"][:]
+    probs = {c: jets[f"GN2_{PROBS[c]}"].astype(np.float64) for c in CLASSES}
+    truth = np.asarray(CLASSES)[jets["flavour_label"]]
+    table = rejection_table(
+        probs, truth, "bjets", fractions_for("bjets", CLASSES, F_C), WORKING_POINTS
+    )
+    out = {}
+    for bkg, short in (("ujets", "light"), ("cjets", "c")):
+        for wp in WORKING_POINTS:
+            key = f"{round(wp * 100)}"
+            out[f"{short}_rej_{key}"] = float(table[bkg][key])
+    return out
+
+
+# -------------------------------------------------------------------------------- saltx
+def train_saltx(v: Variant, seed: int, s: Settings, data: Path, rundir: Path, env) -> dict:
+    py = sys.executable
+    cmd = [
+        py,
+        "-m",
+        "saltx.train",
+        f"+experiment={v.experiment}",
+        *v.overrides,
+        f"paths.data_dir={data}",
+        f"paths.output_dir={rundir}",
+        f"seed={seed}",
+        f"data.batch_size={s.batch_size}",
+        f"data.num_train={s.n_train}",
+        f"data.num_val={s.n_val}",
+        f"trainer.max_epochs={s.epochs}",
+        f"trainer.val_check_interval={s.val_every}",
+        "trainer.monitor=val/jet_classification_loss",
+        "trainer.log_every_n_steps=1",
+        "trainer.checkpoint_every_n_steps=0",
+        "trainer.resume=never",
+        "trainer.progress_bar=false",
+        "logger=none",
+    ]
+    t_train = run(cmd, rundir.parent / f"{rundir.name}_train.log", env)
+    cmd = [py, "-m", "saltx.evaluate", f"run_dir={rundir}", "ckpt=best", "plots=false"]
+    t_test = run(cmd, rundir.parent / f"{rundir.name}_test.log", env)
+    preds = sorted(glob.glob(str(rundir / "predictions" / "*.h5")))
+    if not preds:
+        raise RuntimeError(f"saltx.evaluate wrote no predictions under {rundir}/predictions")
+    val, lr = [], []
+    for line in (rundir / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        step = int(row.get("step", -1))
+        if "val/loss" in row:
+            val.append({"step": step, **{t: row[f"val/{t}_loss"] for t in TASKS}})
+        if "train/lr" in row:
+            lr.append([step, row["train/lr"]])
+    meta = yaml.safe_load((rundir / "metadata.yaml").read_text())
+    return {
+        "val": val,
+        "lr": lr,
+        "params": int(meta["trainable_params"]),
+        "train_s": t_train,
+        "test_s": t_test,
+        **rejections(Path(preds[0])),
+    }
+
+
+# --------------------------------------------------------------------------------- salt
+def ensure_salt_venv() -> None:
+    """Install salt-ml 0.13 with the kit's setup.sh when the venv is missing."""
+    if not (KIT / "run_train.sh").exists():
+        raise SystemExit(f"salt-ml kit not found at {KIT} (set SALT_KIT)")
+    if (PEERS / "salt-venv" / "bin" / "activate").exists():
+        return
+    print(f"-- no salt-ml venv at {PEERS}/salt-venv: running {KIT}/setup.sh", flush=True)
+    env = dict(os.environ, PEERS=str(PEERS))
+    if subprocess.call(["bash", str(KIT / "setup.sh")], env=env, cwd=ROOT) != 0:
+        raise SystemExit(f"{KIT}/setup.sh failed")
+
+
+def train_salt(seed: int, s: Settings, data: Path, rundir: Path, env) -> dict:
+    rundir.mkdir(parents=True, exist_ok=True)
+    curve = rundir / "curve.json"
+    env = dict(
+        env,
+        PEERS=str(PEERS),
+        SALT_DATA=str(data),
+        SALTX_CURVE_OUT=str(curve),
+        PYTHONPATH=os.pathsep.join(filter(None, [str(SCRIPTS), env.get("PYTHONPATH")])),
+    )
+    for key in ("SALT_TRAIN", "SALT_VAL", "SALT_TEST", "SALT_NORM_DICT", "SALT_CLASS_DICT"):
+        env.pop(key, None)
+    cmd = [
+        "bash",
+        KIT / "run_train.sh",
+        "full",
+        rundir,
+        "2",  # replaced: learning_small.yaml sets limit_train_batches to null (whole epochs)
+        "--config",
+        KIT / "configs" / "learning_small.yaml",
+        f"--seed_everything={seed}",
+        f"--data.batch_size={s.batch_size}",
+        f"--data.num_train={s.n_train}",
+        f"--data.num_val={s.n_val}",
+        f"--trainer.max_epochs={s.epochs}",
+        f"--trainer.val_check_interval={s.val_every}",
+        "--trainer.callbacks+=salt_learning_cb.LearningCurve",
+    ]
+    t_train = run(cmd, rundir.parent / f"{rundir.name}_train.log", env)
+    t_test = run(
+        ["bash", KIT / "run_test.sh", rundir, "-1"], rundir.parent / f"{rundir.name}_test.log", env
+    )
+    preds = sorted(glob.glob(str(rundir / "logs" / "*" / "ckpts" / "*.h5")))
+    if not preds:
+        raise RuntimeError(f"salt test wrote no predictions under {rundir}/logs/*/ckpts")
+    data_curve = json.loads(curve.read_text())
+    val = [
+        {"step": row["step"], **{SALT_TASKS[t]: row[f"val/{t}_loss"] for t in SALT_TASKS}}
+        for row in data_curve["val"]
+    ]
+    return {
+        "val": val,
+        "lr": [[step, lr_] for step, lr_, _ in data_curve["lr"]],
+        "beta1": [[step, b] for step, _, b in data_curve["lr"]],
+        "params": int(data_curve.get("params", 0)),
+        "train_s": t_train,
+        "test_s": t_test,
+        **rejections(Path(preds[0])),
+    }
+
+
+# ----------------------------------------------------------------------------- analysis
+METRICS = ("light_rej_77", "c_rej_77", "light_rej_70", "c_rej_70", "val_jet_loss")
+
+
+def final_values(result: dict) -> dict[str, float]:
+    """The figures of one run that get a mean and a spread."""
+    out = {k: result[k] for k in METRICS if k in result}
+    if result.get("val"):
+        last = result["val"][-1]
+        out["val_jet_loss"] = last["jet_classification"]
+        out["val_origin_loss"] = last["track_origin"]
+        out["val_vertexing_loss"] = last["track_vertexing"]
+    out["train_s"] = result["train_s"]
+    return out
+
+
+def stats(values: Sequence[float]) -> dict[str, float]:
+    """Mean, sample standard deviation (0 for one value), min and max."""
+    values = [float(v) for v in values]
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "min": min(values),
+        "max": max(values),
+        "n": len(values),
+    }
+
+
+def schedule_difference(salt_runs: list[dict], saltx_runs: list[dict]) -> dict | None:
+    """Largest relative difference of the learning rate at the same step (salt vs saltx)."""
+    if not salt_runs or not saltx_runs:
+        return None
+    ref = {int(step): lr for step, lr in salt_runs[0]["lr"]}
+    worst, n = 0.0, 0
+    for r in saltx_runs:
+        for step, lr in r["lr"]:
+            if int(step) in ref:
+                worst = max(worst, abs(lr - ref[int(step)]) / max(abs(ref[int(step)]), 1e-30))
+                n += 1
+    return {"steps_compared": n, "max_rel_diff": worst}
+
+
+def curves(results: list[dict]) -> dict[int, dict[str, float]]:
+    """Mean validation loss per task at each validation step over seeds."""
+    by_step: dict[int, dict[str, list[float]]] = {}
+    for r in results:
+        for row in r["val"]:
+            slot = by_step.setdefault(int(row["step"]), {t: [] for t in TASKS})
+            for t in TASKS:
+                slot[t].append(row[t])
+    return {
+        step: {t: statistics.fmean(v) for t, v in tasks.items() if v}
+        for step, tasks in sorted(by_step.items())
+    }
+
+
+def summarise(runs: dict[str, list[dict]]) -> dict[str, Any]:
+    """Per-variant statistics, ratios to salt-ml, curves, targets."""
+    summary: dict[str, Any] = {"variants": {}, "ratios": {}, "curves": {}, "targets": []}
+    for name, results in runs.items():
+        if not results:
+            continue
+        finals = [final_values(r) for r in results]
+        keys = sorted(set.intersection(*(set(f) for f in finals)))
+        summary["variants"][name] = {
+            "seeds": [r["seed"] for r in results],
+            "params": sorted({r["params"] for r in results}),
+            **{k: stats([f[k] for f in finals]) for k in keys},
+        }
+        summary["curves"][name] = curves(results)
+    ref = summary["variants"].get("salt-ml")
+    if ref:
+        for name, var in summary["variants"].items():
+            if name == "salt-ml":
+                continue
+            summary["ratios"][name] = {
+                k: var[k]["mean"] / ref[k]["mean"]
+                for k in METRICS
+                if k in var and k in ref and ref[k]["mean"]
+            }
+        salt = runs.get("salt-ml", [])
+        same = [
+            r for n, rs in runs.items() if n != "salt-ml" and VARIANTS[n].same_schedule for r in rs
+        ]
+        summary["schedule"] = schedule_difference(salt, same)
+        rat = summary["ratios"]
+        checks = [
+            ("saltx-salt013", "light_rej_77", ">=", 0.95, "parity: light rejection @77% >= 0.95x"),
+            ("saltx-salt013", "c_rej_77", ">=", 1.0, "parity: c rejection @77% no worse (>= 1.0x)"),
+            ("saltx-fast", "light_rej_77", ">=", 1.3, "beyond: light rejection @77% >= 1.3x"),
+            ("saltx-fast", "c_rej_77", ">=", 1.15, "beyond: c rejection @77% >= 1.15x"),
+        ]
+        for variant, key, _, threshold, text in checks:
+            if variant in rat and key in rat[variant]:
+                value = rat[variant][key]
+                summary["targets"].append(
+                    {"target": text, "ratio": value, "met": bool(value >= threshold)}
+                )
+    return summary
+
+
+def fmt(st: dict[str, float], digits: int = 1) -> str:
+    """``mean ± std [min, max]``."""
+    m, s, lo, hi = (f"{st[k]:.{digits}f}" for k in ("mean", "std", "min", "max"))
+    return f"{m} ± {s} [{lo}, {hi}]"
+
+
+def markdown(summary: dict[str, Any], meta: dict[str, Any], runs: dict[str, list[dict]]) -> str:
+    s = meta["settings"]
+    lines = [
+        "# Learning quality: saltx vs salt-ml 0.13 (scripts/bench_physics.py)",
+        "",
+        f"{meta['date']}, {meta['machine']}, saltx {meta['saltx_commit']}, "
+        f"{meta['wall_min']:.0f} min in all. Data: saltx.data.synthetic, difficulty "
+        f"{s['difficulty']}, {s['n_train']:,} train / {s['n_val']:,} val / {s['n_test']:,} test "
+        f"jets; batch {s['batch_size']}, {s['epochs']} epochs ({meta['steps']} steps); "
+        "rejections at b-jet efficiency 70 % / 77 %, f_c = 0.2; mean ± sample std "
+        "[min, max] over seeds.",
+        "",
+        "| variant | seeds | params | light rej @77% | c rej @77% | light rej @70% | "
+        "c rej @70% | val jet loss | train s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, v in summary["variants"].items():
+        lines.append(
+            f"| {name} | {len(v['seeds'])} | {', '.join(f'{p:,}' for p in v['params'])} | "
+            f"{fmt(v['light_rej_77'])} | {fmt(v['c_rej_77'], 2)} | {fmt(v['light_rej_70'])} | "
+            f"{fmt(v['c_rej_70'], 2)} | {fmt(v['val_jet_loss'], 3)} | "
+            f"{v['train_s']['mean']:.0f} |"
+        )
+    if summary["ratios"]:
+        lines += [
+            "",
+            "Ratio of the means, saltx / salt-ml:",
+            "",
+            "| variant | light rej @77% | c rej @77% | light rej @70% | c rej @70% "
+            "| val jet loss |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, r in summary["ratios"].items():
+            cells = " | ".join(
+                f"{r[k]:.3f}" if k in r else "-"
+                for k in ("light_rej_77", "c_rej_77", "light_rej_70", "c_rej_70", "val_jet_loss")
+            )
+            lines.append(f"| {name} | {cells} |")
+    if summary["targets"]:
+        lines += ["", "Targets (issue 17):", ""]
+        for t in summary["targets"]:
+            lines.append(f"- {t['target']}: {t['ratio']:.3f} -> {'met' if t['met'] else 'NOT met'}")
+    if summary.get("schedule"):
+        sch = summary["schedule"]
+        lines += [
+            "",
+            f"Learning-rate schedule, saltx vs salt-ml at the same step: largest relative "
+            f"difference {sch['max_rel_diff']:.2e} over {sch['steps_compared']} steps.",
+        ]
+    lines += ["", "Validation losses (mean over seeds) at fixed steps:", ""]
+    names = list(summary["curves"])
+    lines.append("| step | " + " | ".join(f"{n} jet / origin / vertexing" for n in names) + " |")
+    lines.append("|---" * (len(names) + 1) + "|")
+    steps = sorted({st for c in summary["curves"].values() for st in c})
+    for st in steps:
+        cells = []
+        for n in names:
+            row = summary["curves"][n].get(st)
+            cells.append(
+                "-" if row is None else " / ".join(f"{row[t]:.4f}" for t in TASKS if t in row)
+            )
+        lines.append(f"| {st} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Per run:",
+        "",
+        "| variant | seed | light @77 | c @77 | light @70 | c @70 | val jet loss |",
+    ]
+    lines.append("|---|---|---|---|---|---|---|")
+    for name, results in runs.items():
+        for r in results:
+            f = final_values(r)
+            loss = f.get("val_jet_loss", float("nan"))
+            lines.append(
+                f"| {name} | {r['seed']} | {f['light_rej_77']:.1f} | {f['c_rej_77']:.2f} | "
+                f"{f['light_rej_70']:.1f} | {f['c_rej_70']:.2f} | {loss:.4f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------- main
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except OSError:
+        return "unknown"
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="tiny files, one seed: plumbing only")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="default 1 2 3 (quick: 1)")
+    p.add_argument(
+        "--variants",
+        default=",".join(DEFAULT_VARIANTS),
+        help=f"comma-separated, from {list(VARIANTS)}",
+    )
+    p.add_argument("--n-train", type=int, default=None)
+    p.add_argument("--n-val", type=int, default=None)
+    p.add_argument("--n-test", type=int, default=None)
+    p.add_argument("--difficulty", type=float, default=None)
+    p.add_argument("--val-every", type=int, default=None, help="validation interval (steps)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", type=Path, default=None, help="physics.json/md (default bench/)")
+    p.add_argument("--work", type=Path, default=None, help="data and runs (default ~/.cache)")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    base = QUICK if args.quick else Settings()
+    fields = {
+        "n_train": args.n_train,
+        "n_val": args.n_val,
+        "n_test": args.n_test,
+        "difficulty": args.difficulty,
+        "val_every": args.val_every,
+    }
+    settings = Settings(**{**asdict(base), **{k: v for k, v in fields.items() if v is not None}})
+    seeds = args.seeds or ([1] if args.quick else [1, 2, 3])
+    names = [n.strip() for n in args.variants.split(",") if n.strip()]
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+    out = args.out or (CACHE / "physics-quick" if args.quick else ROOT / "bench")
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    work = args.work or (CACHE / "physics")
+    runs_dir = work / "runs" / stamp
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    if any(VARIANTS[n].framework == "salt" for n in names):
+        ensure_salt_venv()
+    env = base_env(args.threads)
+    t0 = time.perf_counter()
+    data = write_data(settings, work)
+    print(
+        f"bench-physics: {len(names)} variants x {len(seeds)} seeds, {settings.n_train:,} train "
+        f"jets x {settings.epochs} epochs ({settings.steps} steps), runs in {runs_dir}",
+        flush=True,
+    )
+    runs: dict[str, list[dict]] = {n: [] for n in names}
+    failures = []
+    for seed in seeds:
+        for name in names:
+            v = VARIANTS[name]
+            rundir = runs_dir / f"{name}_seed{seed}"
+            t1 = time.perf_counter()
+            try:
+                if v.framework == "salt":
+                    result = train_salt(seed, settings, data, rundir, env)
+                else:
+                    result = train_saltx(v, seed, settings, data, rundir, env)
+            except RuntimeError as err:
+                print(f"!! {name} seed {seed} failed: {err}", flush=True)
+                failures.append(f"{name} seed {seed}")
+                continue
+            result["seed"] = seed
+            runs[name].append(result)
+            f = final_values(result)
+            print(
+                f"-- {name:14s} seed {seed}: light rej @77% {f['light_rej_77']:7.1f}, "
+                f"c rej @77% {f['c_rej_77']:5.2f}, val jet loss "
+                f"{f.get('val_jet_loss', float('nan')):.4f} ({time.perf_counter() - t1:.0f} s)",
+                flush=True,
+            )
+    summary = summarise(runs)
+    meta = {
+        "date": dt.datetime.now().isoformat(timespec="seconds"),
+        "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, "
+        f"{args.threads} threads",
+        "saltx_commit": git_commit(),
+        "settings": asdict(settings),
+        "steps": settings.steps,
+        "seeds": seeds,
+        "variants": {n: asdict(VARIANTS[n]) for n in names},
+        "wall_min": (time.perf_counter() - t0) / 60.0,
+        "work": str(runs_dir),
+        "failures": failures,
+        "quick": bool(args.quick),
+    }
+    doc = {"meta": meta, "summary": summary, "runs": runs}
+    (out / "physics.json").write_text(json.dumps(doc, indent=1) + "\n")
+    md = markdown(summary, meta, runs)
+    (out / "physics.md").write_text(md)
+    print()
+    print(md)
+    print(f"wrote {out / 'physics.json'} and {out / 'physics.md'}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
