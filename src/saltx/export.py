@@ -58,7 +58,7 @@ def export(ecfg: DictConfig) -> dict[str, Any]:
     layout = export_layout(
         OmegaConf.to_container(cfg.data.variables, resolve=True),
         str(cfg.data.global_object),
-        (cfg.data.input_map or {}).get("EDGE", "tracks"),
+        run.model.edge_input,
     )
     local_root = None if run.rundir.remote else run.rundir.root
     if local_root:

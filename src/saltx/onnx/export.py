@@ -132,7 +132,7 @@ def export_layout(
     global_object
         The global input name.
     edge_input
-        Constituent input of the edges (``data.input_map.EDGE``, default ``tracks``).
+        Constituent input the edges belong to (``SaltModel.edge_input``).
     """
     variables = {k: list(v) for k, v in variables.items()}
     if global_object not in variables:
