@@ -342,7 +342,14 @@ class JetDataset(Dataset):
 
     def _sample(self, ds: h5py.Dataset, field: str) -> np.ndarray:
         """``field`` of the first :data:`SAMPLE_JETS` rows (a few chunk decodes)."""
-        return ds.fields(field)[: min(ds.shape[0], SAMPLE_JETS)]
+        rows = min(ds.shape[0], SAMPLE_JETS)
+        try:
+            return ds.fields(field)[:rows]
+        except (OSError, RuntimeError, ValueError) as err:
+            raise DataError(
+                f"cannot read jets [0, {rows}) of dataset '{ds.name.lstrip('/')}' in "
+                f"'{self.file.name}': the file is damaged or truncated ({err})"
+            ) from err
 
     def _check_valid(self, ds: h5py.Dataset, name: str, num: int | None) -> None:
         """``valid`` must be bool, and some constituent in the sample must be valid."""
