@@ -27,6 +27,7 @@ from saltx.io.fs import exists, is_remote
 from saltx.io.rundir import RunDir, load_torch
 from saltx.models.build import build_model
 from saltx.secrets import redact_text
+from saltx.targets import TargetError
 
 CKPT_DIR = "checkpoints"
 
@@ -301,8 +302,8 @@ def read_run_config(
     try:
         cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), raw)
         validate(cfg)
-    except ConfigError as err:
-        raise ConfigError(f"{where}: {err}") from None
+    except (ConfigError, TargetError) as err:
+        raise type(err)(f"{where}: {err}") from None
     except Exception as err:  # a key or a type the schema does not know (omegaconf errors)
         raise RunDirError(f"{where} does not fit saltx's config schema: {err}") from err
     return rundir, cfg

@@ -45,7 +45,7 @@ _SECRET_KEY = re.compile(_KEYWORDS, re.I)
 # key=value / key: value / "key": "value" where the key looks secret (one line only)
 _KEY_VALUE = re.compile(
     rf"(?P<key>[\w.\-]*(?:{_KEYWORDS})[\w.\-]*)(?P<sep>['\"]?[ \t]*[=:][ \t]*)(?P<q>['\"]?)"
-    r"(?P<value>[^\s'\",}\]\)]+)",
+    r"(?P<value>[^\s'\",;&}\]\)]+)",
     re.I,
 )
 # scheme://userinfo@host: the userinfo (user, user:password, or a token) is the secret; a
@@ -147,6 +147,8 @@ def known_secrets() -> list[str]:
 def _mask_key_value(match: re.Match) -> str:
     if match.group("value").lower() in _NOT_SECRET:
         return match.group(0)
+    if match.group("key").endswith(("Error", "Exception", "Warning")):
+        return match.group(0)  # "NoCredentialsError: Unable to ...": a message, not a value
     return f"{match.group('key')}{match.group('sep')}{match.group('q')}{REDACTED}"
 
 
