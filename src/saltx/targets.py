@@ -89,11 +89,12 @@ def check_targets(node: Any, where: str, allowed: Sequence[str]) -> None:
         if not isinstance(target, str) or not target.strip():
             raise TargetError(f"{path}._target_ must be a dotted class name, got {target!r}")
         if not is_allowed(target, allowed):
+            prefixes = ", ".join(a for a in allowed if a.endswith("."))
+            names = ", ".join(a for a in allowed if not a.endswith("."))
             raise TargetError(
-                f"{path}._target_={target!r} is not allowed: targets must start with one of "
-                f"{[a for a in allowed if a.endswith('.')]} or be one of "
-                f"{[a for a in allowed if not a.endswith('.')]}; to trust more code, add its "
-                "module prefix to `allowed_targets` (see docs/reliability.md)"
+                f"{path}._target_={target!r} is not allowed: a target must start with one of "
+                f"{prefixes} or be one of {names}; to trust more code, add its module prefix "
+                "to allowed_targets (docs/reliability.md)"
             )
 
 

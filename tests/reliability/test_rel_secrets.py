@@ -199,6 +199,18 @@ def test_remote_errors_and_cache_folders_hold_no_credentials(
         ("epoch=3 val/loss=0.5 s3://bucket/run", [], ["s3://bucket/run", "epoch=3"]),
         ("NoCredentialsError: Unable to locate credentials", [], ["Unable to locate"]),
     ],
+    # ids without the secrets: pytest puts the id into PYTEST_CURRENT_TEST, whose URL
+    # credentials the environment rule would then mask by value, hiding the shape rule
+    ids=[
+        "url-user-password",
+        "s3-url-raw-slash",
+        "signed-url",
+        "override",
+        "dict-repr",
+        "yaml",
+        "no-secret",
+        "exception-name",
+    ],
 )
 def test_redaction_by_value_shape(text: str, hidden: list[str], kept: list[str]) -> None:
     out = redact_text(text)

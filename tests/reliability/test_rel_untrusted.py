@@ -70,7 +70,10 @@ def not_imported(env: SimpleNamespace) -> None:
 
 
 def check(case: str, result: tuple[str, str], pattern: str, kinds=("TargetError",)) -> None:
-    _record(f"untrusted: {case}", result)
+    group = (
+        "ckpt" if case.startswith("ckpt=") else "run dir" if ": config.yaml" in case else "target"
+    )
+    _record(f"untrusted {group}: {case}", result)
     kind, message = result
     assert kind in kinds, f"{case}: {kind}: {message}"
     assert re.search(pattern, message, re.S), f"{case}: {pattern!r} not in: {message}"
