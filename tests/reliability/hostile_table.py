@@ -30,7 +30,8 @@ def family(case: str) -> str:
 
 
 def clean(message: str, width: int = 230) -> str:
-    text = re.sub(r"(/tmp|/private)?/[\w./-]*?/(\w+\.(h5|yaml|pt))", r"<tmp>/\2", message)
+    text = re.sub(r"(/tmp|/private)/[\w./-]*?/(\w+\.(h5|yaml|pt))", r"<tmp>/\2", message)
+    text = re.sub(r"/tmp/pytest-of-[\w-]+/pytest-\d+/", "<tmp>/", text)
     text = " ".join(text.split()).replace("|", "\\|")
     return text if len(text) <= width else text[: width - 1] + "…"
 
@@ -43,10 +44,20 @@ OK_SHOWN = {
 }
 
 
+CLASSES = (
+    "untrusted target:",
+    "untrusted run dir:",
+    "untrusted ckpt:",
+    "secrets:",
+    "silent data:",
+    "config value:",
+)
+
+
 def table(lines: list[dict], prefix: str = "") -> str:
     rows: dict[tuple[str, str], tuple[str, int]] = {}
     for r in lines:
-        if not r["case"].startswith(prefix):
+        if not r["case"].startswith(prefix) or (not prefix and r["case"].startswith(CLASSES)):
             continue
         key = (family(r["case"][len(prefix) :].strip()), r["type"])
         first, n = rows.get(key, (clean(r["message"]), 0))
