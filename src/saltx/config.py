@@ -220,7 +220,7 @@ def _int_at_least(obj: Any, prefix: str, name: str, low: int, unset: tuple = ())
     value = getattr(obj, name)
     if value in unset and not isinstance(value, bool):
         return
-    shown = f"an integer >= {low}" + "".join(f" or {u}" for u in unset)
+    shown = f"an integer >= {low}" + "".join(f" or {'null' if u is None else u}" for u in unset)
     _need(isinstance(value, int) and value >= low, f"{prefix}.{name}", value, shown)
 
 
@@ -263,6 +263,16 @@ def _check_trainer(t: TrainerConfig) -> None:
         t.compile_mode,
         f"null or one of {list(COMPILE_MODES)}",
     )
+    if t.compile:
+        import torch
+
+        backends = torch.compiler.list_backends(exclude_tags=())
+        _need(
+            t.compile_backend in backends,
+            "trainer.compile_backend",
+            t.compile_backend,
+            f"one of {backends}",
+        )
     _need(
         str(t.accelerator).lower() in ACCELERATORS,
         "trainer.accelerator",

@@ -63,7 +63,7 @@ BAD = [
     ("trainer.num_nodes=0", r"trainer\.num_nodes=0"),
     ("trainer.checkpoint_every_n_steps=-1", r"trainer\.checkpoint_every_n_steps=-1.*>= 0"),
     ("trainer.log_every_n_steps=0", r"trainer\.log_every_n_steps=0.*>= 1"),
-    ("trainer.val_check_interval=0", r"trainer\.val_check_interval=0.*>= 1 or None"),
+    ("trainer.val_check_interval=0", r"trainer\.val_check_interval=0.*>= 1 or null"),
     ("trainer.limit_val_batches=0", r"trainer\.limit_val_batches=0.*>= 1 or -1"),
     ("trainer.accumulate_grad_batches=0", r"trainer\.accumulate_grad_batches=0"),
     ("trainer.max_epochs=0", r"trainer\.max_epochs=0.*>= 1 or -1"),
@@ -75,6 +75,7 @@ BAD = [
     ("trainer.accelerator=tpu", r"trainer\.accelerator='tpu'.*cpu, gpu or auto"),
     ("trainer.resume=sometimes", r"trainer\.resume='sometimes'.*auto or never"),
     ("trainer.compile_mode=fast", r"trainer\.compile_mode='fast'.*max-autotune"),
+    ("trainer.compile=true trainer.compile_backend=fast", r"compile_backend='fast'.*inductor"),
     ("trainer.ddp_timeout_s=0", r"trainer\.ddp_timeout_s=0"),
     ("trainer.num_threads=0", r"trainer\.num_threads=0"),
     ("trainer.peak_tflops=-5.0", r"trainer\.peak_tflops=-5\.0"),
@@ -113,7 +114,7 @@ BAD = [
 def test_bad_values_name_the_key_and_the_allowed_values(
     env: SimpleNamespace, override: str, pattern: str
 ) -> None:
-    check(env, (override,), pattern)
+    check(env, tuple(override.split()), pattern)
 
 
 @pytest.mark.parametrize(
