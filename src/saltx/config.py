@@ -9,7 +9,10 @@ the optimizer) stay open: their keys are checked by the constructor they target.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +45,9 @@ class DataConfig:
     read_threads: int = 1
     # Salt's `config_S3` block (download-first or direct S3 reads); secrets are redacted on save
     config_S3: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_data(self)
 
 
 @dataclass
@@ -100,6 +106,9 @@ class TrainerConfig:
         }
     )
 
+    def __post_init__(self) -> None:
+        _check_trainer(self)
+
 
 @dataclass
 class LRSConfig:
@@ -118,6 +127,9 @@ class LRSConfig:
     cycle_momentum: bool = True
     base_momentum: float = 0.85
     max_momentum: float = 0.95
+
+    def __post_init__(self) -> None:
+        _check_lrs(self)
 
 
 @dataclass
@@ -182,6 +194,296 @@ class TrainConfig:
     logger: Any = None
     paths: PathsConfig = field(default_factory=PathsConfig)
     mup: MupConfig | None = None
+    # more `_target_` module prefixes ('mypkg.') or names to trust (saltx.targets)
+    allowed_targets: list[str] = field(default_factory=list)
+
+
+# -- validation ---------------------------------------------------------------------------
+# Each schema checks its own enumerated and ranged keys in __post_init__, which runs when
+# OmegaConf.to_object builds the typed config; validate() adds the checks that need the
+# whole config (monitored metrics, targets). Messages name the key and the allowed values.
+class ConfigError(ValueError):
+    """A config value that is out of range or not one of the allowed values."""
+
+
+def _need(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is not allowed; use {allowed}")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _finite(value: Any) -> bool:
+    return _number(value) and math.isfinite(value)
+
+
+def _int_at_least(obj: Any, prefix: str, name: str, low: int, unset: tuple = ()) -> None:
+    value = getattr(obj, name)
+    if value in unset and not isinstance(value, bool):
+        return
+    shown = f"an integer >= {low}" + "".join(f" or {'null' if u is None else u}" for u in unset)
+    _need(isinstance(value, int) and value >= low, f"{prefix}.{name}", value, shown)
+
+
+def _check_data(d: DataConfig) -> None:
+    _int_at_least(d, "data", "batch_size", 1)
+    _int_at_least(d, "data", "num_workers", 0)
+    for key in ("num_train", "num_val", "num_test"):
+        _int_at_least(d, "data", key, 1, unset=(-1,))
+    _int_at_least(d, "data", "shuffle_buffer", 0)
+    _int_at_least(d, "data", "prefetch_factor", 1)
+    _int_at_least(d, "data", "read_threads", 1)
+    for name, num in (d.num_inputs or {}).items():
+        _need(isinstance(num, int) and num >= 1, f"data.num_inputs.{name}", num, "an integer >= 1")
+
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+ACCELERATORS = ("cpu", "gpu", "cuda", "auto")
+RESUME_MODES = ("auto", "never")
+MONITOR_MODES = ("min", "max")
+
+
+def _check_trainer(t: TrainerConfig) -> None:
+    from saltx.engine.precision import normalise_precision
+
+    p = "trainer"
+    _int_at_least(t, p, "max_epochs", 1, unset=(-1,))
+    _int_at_least(t, p, "max_steps", 1, unset=(-1,))
+    if t.max_epochs == -1 and t.max_steps == -1:
+        raise ConfigError(
+            "trainer.max_epochs=-1 and trainer.max_steps=-1: the run would never end; set "
+            "trainer.max_epochs >= 1 or trainer.max_steps >= 1"
+        )
+    try:
+        normalise_precision(t.precision)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    _need(
+        t.compile_mode is None or t.compile_mode in COMPILE_MODES,
+        "trainer.compile_mode",
+        t.compile_mode,
+        f"null or one of {list(COMPILE_MODES)}",
+    )
+    if t.compile:
+        import torch
+
+        backends = torch.compiler.list_backends(exclude_tags=())
+        _need(
+            t.compile_backend in backends,
+            "trainer.compile_backend",
+            t.compile_backend,
+            f"one of {backends}",
+        )
+    _need(
+        str(t.accelerator).lower() in ACCELERATORS,
+        "trainer.accelerator",
+        t.accelerator,
+        "cpu, gpu or auto",
+    )
+    _int_at_least(t, p, "devices", 1)
+    _int_at_least(t, p, "num_nodes", 1)
+    _need(str(t.resume).lower() in RESUME_MODES, "trainer.resume", t.resume, "auto or never")
+    _need(t.monitor_mode in MONITOR_MODES, "trainer.monitor_mode", t.monitor_mode, "min or max")
+    _need(bool(str(t.monitor or "").strip()), "trainer.monitor", t.monitor, "a metric name")
+    _int_at_least(t, p, "val_check_interval", 1, unset=(None,))
+    _int_at_least(t, p, "limit_val_batches", 1, unset=(-1,))
+    _int_at_least(t, p, "accumulate_grad_batches", 1)
+    _int_at_least(t, p, "log_every_n_steps", 1)
+    _int_at_least(t, p, "checkpoint_every_n_steps", 0)
+    _int_at_least(t, p, "num_threads", 1, unset=(None,))
+    _int_at_least(t, p, "ddp_timeout_s", 1)
+    for key in ("gradient_clip_val", "peak_tflops"):
+        value = getattr(t, key)
+        _need(
+            value is None or (_finite(value) and value >= 0),
+            f"trainer.{key}",
+            value,
+            "null or a finite number >= 0",
+        )
+
+
+def _check_lrs(lrs: LRSConfig) -> None:
+    _need(_finite(lrs.max) and lrs.max > 0, "lrs.max", lrs.max, "a finite learning rate > 0")
+    for key in ("initial", "end", "weight_decay"):
+        value = getattr(lrs, key)
+        _need(_finite(value) and value >= 0, f"lrs.{key}", value, "a finite number >= 0")
+    _need(
+        _finite(lrs.pct_start) and 0 < lrs.pct_start < 1,
+        "lrs.pct_start",
+        lrs.pct_start,
+        "a number in (0, 1)",
+    )
+    _int_at_least(lrs, "lrs", "total_steps", 1, unset=(None,))
+    for key in ("base_momentum", "max_momentum"):
+        value = getattr(lrs, key)
+        _need(_finite(value) and 0 <= value <= 1, f"lrs.{key}", value, "a number in [0, 1]")
+
+
+def logged_metrics(cfg: Any) -> set[str]:
+    """Every metric name the training loop logs for the tasks of ``cfg.model.tasks``."""
+    from saltx.engine.loggers import metric_names
+
+    return set(metric_names([str(name) for name in (cfg.model.get("tasks") or {})]))
+
+
+def _check_tasks(cfg: Any) -> None:
+    """Class weights (finite, >= 0), class lists (>= 2 distinct names), loss weights."""
+    from saltx.data.class_weights import check_class_weights
+    from saltx.errors import DataError
+
+    for name, node in (cfg.model.get("tasks") or {}).items():
+        node = node or {}
+        weights = node.get("class_weights")
+        if weights is not None:
+            plain = OmegaConf.to_container(weights) if OmegaConf.is_config(weights) else weights
+            try:
+                check_class_weights(plain, f"model.tasks.{name}.class_weights")
+            except DataError as err:
+                raise ConfigError(str(err)) from None
+        names = node.get("class_names")
+        if names is not None:
+            names = [str(n) for n in names]
+            _need(
+                len(names) >= 2 and len(set(names)) == len(names),
+                f"model.tasks.{name}.class_names",
+                names,
+                "at least two distinct class names (a classifier of one class learns nothing)",
+            )
+        weight = node.get("weight")
+        if weight is not None:
+            _need(
+                _finite(weight) and weight >= 0,
+                f"model.tasks.{name}.weight",
+                weight,
+                "a finite number >= 0",
+            )
+
+
+def validate(cfg: Any) -> TrainConfig:
+    """Check a composed train config before anything is read or built; return it typed.
+
+    Runs every schema's ``__post_init__`` (ranges and allowed values of ``data``,
+    ``trainer``, ``lrs``) through ``OmegaConf.to_object``, then the checks that need the
+    whole config: ``trainer.monitor`` and ``optimized_metric`` must be metrics the loop
+    logs for the configured tasks, task weights must be positive, and every ``_target_``
+    must be allowed (:mod:`saltx.targets`; nothing is imported).
+
+    Parameters
+    ----------
+    cfg
+        The composed ``train`` config (``DictConfig``).
+
+    Returns
+    -------
+    TrainConfig
+        The typed config (model, optimizer and logger nodes stay plain containers).
+
+    Raises
+    ------
+    ConfigError
+        Naming the key, its value and what is allowed.
+    """
+    from omegaconf.errors import MissingMandatoryValue
+
+    from saltx.targets import allow_list, check_targets
+
+    if not OmegaConf.is_config(cfg):
+        cfg = OmegaConf.create(cfg)
+    if OmegaConf.get_type(cfg) is not TrainConfig:
+        cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), cfg)
+    try:
+        typed = OmegaConf.to_object(cfg)
+    except MissingMandatoryValue as err:
+        raise ConfigError(f"{err.full_key} is not set (it has no default)") from None
+    assert isinstance(typed, TrainConfig)
+    logged = logged_metrics(cfg)
+    for key, value in (
+        ("trainer.monitor", typed.trainer.monitor),
+        ("optimized_metric", typed.optimized_metric),
+    ):
+        if value not in logged:
+            raise ConfigError(
+                f"{key}={value!r} is never logged, so it can never be tracked; the loop logs "
+                f"{sorted(logged)} for the tasks of model.tasks"
+            )
+    _check_tasks(cfg)
+    allowed = allow_list(typed.allowed_targets)
+    for key in ("model", "optimizer"):
+        check_targets(
+            OmegaConf.to_container(cfg[key], resolve=True) if cfg.get(key) is not None else None,
+            key,
+            allowed,
+        )
+    return typed
+
+
+def _check_keys(cfg: Any, checks: Mapping[str, tuple[Callable[[Any], bool], str]]) -> None:
+    for key, (ok, allowed) in checks.items():
+        value = OmegaConf.select(cfg, key, default=None)
+        _need(ok(value), key, value, allowed)
+
+
+def _optional_int(low: int, unset: tuple = (None,)) -> Callable[[Any], bool]:
+    return lambda v: v in unset or (isinstance(v, int) and not isinstance(v, bool) and v >= low)
+
+
+def _fraction(v: Any) -> bool:
+    return _finite(v) and 0 <= v <= 1
+
+
+def validate_evaluate(ecfg: Any) -> None:
+    """Check the keys of ``conf/evaluate.yaml`` (the run's config is checked on loading).
+
+    Raises
+    ------
+    ConfigError
+        Naming the key, its value and what is allowed.
+    """
+    device = re.compile(r"^(cpu|cuda|auto|cuda:\d+)$")
+    _check_keys(
+        ecfg,
+        {
+            "device": (lambda v: bool(device.match(str(v))), "cpu, cuda, cuda:N or auto"),
+            "batch_size": (_optional_int(1), "null or an integer >= 1"),
+            "data.batch_size": (_optional_int(1), "null or an integer >= 1"),
+            "data.num_workers": (_optional_int(0), "null or an integer >= 0"),
+            "data.num_test": (_optional_int(1, (None, -1)), "null, -1 (all) or an integer >= 1"),
+            "f_c": (_fraction, "a number in [0, 1]"),
+            "f_b": (_fraction, "a number in [0, 1]"),
+            "f_tau": (_fraction, "a number in [0, 1]"),
+        },
+    )
+    for key in ("f_c", "f_b"):
+        total = float(ecfg.get(key)) + float(ecfg.get("f_tau"))
+        _need(total <= 1, f"{key}+f_tau", total, "fractions that sum to at most 1")
+    points = list(ecfg.get("working_points") or [])
+    _need(
+        bool(points) and all(_finite(w) and 0 < w < 1 for w in points),
+        "working_points",
+        points,
+        "a non-empty list of efficiencies in (0, 1)",
+    )
+
+
+def validate_export(ecfg: Any) -> None:
+    """Check the keys of ``conf/export.yaml`` (the run's config is checked on loading).
+
+    Raises
+    ------
+    ConfigError
+        Naming the key, its value and what is allowed.
+    """
+    _check_keys(
+        ecfg,
+        {
+            "validate.max_constituents": (_optional_int(1, ()), "an integer >= 1"),
+            "validate.trials": (_optional_int(1, ()), "an integer >= 1"),
+            "include_aux": (lambda v: isinstance(v, bool), "true or false"),
+            "overwrite": (lambda v: isinstance(v, bool), "true or false"),
+        },
+    )
 
 
 class ConfigKeyError(KeyError):
@@ -252,9 +554,14 @@ def check_keys(cfg: Any, reference: Any = None) -> None:
 
 
 def _local_dir(path: str) -> str:
-    """Map a run directory to a local folder Hydra may create (s3:// runs get a local cache)."""
+    """Map a run directory to a local folder Hydra may create (s3:// runs get a local cache).
+
+    Credentials inside the URL (``s3://KEY:SECRET@bucket/...``) never become folder names.
+    """
     if "://" in str(path):
-        scheme, rest = str(path).split("://", 1)
+        from saltx.secrets import strip_url_credentials
+
+        scheme, rest = strip_url_credentials(str(path)).split("://", 1)
         cache = os.environ.get("SALTX_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache"))
         return os.path.join(cache, "saltx", "runs", scheme, rest)
     return str(path)

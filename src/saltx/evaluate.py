@@ -22,13 +22,14 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from saltx.config import check_keys
+from saltx.config import check_keys, validate_evaluate
 from saltx.data.loader import build_dataloader, build_datasets
 from saltx.engine.allocator import reuse_freed_memory
 from saltx.eval import report
 from saltx.eval.predictions import output_spec, prediction_target, write_predictions
 from saltx.eval.testset import metric_labels, prepare_test_config
 from saltx.run import exit_on_termination, load_run
+from saltx.secrets import redacted_console
 
 
 def evaluate(
@@ -44,7 +45,8 @@ def evaluate(
         Wraps the test loader (the evaluation benchmark times its batches this way).
     """
     check_keys(ecfg, OmegaConf.load(Path(__file__).parent / "conf" / "evaluate.yaml"))
-    run = load_run(str(ecfg.run_dir), ecfg.get("ckpt"))
+    validate_evaluate(ecfg)
+    run = load_run(str(ecfg.run_dir), ecfg.get("ckpt"), ecfg.get("allowed_targets"))
     if run.cfg.get("trainer", {}).get("reuse_freed_memory", True):
         reuse_freed_memory()  # as in training: no page faults for per-batch tensors
     test_file = prepare_test_config(run, ecfg)
@@ -113,6 +115,7 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
+@redacted_console
 @hydra.main(config_path="conf", config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point of ``python -m saltx.evaluate``."""

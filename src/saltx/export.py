@@ -21,12 +21,14 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from saltx.config import validate_export
 from saltx.io.rundir import remove_orphaned, temp_tag
 from saltx.onnx.check import export_checked
 from saltx.onnx.export import export_layout
 from saltx.onnx.metadata import add_metadata, build_gnn_config
 from saltx.onnx.outputs import plan_outputs
 from saltx.run import exit_on_termination, load_run
+from saltx.secrets import redacted_console
 
 ONNX_NAME = "network.onnx"
 
@@ -39,7 +41,8 @@ def export(ecfg: DictConfig) -> dict[str, Any]:
     FileExistsError
         When ``RUN/network.onnx`` exists and ``overwrite`` is false.
     """
-    run = load_run(str(ecfg.run_dir), ecfg.get("ckpt"))
+    validate_export(ecfg)
+    run = load_run(str(ecfg.run_dir), ecfg.get("ckpt"), ecfg.get("allowed_targets"))
     if run.rundir.exists(ONNX_NAME) and not ecfg.overwrite:
         raise FileExistsError(
             f"{run.rundir.path(ONNX_NAME)} already exists; pass overwrite=true to replace it"
@@ -109,6 +112,7 @@ def export(ecfg: DictConfig) -> dict[str, Any]:
     }
 
 
+@redacted_console
 @hydra.main(config_path="conf", config_name="export", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point of ``python -m saltx.export``."""

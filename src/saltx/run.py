@@ -7,8 +7,10 @@ checkpoint converter. A run directory is a local folder or a URL (see
 
 from __future__ import annotations
 
+import os
+import posixpath
 import signal
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,10 +20,14 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from saltx.config import TrainConfig
-from saltx.io.fs import exists, read_text
+from saltx.config import ConfigError, TrainConfig, validate
+from saltx.data.class_weights import load_class_dict
+from saltx.data.norm import load_norm_dict
+from saltx.io.fs import exists, is_remote
 from saltx.io.rundir import RunDir, load_torch
 from saltx.models.build import build_model
+from saltx.secrets import redact_text
+from saltx.targets import TargetError
 
 CKPT_DIR = "checkpoints"
 
@@ -65,34 +71,100 @@ class LoadedRun:
 
 
 def _read_yaml(rundir: RunDir, rel: str) -> Any:
-    return yaml.safe_load(rundir.read_text(rel))
+    try:
+        return yaml.safe_load(rundir.read_text(rel))
+    except yaml.YAMLError as err:
+        raise RunDirError(f"{rundir.path(rel)} is not valid YAML: {err}") from err
 
 
-def _run_or_config_yaml(rundir: RunDir, rel: str, fallback: str | None) -> Any:
-    """``rel`` from the run directory, else the file the config points at, else None."""
+def _run_or_config_dict(rundir: RunDir, rel: str, fallback: str | None, load: Any) -> Any:
+    """``rel`` from the run directory, else the file the config points at, else None;
+    read (and checked) with ``load`` (:func:`load_norm_dict` or :func:`load_class_dict`)."""
     if rundir.exists(rel):
-        return _read_yaml(rundir, rel)
+        return load(rundir.path(rel))
     if fallback and exists(str(fallback)):
-        return yaml.safe_load(read_text(str(fallback)))
+        return load(str(fallback))
     return None
 
 
-def resolve_checkpoint(rundir: RunDir, ckpt: str | None) -> str:
-    """Path of the checkpoint: ``best``/``last``/``epoch=NNN`` in the run, or a path.
+def _inside(path: str, root: str) -> bool:
+    return os.path.commonpath([path, root]) == root
 
-    ``None`` takes ``best.pt`` when it exists, else ``last.pt``.
+
+def _outside_note(path: str, rundir: RunDir) -> None:
+    """Say so when the weights come from outside the run directory."""
+    inside = False
+    if not is_remote(path) and not rundir.remote:
+        inside = _inside(os.path.realpath(path), os.path.realpath(rundir.root))
+    elif is_remote(path) and rundir.remote:
+        inside = path.startswith(rundir.root + "/")
+    if not inside:
+        print(
+            redact_text(
+                f"note: checkpoint {path} is outside the run directory {rundir.root}; its "
+                "weights are loaded into the model of this run's config.yaml"
+            ),
+            flush=True,
+        )
+
+
+def _relative_checkpoint(rundir: RunDir, name: str) -> str | None:
+    """A relative ``ckpt``: inside the run directory, or refused.
+
+    ``checkpoints/x.pt`` (relative to the run directory) and ``RUN/checkpoints/x.pt``
+    (relative to the current directory, inside the run directory) are accepted; a path
+    that leaves the run directory (``../other_run/...``) is refused.
+    """
+    clean = posixpath.normpath(name.replace("\\", "/"))
+    candidates = []
+    if not clean.startswith("../") and clean != ".." and not os.path.isabs(clean):
+        candidates.append(clean)
+    if not rundir.remote and os.path.exists(name):
+        here = os.path.realpath(name)
+        root = os.path.realpath(rundir.root)
+        if _inside(here, root):
+            candidates.append(os.path.relpath(here, root))
+    for rel in candidates:
+        for option in (rel, rel if rel.endswith(".pt") else rel + ".pt"):
+            if rundir.exists(option) and not rundir.fs.isdir(rundir._fs_path(option)):
+                return rundir.path(option)
+    if candidates:
+        return None
+    raise RunDirError(
+        f"ckpt={name!r} points outside the run directory {rundir.root}: a relative ckpt must "
+        "stay inside it (so that a run is never evaluated with another run's weights by "
+        "accident); give an absolute path or a URL to use weights from elsewhere"
+    )
+
+
+def resolve_checkpoint(rundir: RunDir, ckpt: str | None) -> str:
+    """Path of the checkpoint named by ``ckpt`` (the rule of docs/evaluation.md).
+
+    * ``None``: ``checkpoints/best.pt`` when it exists, else ``checkpoints/last.pt``;
+    * a name without a path (``best``, ``last``, ``epoch=003``, ``x.pt``): in
+      ``RUN/checkpoints/``;
+    * a relative path: inside the run directory (relative to it, or to the current
+      directory); one that leaves the run directory is refused;
+    * an absolute path or a URL: taken as given; when it lies outside the run directory a
+      note says so.
 
     Raises
     ------
     RunDirError
-        When the checkpoint does not exist (the message lists the available ones).
+        When the checkpoint does not exist (the message lists the available ones), or a
+        relative path leaves the run directory.
     """
-    names = [ckpt] if ckpt else ["best", "last"]
+    names = [str(ckpt)] if ckpt else ["best", "last"]
     for name in names:
-        name = str(name)
-        if name.endswith(".pt") and ("/" in name or exists(name)):
+        if is_remote(name) or os.path.isabs(name):
             if exists(name):
+                _outside_note(name, rundir)
                 return name
+            raise RunDirError(f"checkpoint {name} not found")
+        if "/" in name or "\\" in name or name in (".", ".."):
+            found = _relative_checkpoint(rundir, name)
+            if found:
+                return found
             continue
         rel = f"{CKPT_DIR}/{name if name.endswith('.pt') else name + '.pt'}"
         if rundir.exists(rel):
@@ -165,13 +237,35 @@ def class_names_of_run(cfg: DictConfig, metadata: Mapping[str, Any]) -> list[str
     return None
 
 
-def read_run_config(run_dir: str) -> tuple[RunDir, DictConfig]:
+def _interpolations(node: Any, where: str = "") -> Iterator[tuple[str, str]]:
+    """``(key, value)`` of every string in ``node`` that OmegaConf would resolve."""
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            yield from _interpolations(value, f"{where}.{key}" if where else str(key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _interpolations(value, f"{where}[{i}]")
+    elif isinstance(node, str) and "${" in node:
+        yield where, node
+
+
+def read_run_config(
+    run_dir: str, allowed_targets: Sequence[str] | None = None
+) -> tuple[RunDir, DictConfig]:
     """A run directory and its ``config.yaml`` on top of the train schema's defaults.
+
+    The file is untrusted input: it must be a mapping without interpolations (saltx saves
+    configs fully resolved, so ``${oc.env:...}`` or ``${...}`` means it was edited; nothing
+    is resolved), its ``allowed_targets`` are replaced by ``allowed_targets`` (the caller's
+    own, e.g. evaluate's command line), and it is validated (:func:`saltx.config.validate`:
+    ranges, allowed values, ``_target_`` allow-list; nothing is imported).
 
     Raises
     ------
     RunDirError
-        Missing run directory or ``config.yaml``.
+        Missing run directory, missing, empty or edited ``config.yaml``.
+    ConfigError
+        A value out of range or a ``_target_`` that is not allowed.
     """
     if not run_dir or str(run_dir) == "???":
         raise RunDirError("no run directory given: pass run_dir=path/to/run")
@@ -183,11 +277,41 @@ def read_run_config(run_dir: str) -> tuple[RunDir, DictConfig]:
             f"'{rundir.root}' has no config.yaml: not a saltx run directory (or training "
             "has not written it yet)"
         )
-    cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), _read_yaml(rundir, "config.yaml"))
+    where = rundir.path("config.yaml")
+    raw = _read_yaml(rundir, "config.yaml")
+    if not isinstance(raw, dict) or not raw:
+        kind = "empty" if not raw else f"a {type(raw).__name__}, not a mapping"
+        raise RunDirError(f"{where} is {kind}: not a saltx run config (or a damaged copy)")
+    for key, value in _interpolations(raw):
+        raise RunDirError(
+            f"{where} has an interpolation at {key}: {value!r}; saltx saves configs fully "
+            "resolved, so this file was edited. Saved configs are never resolved (an "
+            "${oc.env:...} would copy an environment variable into the outputs): replace it "
+            "with its value"
+        )
+    stored = [str(t) for t in raw.get("allowed_targets") or []]
+    trusted = [str(t) for t in allowed_targets or []]
+    ignored = sorted(set(stored) - set(trusted))
+    if ignored:
+        print(
+            f"note: {where} trusts more _target_ prefixes {ignored}; a run's own list is "
+            "not trusted: pass allowed_targets=[...] on the command line to allow them",
+            flush=True,
+        )
+    raw["allowed_targets"] = trusted
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), raw)
+        validate(cfg)
+    except (ConfigError, TargetError) as err:
+        raise type(err)(f"{where}: {err}") from None
+    except Exception as err:  # a key or a type the schema does not know (omegaconf errors)
+        raise RunDirError(f"{where} does not fit saltx's config schema: {err}") from err
     return rundir, cfg
 
 
-def load_run(run_dir: str, ckpt: str | None = None) -> LoadedRun:
+def load_run(
+    run_dir: str, ckpt: str | None = None, allowed_targets: Sequence[str] | None = None
+) -> LoadedRun:
     """Rebuild a run's model from its ``config.yaml`` and load a checkpoint.
 
     Parameters
@@ -195,7 +319,11 @@ def load_run(run_dir: str, ckpt: str | None = None) -> LoadedRun:
     run_dir
         The run directory (local path or URL).
     ckpt
-        ``best``, ``last``, ``epoch=NNN``, a path, or None (best, else last).
+        ``best``, ``last``, ``epoch=NNN``, a path, or None (best, else last); see
+        :func:`resolve_checkpoint` for where paths may point.
+    allowed_targets
+        ``_target_`` prefixes trusted beyond saltx's defaults (the run's own list is not
+        trusted; see :func:`read_run_config`).
 
     Raises
     ------
@@ -204,15 +332,21 @@ def load_run(run_dir: str, ckpt: str | None = None) -> LoadedRun:
     ValueError
         A checkpoint that does not fit the model (e.g. another class list).
     """
-    rundir, cfg = read_run_config(run_dir)
+    rundir, cfg = read_run_config(run_dir, allowed_targets)
     metadata = _read_yaml(rundir, "metadata.yaml") if rundir.exists("metadata.yaml") else {}
-    norm_dict = _run_or_config_yaml(rundir, "norm_dict.yaml", cfg.data.get("norm_dict"))
+    if not isinstance(metadata, dict):
+        metadata = {}
+    norm_dict = _run_or_config_dict(
+        rundir, "norm_dict.yaml", cfg.data.get("norm_dict"), load_norm_dict
+    )
     if norm_dict is None:
         raise RunDirError(
             f"'{rundir.root}' has no norm_dict.yaml and data.norm_dict "
             f"({cfg.data.get('norm_dict')}) does not exist"
         )
-    class_dict = _run_or_config_yaml(rundir, "class_dict.yaml", cfg.data.get("class_dict"))
+    class_dict = _run_or_config_dict(
+        rundir, "class_dict.yaml", cfg.data.get("class_dict"), load_class_dict
+    )
     class_names = class_names_of_run(cfg, metadata or {})
     model = build_model(cfg, norm_dict, class_dict, class_names)
     ckpt_path = resolve_checkpoint(rundir, ckpt)

@@ -28,6 +28,7 @@ from saltx.engine.loop import (
     fit,
 )
 from saltx.engine.runfiles import hydra_run_dir
+from saltx.secrets import redacted_console, remember_config
 
 NORM_DICT_COPY = "norm_dict.yaml"
 CLASS_DICT_COPY = "class_dict.yaml"
@@ -63,7 +64,7 @@ def _file_metadata(path: str, global_object: str) -> dict[str, Any]:
 def build(cfg: DictConfig, info: DistInfo) -> Components:
     """Model and loaders from ``cfg`` (``saltx.models`` and ``saltx.data``)."""
     from saltx.data.class_weights import load_class_dict
-    from saltx.data.labels import MissingClassNames, read_class_names
+    from saltx.data.labels import MissingClassNames, fit_class_names
     from saltx.data.loader import build_dataloader, build_datasets
     from saltx.data.norm import load_norm_dict
     from saltx.models.build import build_model, required_labels
@@ -72,7 +73,7 @@ def build(cfg: DictConfig, info: DistInfo) -> Components:
     norm_dict = load_norm_dict(data.norm_dict)
     class_dict = load_class_dict(data.class_dict) if data.get("class_dict") else None
     try:
-        class_names = read_class_names(data.train_file, data.global_object)
+        class_names = fit_class_names(data.train_file, data.val_file, data.global_object)
     except MissingClassNames:  # the task config may name the classes itself
         class_names = None
     model = build_model(cfg, norm_dict, class_dict, class_names)
@@ -170,6 +171,7 @@ def train(cfg: DictConfig, build_fn: BuildFn | None = None) -> dict[str, float]:
         A loss became NaN/inf (names the step, the tasks and the last good checkpoint).
     """
     build_fn = build_fn or build
+    saltx.config.validate(cfg)  # ranges, allowed values, metrics, targets: before any data
     # Salt's download-first `data.config_S3` block: fetch the files, point the config at them
     cfg = prepare_data_paths(cfg)
     devices = int(cfg.trainer.get("devices", 1) or 1)
@@ -191,10 +193,12 @@ def run(cfg: DictConfig, build_fn: BuildFn | None = None) -> float:
     return float(metrics[key])
 
 
+@redacted_console  # secrets never reach the console, Hydra's error report included
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     """``python -m saltx.train``: train and return the optimised metric (for sweepers)."""
     saltx.config.check_keys(cfg)  # keys no schema declares (e.g. Salt's names typed with '+')
+    remember_config(cfg)
     return run(cfg)
 
 

@@ -2,6 +2,11 @@
 
     SALTX_HOSTILE_LOG=/tmp/hostile.jsonl pytest tests/reliability -k "hostile or damaged"
     python tests/reliability/hostile_table.py /tmp/hostile.jsonl
+    python tests/reliability/hostile_table.py /tmp/hostile.jsonl "silent data:"   # one class
+
+With a prefix (``untrusted target:``, ``untrusted run dir:``, ``untrusted ckpt:``,
+``secrets:``, ``silent data:``, ``config value:``) only the cases of that class are shown,
+without the prefix.
 
 Cases that differ only in a number (row, value, size) are folded into one line, which
 shows the first message seen; temporary paths in messages are shortened to ``<tmp>``.
@@ -25,24 +30,45 @@ def family(case: str) -> str:
 
 
 def clean(message: str, width: int = 230) -> str:
-    text = re.sub(r"(/tmp|/private)?/[\w./-]*?/(\w+\.(h5|yaml|pt))", r"<tmp>/\2", message)
+    text = re.sub(r"(/tmp|/private)/[\w./-]*?/(\w+\.(h5|yaml|pt))", r"<tmp>/\2", message)
+    text = re.sub(r"/tmp/pytest-of-[\w-]+/pytest-\d+/", "<tmp>/", text)
     text = " ".join(text.split()).replace("|", "\\|")
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def table(lines: list[dict]) -> str:
+OK_SHOWN = {
+    "": "trains (finite losses)",
+    "secrets:": "nothing leaked",
+    "silent data:": "trains",
+    "config value:": "accepted",
+}
+
+
+CLASSES = (
+    "untrusted target:",
+    "untrusted run dir:",
+    "untrusted ckpt:",
+    "secrets:",
+    "silent data:",
+    "config value:",
+)
+
+
+def table(lines: list[dict], prefix: str = "") -> str:
     rows: dict[tuple[str, str], tuple[str, int]] = {}
     for r in lines:
-        key = (family(r["case"]), r["type"])
+        if not r["case"].startswith(prefix) or (not prefix and r["case"].startswith(CLASSES)):
+            continue
+        key = (family(r["case"][len(prefix) :].strip()), r["type"])
         first, n = rows.get(key, (clean(r["message"]), 0))
         rows[key] = (first, n + 1)
     out = ["| case | examples | outcome | message |", "|---|---|---|---|"]
     for (case, kind), (message, n) in sorted(rows.items()):
-        shown = "trains (finite losses)" if kind == "ok" else f"`{kind}`"
+        shown = OK_SHOWN.get(prefix, "accepted") if kind == "ok" else f"`{kind}`"
         out.append(f"| {case.replace('|', '/')} | {n} | {shown} | {message} |")
     return "\n".join(out)
 
 
 if __name__ == "__main__":
     records = [json.loads(x) for x in Path(sys.argv[1]).read_text().splitlines() if x.strip()]
-    print(table([r for r in records if "case" in r]))
+    print(table([r for r in records if "case" in r], sys.argv[2] if len(sys.argv) > 2 else ""))

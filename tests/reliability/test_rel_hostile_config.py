@@ -33,6 +33,8 @@ CLEAR = (
     "ValidationError",
     "ConfigKeyError",
     "InstantiationException",
+    "ConfigError",  # saltx.config.validate: ranges and allowed values
+    "TargetError",  # saltx.targets: a _target_ that is not allowed
 )
 
 

@@ -78,9 +78,14 @@ def check(case: str, result: tuple[str, str], pattern: str | None, ok: bool = Fa
 
 
 def _probe(env: SimpleNamespace, arrays: dict, attrs=None, class_names="default", **data):
+    """Run the training build on ``arrays`` written as the train file; class names other
+    than the default go into the validation file too (the two must agree)."""
     with tempfile.TemporaryDirectory() as tmp:
         kwargs = {} if isinstance(class_names, str) else {"class_names": class_names}
         path = write_h5(Path(tmp) / "train.h5", arrays, attrs, **kwargs)
+        if kwargs:
+            val = write_h5(Path(tmp) / "val.h5", read_base(env.data / "val.h5"), **kwargs)
+            return outcome(lambda: env.run(path, val_file=val, **data))
         return outcome(lambda: env.run(path, **data))
 
 

@@ -156,6 +156,9 @@ def make_cfg(out: Path, *dotlist: str):
     cfg = OmegaConf.structured(TrainConfig)
     base = [
         f"paths.output_dir={out}",
+        "data.train_file=toy",  # the toy build reads no files; the schema needs the keys
+        "data.val_file=toy",
+        "data.norm_dict=toy",
         "data.batch_size=16",
         "trainer.max_epochs=2",
         "trainer.accelerator=cpu",

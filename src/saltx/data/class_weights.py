@@ -10,22 +10,66 @@ valid constituents. Labels containing ``VertexIndex`` or ``barcode`` are skipped
 from __future__ import annotations
 
 import argparse
+import math
+import warnings
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from saltx.data.h5 import H5Source, describe_source, open_h5
-from saltx.data.norm import _read_yaml, parse_variables, write_yaml
+from saltx.data.norm import _read_yaml, as_number, parse_variables, write_yaml
 from saltx.errors import DataError
 
 SKIPPED_SUBSTRINGS = ("VertexIndex", "barcode")
 
 
+def check_class_weights(weights: Any, where: str) -> list[float]:
+    """Class weights as floats: a non-empty list of finite numbers >= 0.
+
+    A zero weight (the class is ignored by the loss) is allowed with a warning; a negative,
+    NaN, infinite or non-numeric weight is an error.
+
+    Raises
+    ------
+    DataError
+        Naming ``where`` (the file and key, or the config key) and the bad values.
+    """
+    values = list(weights) if isinstance(weights, list | tuple) else None
+    numbers = [as_number(w) for w in values or []]
+    if not values or any(w is None or not math.isfinite(w) or w < 0 for w in numbers):
+        raise DataError(
+            f"{where} = {weights!r} must be a non-empty list of finite numbers >= 0 (one "
+            "weight per class)"
+        )
+    if 0.0 in numbers:
+        warnings.warn(
+            f"{where} = {weights!r} has a zero weight: that class does not enter the loss",
+            stacklevel=2,
+        )
+    return [float(w) for w in numbers]
+
+
 def load_class_dict(path: str) -> dict[str, dict[str, list[float]]]:
-    """Read a class dict YAML: ``{dataset: {label: [weights]}}``."""
+    """Read and check a class dict YAML: ``{dataset: {label: [weights]}}``.
+
+    Raises
+    ------
+    DataError
+        An empty file, or weights that are not finite numbers >= 0 (see
+        :func:`check_class_weights`).
+    """
     data = _read_yaml(path, "class dict")
-    if not isinstance(data, dict):
-        raise DataError(f"class dict '{path}' must map dataset -> label -> [weights]")
+    if not isinstance(data, dict) or not data:
+        raise DataError(
+            f"class dict '{path}' must map dataset -> label -> [weights], got "
+            + ("an empty file" if data is None else f"{type(data).__name__} {data!r:.80}")
+        )
+    for ds, labels in data.items():
+        if not isinstance(labels, dict):
+            raise DataError(f"class dict '{path}': '{ds}' must map label -> [weights]")
+        for label, weights in labels.items():
+            labels[label] = check_class_weights(weights, f"class dict '{path}': '{ds}.{label}'")
     return data
 
 

@@ -233,8 +233,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Composes the train config with the overrides, downloads the files listed in
     ``data.config_S3.download_files`` (all data files when empty) and prints the overrides
-    that point a run at the local copies.
+    that point a run at the local copies. Secrets never reach the console
+    (:func:`saltx.secrets.console_redaction`).
     """
+    from saltx.secrets import console_redaction
+
+    with console_redaction(sys.argv[1:] if argv is None else argv):
+        return _download(argv)
+
+
+def _download(argv: Sequence[str] | None) -> int:
     parser = argparse.ArgumentParser(
         prog="saltx-s3-download",
         description="Download a train config's S3 data files (Salt's config_S3 block).",

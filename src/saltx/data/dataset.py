@@ -11,6 +11,8 @@ record with one dtype are copied to float32 in one numpy call.
 
 from __future__ import annotations
 
+import warnings
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +24,7 @@ from numpy.lib.stride_tricks import as_strided
 from torch.utils.data import Dataset
 
 from saltx.data.batch import Batch
-from saltx.data.h5 import H5Source, LazyH5
+from saltx.data.h5 import H5Source, LazyH5, check_links, check_storage
 from saltx.data.sampler import BatchIndex, BufferIndex
 from saltx.errors import DataError
 
@@ -44,6 +46,10 @@ EDGE_FEATURE_FIELDS: dict[str, tuple[str, ...]] = {
 """Raw constituent fields each edge feature needs (salt-semantics §2.8)."""
 
 STAGES = ("fit", "test")
+
+SAMPLE_JETS = 4096
+"""Jets whose ``valid`` flags and unsigned labels are checked when a dataset is opened (the
+first ones: a few chunk decodes, never a pass over the file)."""
 
 DEFAULT_READ_THREADS = 1
 """Chunk-decoding threads per process (see :class:`saltx.data.h5.RowReader`). 2 lets a
@@ -284,6 +290,8 @@ class JetDataset(Dataset):
         for name in self.labels:
             self.input_map.setdefault(name, name)
         self._buffers: dict[str, np.ndarray] = {}
+        self._checked: set[str] = set()  # datasets whose links and storage were checked
+        self._unsigned: set[tuple[str, str]] = set()  # unsigned label fields, checked per batch
         f = self.file.file
         try:
             self._plan(f)
@@ -300,6 +308,8 @@ class JetDataset(Dataset):
 
     # ------------------------------------------------------------------ setup
     def _dataset(self, f: h5py.File, name: str, needed_by: str) -> h5py.Dataset:
+        if name in f and name not in self._checked:
+            check_links(f, name, self.file.source)
         if name not in f or not isinstance(f[name], h5py.Dataset):
             raise DataError(
                 f"no dataset '{name}' (needed by input '{needed_by}') in '{self.file.name}'; "
@@ -308,6 +318,9 @@ class JetDataset(Dataset):
         ds = f[name]
         if ds.dtype.names is None:
             raise DataError(f"dataset '{name}' in '{self.file.name}' is not a structured array")
+        if name not in self._checked:
+            check_storage(ds, self.file.source, name == self.global_object)
+            self._checked.add(name)
         return ds
 
     def _check_fields(self, ds: h5py.Dataset, fields: Sequence[str], what: str) -> None:
@@ -323,6 +336,67 @@ class JetDataset(Dataset):
                 f"{what} {odd} in dataset '{ds.name.lstrip('/')}' of '{self.file.name}' "
                 "are not numeric; expected integer, float or bool fields"
             )
+
+    def _sample(self, ds: h5py.Dataset, field: str) -> np.ndarray:
+        """``field`` of the first :data:`SAMPLE_JETS` rows (a few chunk decodes)."""
+        rows = min(ds.shape[0], SAMPLE_JETS)
+        try:
+            return ds.fields(field)[:rows]
+        except (OSError, RuntimeError, ValueError) as err:
+            raise DataError(
+                f"cannot read jets [0, {rows}) of dataset '{ds.name.lstrip('/')}' in "
+                f"'{self.file.name}': the file is damaged or truncated ({err})"
+            ) from err
+
+    def _check_valid(self, ds: h5py.Dataset, name: str, num: int | None) -> None:
+        """``valid`` must be bool, and some constituent in the sample must be valid."""
+        where = f"dataset '{ds.name.lstrip('/')}' of '{self.file.name}'"
+        kind = ds.dtype["valid"]
+        if kind.kind != "b":
+            raise DataError(
+                f"field 'valid' of {where} is stored as {kind}, not bool: saltx would not "
+                "know which constituents are real; store it as bool (True = a real "
+                "constituent), e.g. rewrite it with valid.astype(bool)"
+            )
+        if ds.shape[0] == 0:
+            return  # no jets at all: reported by _check_length
+        valid = self._sample(ds, "valid")
+        if num is not None:
+            valid = valid[:, :num]
+        if valid.any():
+            return
+        sampled = len(valid)
+        if sampled == ds.shape[0]:
+            raise DataError(
+                f"no jet in {where} has a valid constituent ('valid' is False everywhere"
+                + (f" in the first {num} slots" if num is not None else "")
+                + f"): input '{name}' would be all padding; check the file and data.num_inputs"
+            )
+        warnings.warn(
+            f"none of the first {sampled} jets of {where} has a valid constituent: input "
+            f"'{name}' may be all padding",
+            stacklevel=4,
+        )
+
+    def _check_unsigned_labels(self, ds: h5py.Dataset, fields: Sequence[str]) -> None:
+        """Unsigned labels cannot hold the padding value -1 (it wraps to the type's maximum)."""
+        for name in fields:
+            kind = ds.dtype[name]
+            if kind.kind != "u":
+                continue
+            values = self._sample(ds, name)
+            if "valid" in ds.dtype.names and ds.ndim == 2:
+                values = values[self._sample(ds, "valid")]
+            if (values == np.iinfo(kind).max).any():
+                raise DataError(self._wrapped_label(ds.name.lstrip("/"), name, kind))
+            self._unsigned.add((ds.name.lstrip("/"), name))
+
+    def _wrapped_label(self, ds_name: str, field: str, dtype: np.dtype) -> str:
+        return (
+            f"label '{field}' of dataset '{ds_name}' in '{self.file.name}' is stored as {dtype} "
+            f"and holds {np.iinfo(dtype).max}: that is -1 (padding / no vertex) wrapped around "
+            "by an unsigned type; store labels as signed integers"
+        )
 
     def _truncation(self, name: str, ds: h5py.Dataset) -> int | None:
         num = self.num_inputs.get(name)
@@ -376,6 +450,8 @@ class JetDataset(Dataset):
             inp = _Input(name, ds_name, columns, _field_runs(ds.dtype, columns))
             inp.num = self._truncation(name, ds)
             inp.constituent = ds.ndim == 2 and has_valid
+            if inp.constituent and name != EDGE:
+                self._check_valid(ds, name, inp.num)
             self._inputs.append(inp)
             if inp.constituent and name != EDGE:
                 self._masked[name] = (ds_name, inp.num)
@@ -384,6 +460,7 @@ class JetDataset(Dataset):
             ds = self._dataset(f, ds_name, name)
             self._datasets[ds_name] = (ds.shape, ds.dtype)
             self._check_fields(ds, fields, f"label fields of input '{name}'")
+            self._check_unsigned_labels(ds, fields)
             num = self.num_inputs.get(name)
             self._label_plan[name] = (ds_name, None if num is None else self._truncation(name, ds))
         # read only the leading constituents when every use of a dataset is truncated
@@ -437,7 +514,7 @@ class JetDataset(Dataset):
                 self._buffers[ds_name] = buf
             if stop > start:
                 reader.read(buf, start)
-        except (OSError, KeyError, RuntimeError, ValueError, UnicodeDecodeError) as err:
+        except (OSError, KeyError, RuntimeError, ValueError, UnicodeDecodeError, zlib.error) as err:
             raise DataError(
                 f"cannot read jets [{start}, {stop}) of dataset '{ds_name}' in "
                 f"'{self.file.name}': the file is damaged or truncated ({err})"
@@ -524,10 +601,23 @@ class JetDataset(Dataset):
             buf = bufs[ds_name] if num is None else bufs[ds_name][:, :num]
             labels[name] = {}
             for f in fields:
+                if (ds_name, f) in self._unsigned:
+                    self._check_wrapped(buf, ds_name, f, start)
                 out = alloc(buf.shape, _label_dtype(buf.dtype[f]))
                 np.copyto(out, buf[f], casting="unsafe")
                 labels[name][f] = out
         return inputs, masks, labels
+
+    def _check_wrapped(self, buf: np.ndarray, ds_name: str, field: str, start: int) -> None:
+        """An unsigned label holding its type's maximum on a valid entry is a wrapped -1."""
+        values = buf[field]
+        wrapped = values == np.iinfo(values.dtype).max
+        if "valid" in buf.dtype.names and buf.ndim == 2:
+            wrapped &= buf["valid"]
+        if wrapped.any():
+            row = start + int(np.argwhere(wrapped)[0][0])
+            message = self._wrapped_label(ds_name, field, values.dtype)
+            raise DataError(f"{message} (jet index {row})")
 
     @staticmethod
     def to_batch(arrays: Arrays) -> Batch:

@@ -12,6 +12,7 @@ import ctypes
 import errno
 import itertools
 import os
+import warnings
 import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -111,6 +112,110 @@ def open_h5(source: H5Source) -> h5py.File:
     if fobj is not source:
         f.saltx_owned_fileobj = fobj  # closed with the file by LazyH5.close
     return f
+
+
+# -- cheap integrity checks (metadata and a few rows; never a pass over the data) ----------
+SAMPLE_ROWS = 8
+"""Rows of the global object :func:`check_storage` reads to find never-written (all-zero) jets."""
+
+
+def _link_target(target: str, source: H5Source) -> str | None:
+    """A file named by an external link or a virtual dataset, as HDF5 would find it, or None."""
+    if target == ".":
+        return describe_source(source)
+    name = describe_source(source)
+    if "://" in name and not name.startswith("file://"):
+        return None  # relative to a URL: HDF5 cannot follow it
+    folder = os.path.dirname(os.path.abspath(name.removeprefix("file://")))
+    for candidate in (target, os.path.join(folder, target)):
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def check_links(f: h5py.File, name: str, source: H5Source) -> None:
+    """Refuse a dataset that silently reads data from elsewhere.
+
+    * an external link (``f[name]`` stored in another file) whose target file or dataset is
+      missing is a :class:`DataError`; one that resolves gets a warning naming the target;
+    * a virtual dataset with a missing source file or source dataset is a
+      :class:`DataError` (HDF5 would read its fill value, zeros, without a word).
+    """
+    where = f"dataset '{name}' of '{describe_source(source)}'"
+    link = f.get(name, getlink=True)
+    if isinstance(link, h5py.ExternalLink):
+        target = _link_target(link.filename, source)
+        if target is None:
+            raise DataError(
+                f"{where} is an external link to '{link.filename}:{link.path}', which does not "
+                "exist; copy the data into the file (saltx reads only datasets it can find)"
+            )
+        warnings.warn(
+            f"{where} is an external link: its data come from '{target}:{link.path}'",
+            stacklevel=3,
+        )
+    try:
+        ds = f[name]
+    except KeyError as err:
+        raise DataError(f"{where} cannot be opened: {err}") from err
+    if not isinstance(ds, h5py.Dataset) or not ds.is_virtual:
+        return
+    for source_map in ds.virtual_sources():
+        target = _link_target(source_map.file_name, source)
+        missing = target is None
+        if not missing:
+            try:
+                with h5py.File(target, "r", locking=False) as src:
+                    missing = source_map.dset_name not in src
+            except OSError:
+                missing = True
+        if missing:
+            raise DataError(
+                f"{where} is a virtual dataset whose source '{source_map.file_name}:"
+                f"{source_map.dset_name}' is missing or unreadable: HDF5 would read zeros "
+                "there; restore the source file or rebuild the virtual file"
+            )
+
+
+def check_storage(ds: h5py.Dataset, source: H5Source, global_object: bool) -> None:
+    """Refuse a dataset that was allocated but not completely written.
+
+    Chunked datasets (UPP's files): every chunk must exist (a chunk that was never written
+    reads as zeros); from the chunk index, no data read. The global object (``jets``) also
+    has :data:`SAMPLE_ROWS` rows read (first, last, evenly spaced): a row whose bytes are all
+    zero is a jet that was never written (a real jet has a pt; zeros would be labelled as
+    the first class). Cost: the chunk index plus at most 8 chunk decodes per file.
+
+    Raises
+    ------
+    DataError
+        Naming the file, the dataset and the first missing chunk or zero row.
+    """
+    where = f"dataset '{ds.name.lstrip('/')}' of '{describe_source(source)}'"
+    rows = ds.shape[0] if ds.ndim else 0
+    if rows == 0:
+        return
+    if ds.chunks is not None and not ds.is_virtual:
+        expected = int(np.prod([-(-n // c) for n, c in zip(ds.shape, ds.chunks, strict=True)]))
+        try:
+            written = ds.id.get_num_chunks()
+        except (AttributeError, RuntimeError, OSError):  # old HDF5: no chunk index query
+            written = expected
+        if written < expected:
+            raise DataError(
+                f"{where} has {written} of its {expected} chunks written: the file was not "
+                "completely written (the missing rows would read as zeros); rewrite it"
+            )
+    if not global_object:
+        return
+    picks = sorted({int(i) for i in np.linspace(0, rows - 1, min(rows, SAMPLE_ROWS))})
+    for i in picks:
+        row = ds[i : i + 1]
+        if not np.frombuffer(row.tobytes(), np.uint8).any():
+            raise DataError(
+                f"{where}: row {i} is all zeros, a jet that was never written (the file was "
+                "allocated but not completely filled); rewrite the file"
+            )
 
 
 def _same_layout(ds: h5py.Dataset) -> bool:
@@ -277,7 +382,10 @@ class RowReader:
         part = need < out.nbytes and decode is not _zlib_decoder
         if part:
             flat = flat[: min(out.nbytes, need + 2 * LZF_MAX_TOKEN)]
-        done = decode(data, flat)
+        try:
+            done = decode(data, flat)
+        except zlib.error as err:  # a damaged deflate stream (bad bytes, failed checksum)
+            raise ValueError(f"chunk at row {chunk} does not decompress ({err})") from err
         if done < (need if part else out.nbytes):
             raise ValueError(f"chunk at row {chunk} does not decode to {out.nbytes} bytes")
 

@@ -81,9 +81,20 @@ def _to_names(value: object, where: str = "class names") -> list[str]:
             f"{type(value).__name__} {np.asarray(value).tolist()!r:.100}"
         )
     try:
-        return [v.decode() if isinstance(v, bytes) else str(v) for v in items]
+        names = [v.decode() if isinstance(v, bytes) else str(v) for v in items]
     except UnicodeDecodeError as err:
         raise DataError(f"{where} are not valid UTF-8 ({err})") from err
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise DataError(
+            f"{where} lists {duplicates} more than once in {names}: two label values would "
+            "share a name"
+        )
+    if len(names) < 2:
+        raise DataError(
+            f"{where} has a single class {names}: a classifier needs at least two classes"
+        )
+    return names
 
 
 def read_class_names(
@@ -134,3 +145,33 @@ def _read_class_names(source: H5Source, dataset: str, label: str) -> list[str]:
             )
         where = f"attribute '{label}' of dataset '{dataset}' in '{describe_source(source)}'"
         return _to_names(attrs[label], where)
+
+
+def fit_class_names(
+    train_file: H5Source, val_file: H5Source, dataset: str = "jets", label: str = "flavour_label"
+) -> list[str]:
+    """The class names of the training file, which the validation file must share.
+
+    Two attribute reads, no data. A validation file without the attribute is accepted (its
+    labels are then read as the training file's classes).
+
+    Raises
+    ------
+    MissingClassNames
+        When the training file has no attribute (the task config may give the names).
+    DataError
+        When the two files name their classes differently (a different order included:
+        label 0 would mean another class in validation).
+    """
+    names = read_class_names(train_file, dataset, label)
+    try:
+        other = read_class_names(val_file, dataset, label)
+    except MissingClassNames:
+        return names
+    if other != names:
+        raise DataError(
+            f"the class names of '{describe_source(val_file)}' ({dataset}.attrs['{label}'] = "
+            f"{other}) differ from those of the training file '{describe_source(train_file)}' "
+            f"({names}): the same label value would mean different classes"
+        )
+    return names

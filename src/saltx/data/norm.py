@@ -13,6 +13,7 @@ import argparse
 import math
 import os
 import sys
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -37,17 +38,78 @@ def _read_yaml(path: str, what: str) -> Any:
         raise DataError(f"{what} '{path}' is not valid YAML: {err}") from err
 
 
+def as_number(value: Any) -> float | None:
+    """``value`` as a float when it is a number (or a numeric string such as ``1e-3``, which
+    YAML 1.1 reads as a string); None otherwise (``abc``, ``true``, lists, null)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
 def load_norm_dict(path: str) -> dict[str, dict[str, dict[str, float]]]:
-    """Read a norm dict YAML (local path or URL).
+    """Read and check a norm dict YAML (local path or URL).
+
+    Every entry must be ``{mean: number, std: number}`` with ``std >= 0`` (numeric strings
+    become floats); entries with a zero or non-finite std or mean get one warning (they are
+    an error only for the variables a model uses, see :class:`saltx.models.InputNorm`).
 
     Returns
     -------
     dict
         ``{dataset: {variable: {"mean": float, "std": float}}}``.
+
+    Raises
+    ------
+    DataError
+        An empty file, an entry that is not ``{mean, std}``, a value that is not a number,
+        or a negative std (naming the file, dataset, variable and key).
     """
     norm = _read_yaml(path, "norm dict")
-    if not isinstance(norm, dict):
-        raise DataError(f"norm dict '{path}' must map dataset -> variable -> {{mean, std}}")
+    if not isinstance(norm, dict) or not norm:
+        raise DataError(
+            f"norm dict '{path}' must map dataset -> variable -> {{mean, std}}, got "
+            + ("an empty file" if norm is None else f"{type(norm).__name__} {norm!r:.80}")
+        )
+    odd = []
+    for ds, entries in norm.items():
+        if not isinstance(entries, dict):
+            raise DataError(f"norm dict '{path}': '{ds}' must map variable -> {{mean, std}}")
+        for var, stats in entries.items():
+            if not isinstance(stats, dict) or not {"mean", "std"} <= set(stats):
+                raise DataError(
+                    f"norm dict '{path}': '{ds}.{var}' must be {{mean: ..., std: ...}}, got "
+                    f"{stats!r:.80}"
+                )
+            for key in ("mean", "std"):
+                number = as_number(stats[key])
+                if number is None:
+                    raise DataError(
+                        f"norm dict '{path}': '{ds}.{var}.{key}' = {stats[key]!r} is not a number"
+                    )
+                stats[key] = number
+            if stats["std"] < 0:
+                raise DataError(
+                    f"norm dict '{path}': '{ds}.{var}.std' = {stats['std']} is negative; a "
+                    "standard deviation is >= 0 (inputs would be mirrored)"
+                )
+            if stats["std"] == 0 or not (
+                math.isfinite(stats["mean"]) and math.isfinite(stats["std"])
+            ):
+                odd.append(f"{ds}.{var}")
+    if odd:
+        warnings.warn(
+            f"norm dict '{path}' has a zero or non-finite mean/std for {odd[:10]}"
+            + (f" and {len(odd) - 10} more" if len(odd) > 10 else "")
+            + "; a model that uses them will refuse to build",
+            stacklevel=2,
+        )
     return norm
 
 

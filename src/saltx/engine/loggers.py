@@ -15,6 +15,23 @@ from typing import Any, Protocol
 
 from saltx.io.rundir import RunDir
 
+TRAIN_METRICS = ("loss", "lr", "jets_per_s", "mfu")
+"""Metrics logged under ``train/`` besides the per-task losses (``mfu`` on GPUs only)."""
+VAL_METRICS = ("loss",)
+"""Metrics logged under ``val/`` besides the per-task losses."""
+
+
+def metric_names(task_names: list[str]) -> list[str]:
+    """Every metric name the training loop logs for tasks ``task_names``.
+
+    ``train/loss``, ``train/<task>_loss``, ``train/lr``, ``train/jets_per_s``,
+    ``train/mfu``, ``val/loss``, ``val/<task>_loss`` and ``epoch`` (what
+    ``trainer.monitor`` and ``optimized_metric`` may name).
+    """
+    out = [f"train/{m}" for m in TRAIN_METRICS] + [f"val/{m}" for m in VAL_METRICS]
+    out += [f"{split}/{task}_loss" for split in ("train", "val") for task in task_names]
+    return [*out, "epoch"]
+
 
 class Logger(Protocol):
     """What the loop calls on a logger."""

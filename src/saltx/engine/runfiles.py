@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime
 import os
 import platform
-import re
 import socket
 import subprocess
 from collections.abc import Mapping
@@ -18,27 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from saltx.engine.distributed import DistInfo, broadcast_object
 from saltx.io.rundir import RunDir
-
-REDACTED = "***REDACTED***"
-_SECRET_KEY = re.compile(r"(seckey|pubkey|secret|password|passwd|token|api_?key|^aws_)", re.I)
-
-
-def is_secret_key(key: str) -> bool:
-    """Whether a config key holds a secret (secKey, pubKey, *secret*, *password*, *token*,
-    *api_key*, aws_*)."""
-    return bool(_SECRET_KEY.search(str(key)))
-
-
-def redact(value: Any) -> Any:
-    """A copy of a plain container with every secret-looking key's value replaced."""
-    if isinstance(value, Mapping):
-        return {
-            k: (REDACTED if is_secret_key(k) and v is not None else redact(v))
-            for k, v in value.items()
-        }
-    if isinstance(value, list | tuple):
-        return [redact(v) for v in value]
-    return value
+from saltx.secrets import REDACTED, is_secret_key, redact  # noqa: F401  (re-exported)
 
 
 def plain_config(cfg: DictConfig, output_dir: str) -> dict[str, Any]:
@@ -170,4 +149,4 @@ def write_run_files(
     meta = dict(metadata)
     meta.update(environment_metadata())
     meta["out_dir"] = rundir.root
-    rundir.write_text("metadata.yaml", dump_yaml(meta))
+    rundir.write_text("metadata.yaml", dump_yaml(redact(_yaml_safe(meta))))

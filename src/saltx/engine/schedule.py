@@ -22,8 +22,9 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+
+from saltx.targets import allow_list, instantiate
 
 
 def _cosine(start: float, end: float, pct: float) -> float:
@@ -198,8 +199,13 @@ def build_optimizer(
     lr: float,
     weight_decay: float,
     device: torch.device,
+    allowed_targets: list[str] | None = None,
 ) -> torch.optim.Optimizer:
     """Build the optimizer from a ``_partial_`` config node.
+
+    The target must be allowed (:mod:`saltx.targets`: ``torch.optim.``, ``saltx.``,
+    ``mup.MuAdamW`` ... plus ``allowed_targets``, by default the ``allowed_targets`` of the
+    config the node belongs to) and be a ``torch.optim.Optimizer``.
 
     ``lr`` (Salt's ``lrs.max``: the schedule multiplies it) and ``weight_decay`` (Salt's
     ``lrs.weight_decay``) are passed unless the node sets them itself. On CUDA the fused
@@ -208,9 +214,11 @@ def build_optimizer(
     if opt_cfg is None:
         opt_cfg = {"_target_": "torch.optim.AdamW", "_partial_": True}
     node = OmegaConf.create(opt_cfg) if isinstance(opt_cfg, dict) else opt_cfg
-    factory = instantiate(node)
-    if not callable(factory):
-        raise TypeError(f"optimizer config must build a callable (`_partial_: true`): {node}")
+    if allowed_targets is None:
+        allowed_targets = _root_allowed_targets(node)
+    if not node.get("_partial_", False):
+        raise TypeError(f"optimizer config must be a factory (`_partial_: true`): {node}")
+    factory = instantiate(node, "optimizer", torch.optim.Optimizer, allow_list(allowed_targets))
     kwargs: dict[str, Any] = {}
     if node.get("lr") is None:
         kwargs["lr"] = lr
@@ -223,4 +231,19 @@ def build_optimizer(
         accepted = {}
     if device.type == "cuda" and "fused" in accepted and node.get("fused") is None:
         kwargs["fused"] = True
-    return factory(params, **kwargs)
+    optimizer = factory(params, **kwargs)
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(
+            f"optimizer._target_={node.get('_target_')!r} built a {type(optimizer).__name__}, "
+            "not a torch.optim.Optimizer"
+        )
+    return optimizer
+
+
+def _root_allowed_targets(node: DictConfig) -> list[str] | None:
+    """``allowed_targets`` of the root config ``node`` sits in (None for a detached node)."""
+    try:
+        value = OmegaConf.select(node, "..allowed_targets", default=None)
+    except Exception:  # a node without a parent
+        return None
+    return None if value is None else list(value)

@@ -403,12 +403,14 @@ def _target_node(node: Any, short: Mapping[str, str], default: str) -> dict[str,
 
 
 def _instantiate(node: Any, extra: dict[str, Any], where: str) -> Any:
-    from hydra.utils import instantiate
+    from saltx import targets
 
     if isinstance(node, DictConfig):
         node = OmegaConf.to_container(node, resolve=True)
     try:
-        return instantiate(node, _convert_="all", **extra)
+        return targets.instantiate(
+            node, where, targets.sweeper_kind(where), _convert_="all", **extra
+        )
     except Exception as e:
         raise ValueError(f"cannot instantiate {where} ({node.get('_target_')}): {e}") from e
 

@@ -36,6 +36,7 @@ from typing import IO, Any
 import fsspec
 
 from saltx.errors import RemoteError
+from saltx.secrets import redact_text
 
 DEFAULT_BLOCK_SIZE = 8 * 2**20
 DEFAULT_CACHE_TYPE = "blockcache"
@@ -69,7 +70,9 @@ def _env_number(name: str, default: float) -> float:
     try:
         return float(value)
     except ValueError as err:
-        raise RemoteError(f"environment variable {name}={value!r} is not a number") from err
+        raise RemoteError(
+            redact_text(f"environment variable {name}={value!r} is not a number")
+        ) from err
 
 
 def s3_storage_options() -> dict[str, Any]:
@@ -119,8 +122,9 @@ def filesystem(url: str | os.PathLike) -> fsspec.AbstractFileSystem:
 
 
 def where(url: str) -> str:
+    """``'URL' (endpoint E)`` for messages, credentials in either masked."""
     endpoint = endpoint_url() if url.startswith("s3://") else None
-    return f"'{url}'" + (f" (endpoint {endpoint})" if endpoint else "")
+    return redact_text(f"'{url}'" + (f" (endpoint {endpoint})" if endpoint else ""))
 
 
 def remote_error(url: str, action: str, err: BaseException) -> RemoteError:
@@ -140,7 +144,8 @@ def remote_error(url: str, action: str, err: BaseException) -> RemoteError:
     elif "Could not connect" in text or "Connect" in type(err).__name__ or "Timeout" in text:
         tries = int(_env_number("SALTX_S3_RETRIES", DEFAULT_RETRIES))
         hint = f" - cannot reach the endpoint ({tries} attempts); check the URL and the network"
-    return RemoteError(f"{action} {where(url)} failed{hint} ({text})")
+    # the error text of botocore/aiohttp may repeat the URL: credentials are masked in all of it
+    return RemoteError(redact_text(f"{action} {where(url)} failed{hint} ({text})"))
 
 
 def remote_info(url: str) -> dict[str, Any]:
@@ -191,10 +196,10 @@ class RemoteFile(io.RawIOBase):
 
     def _check(self) -> None:
         if self.closed:
-            raise ValueError(f"I/O on closed remote file '{self.url}'")
+            raise ValueError(f"I/O on closed remote file {where(self.url)}")
         if os.getpid() != self._pid:
             raise RemoteError(
-                f"remote file '{self.url}' was opened in process {self._pid} and used in "
+                f"remote file {where(self.url)} was opened in process {self._pid} and used in "
                 f"process {os.getpid()}; open it again after fork (one handle per process)"
             )
 

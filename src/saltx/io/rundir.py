@@ -26,6 +26,7 @@ from typing import IO, Any
 import torch
 
 from saltx.io.fs import is_remote, open_any, url_to_fs
+from saltx.secrets import redact_text
 
 
 class RunDir:
@@ -43,7 +44,7 @@ class RunDir:
         self.remote = is_remote(self.root)
 
     def __repr__(self) -> str:
-        return f"RunDir({self.root!r})"
+        return f"RunDir({redact_text(self.root)!r})"
 
     # -- paths ---------------------------------------------------------------------------
     def path(self, rel: str) -> str:
@@ -114,8 +115,8 @@ class RunDir:
         return self.write_with(rel, lambda f: f.write(data))
 
     def write_text(self, rel: str, text: str) -> str:
-        """Atomically write UTF-8 ``text`` to ``rel``."""
-        return self.write_bytes(rel, text.encode("utf-8"))
+        """Atomically write UTF-8 ``text`` to ``rel``, secrets masked (:mod:`saltx.secrets`)."""
+        return self.write_bytes(rel, redact_text(text).encode("utf-8"))
 
     def save_torch(self, rel: str, obj: Any) -> str:
         """Atomically ``torch.save`` ``obj`` to ``rel``."""
@@ -125,8 +126,9 @@ class RunDir:
         """Append ``text`` to ``rel`` (``metrics.jsonl``, ``performance_metric.json``).
 
         Local files are appended to and flushed; a remote object is rewritten whole with
-        the new text at its end (object stores cannot append).
+        the new text at its end (object stores cannot append). Secrets are masked.
         """
+        text = redact_text(text)
         if self.remote:
             old = self.read_bytes(rel) if self.exists(rel) else b""
             self.write_bytes(rel, old + text.encode("utf-8"))

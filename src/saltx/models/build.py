@@ -11,7 +11,6 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
-from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -20,6 +19,7 @@ from saltx.models.inputnorm import InputNorm
 from saltx.models.saltmodel import SaltModel
 from saltx.models.tasks import stage_has_labels
 from saltx.models.transformer import REGISTERS
+from saltx.targets import DEFAULT_ALLOWED, allow_list, instantiate, resolve
 
 # data.variables keys that are not constituent inputs of the encoder
 SPECIAL_INPUTS = ("GLOBAL", "PARAMETERS", "EDGE")
@@ -56,7 +56,11 @@ def _accepted(cls: type, kwargs: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _construct(
-    node: Any, where: str, derived: Mapping[str, Any], defaults: Mapping[str, Any] | None = None
+    node: Any,
+    where: str,
+    derived: Mapping[str, Any],
+    defaults: Mapping[str, Any] | None = None,
+    allowed: tuple[str, ...] = DEFAULT_ALLOWED,
 ) -> nn.Module:
     """Instantiate a ``_target_`` node with derived sizes and model-level defaults.
 
@@ -67,7 +71,7 @@ def _construct(
     node = _plain(node)
     if not isinstance(node, dict) or "_target_" not in node:
         raise ValueError(f"{where} must be a mapping with a `_target_` class, got {node!r}")
-    cls = get_class(node["_target_"])
+    cls = resolve(node["_target_"], where, nn.Module, allowed)
     clash = sorted(k for k in node if k in derived or k in DERIVED_KEYS)
     if clash:
         raise ValueError(
@@ -76,7 +80,7 @@ def _construct(
         )
     kwargs = {k: v for k, v in (defaults or {}).items() if k not in node}
     kwargs.update(derived)
-    return instantiate(node, **_accepted(cls, kwargs))
+    return instantiate(node, where, nn.Module, allowed, **_accepted(cls, kwargs))
 
 
 def _class_weights(
@@ -119,6 +123,7 @@ def _build_task(
     class_dict: Mapping | None,
     class_names: list[str] | None,
     input_map: Mapping[str, str] | None,
+    allowed: tuple[str, ...] = DEFAULT_ALLOWED,
 ) -> nn.Module:
     node = _plain(node)
     where = f"model.tasks.{name}"
@@ -126,7 +131,7 @@ def _build_task(
         raise ValueError(f"{where} must be a mapping with a `_target_` task class")
     if "input_name" not in node:
         raise ValueError(f"{where} needs an input_name (e.g. jets or tracks)")
-    cls = get_class(node["_target_"])
+    cls = resolve(node["_target_"], where, nn.Module, allowed)
     kind = getattr(cls, "kind", "")
     input_name = node["input_name"]
     if input_name == global_object:
@@ -150,7 +155,7 @@ def _build_task(
     clash = sorted(k for k in node if k in extra and k not in ("class_names",))
     if clash:
         raise ValueError(f"{where}: {clash} are derived and must not be set in the config")
-    return instantiate(node, **extra)
+    return instantiate(node, where, nn.Module, allowed, **extra)
 
 
 def _build_init_nets(
@@ -224,10 +229,12 @@ def _build_edges(
 
 
 def _build_encoder_pooling(
-    mcfg: Any, constituents: list[str], edge_args: dict[str, Any]
+    mcfg: Any, constituents: list[str], edge_args: dict[str, Any], allowed: tuple[str, ...]
 ) -> tuple[nn.Module, nn.Module]:
     """Encoder and pooling with derived sizes; the attention node is a per-layer factory."""
-    attention = instantiate(mcfg.attention) if mcfg.get("attention") is not None else None
+    attention = None
+    if mcfg.get("attention") is not None:
+        attention = instantiate(mcfg.attention, "model.attention", nn.Module, allowed)
     if isinstance(attention, nn.Module):
         raise ValueError(
             "model.attention must be a factory: add `_partial_: true` so each layer builds "
@@ -253,14 +260,17 @@ def _build_encoder_pooling(
     shared = {k: v for k, v in shared.items() if v is not None}
     if not shared.get("norm_affine", True):
         target = _plain(mcfg.encoder).get("_target_", "")
-        if "norm_affine" not in inspect.signature(get_class(target).__init__).parameters:
+        cls = resolve(target, "model.encoder", nn.Module, allowed)
+        if "norm_affine" not in inspect.signature(cls.__init__).parameters:
             raise ValueError(
                 f"model.norm_affine=false, but the encoder {target} has no non-affine "
                 "LayerNorm option"
             )
-    encoder = _construct(mcfg.encoder, "model.encoder", enc_derived, shared)
+    encoder = _construct(mcfg.encoder, "model.encoder", enc_derived, shared, allowed)
     node_size = int(getattr(encoder, "out_size", out_dim or embed_dim))
-    pooling = _construct(mcfg.pooling, "model.pooling", {"input_size": node_size, **heads}, shared)
+    pooling = _construct(
+        mcfg.pooling, "model.pooling", {"input_size": node_size, **heads}, shared, allowed
+    )
     return encoder, pooling
 
 
@@ -310,6 +320,7 @@ def build_model(
             "that name for its register tokens"
         )
     edge_input = _edge_input(input_map, constituents)
+    allowed = allow_list(_plain(cfg.get("allowed_targets")))
 
     input_norm = InputNorm(norm_dict, variables, global_object, input_map)
     init_nets = _build_init_nets(mcfg, variables, global_object, constituents)
@@ -317,7 +328,7 @@ def build_model(
     encoder = pooling = None
     node_size, pooled_size = None, int(mcfg.embed_dim)  # jets-only: the init net output
     if constituents:
-        encoder, pooling = _build_encoder_pooling(mcfg, constituents, edge_args)
+        encoder, pooling = _build_encoder_pooling(mcfg, constituents, edge_args, allowed)
         node_size = int(getattr(encoder, "out_size", 0) or mcfg.get("out_dim") or mcfg.embed_dim)
         pooled_size = int(getattr(pooling, "out_size", node_size))
     global_size = pooled_size + len(variables.get("GLOBAL", []))
@@ -335,6 +346,7 @@ def build_model(
             class_dict=class_dict,
             class_names=class_names,
             input_map=input_map,
+            allowed=allowed,
         )
         for name, node in task_cfgs.items()
     }
@@ -372,8 +384,10 @@ def required_labels(cfg: Any, stage: str = "fit") -> dict[str, list[str]]:
     """
     out: dict[str, list[str]] = {}
     fit = stage_has_labels(stage)
+    allowed = allow_list(_plain(cfg.get("allowed_targets")))
     for name, node in (_plain(cfg.model.get("tasks")) or {}).items():
-        kind = getattr(get_class(node["_target_"]), "kind", "")
+        cls = resolve(node["_target_"], f"model.tasks.{name}", nn.Module, allowed)
+        kind = getattr(cls, "kind", "")
         fields: list[str] = []
         if kind == "classification" and fit:
             fields.append(node["label"])
