@@ -21,7 +21,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from saltx.config import validate_export
+from saltx.config import check_keys, validate_export
 from saltx.io.rundir import remove_orphaned, temp_tag
 from saltx.onnx.check import export_checked
 from saltx.onnx.export import export_layout
@@ -41,6 +41,7 @@ def export(ecfg: DictConfig) -> dict[str, Any]:
     FileExistsError
         When ``RUN/network.onnx`` exists and ``overwrite`` is false.
     """
+    check_keys(ecfg, OmegaConf.load(Path(__file__).parent / "conf" / "export.yaml"))
     validate_export(ecfg)
     run = load_run(str(ecfg.run_dir), ecfg.get("ckpt"), ecfg.get("allowed_targets"))
     if run.rundir.exists(ONNX_NAME) and not ecfg.overwrite:

@@ -177,6 +177,7 @@ def test_model_with_registers_padding_invariance_and_length_groups():
 def test_norm_affine_false_needs_an_encoder_that_supports_it():
     cfg = small_cfg(norm_affine=False)
     cfg.model.encoder = {"_target_": "test_salt013.NoNormOption", "num_layers": 1}
+    cfg.allowed_targets = ["test_salt013."]
     with pytest.raises(ValueError, match=r"model\.norm_affine=false"):
         build(cfg)
 

@@ -50,13 +50,16 @@ def test_salt_keys_typed_with_plus_are_errors(override, key, hint):
     assert hint in line
 
 
-def test_train_refuses_before_anything_runs(tmp_path):
+def test_train_refuses_before_anything_runs(tmp_path, capsys):
     out = tmp_path / "run"
     cfg = compose_train(
         "+data.nan_to_num=true", "+model.lrs_config.max=1", f"paths.output_dir={out}"
     )
-    with pytest.raises(ConfigKeyError, match=r"data\.nan_to_num: Salt's name; in saltx: data"):
+    with pytest.raises(SystemExit) as exit_info:
         main(cfg)  # python -m saltx.train (and every sweep trial)
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert "ConfigKeyError" in err and "data.nan_to_num: Salt's name; in saltx: data" in err
     assert not out.exists()  # no run directory, no config.yaml holding the ignored keys
 
 
@@ -130,3 +133,14 @@ def test_input_map_with_edges_on_renamed_tracks(tmp_path, synthetic_dir):
     cfg = compose_train(*overrides[:-1], "data.input_map.EDGE=no_such_dataset")
     with pytest.raises(ValueError, match=r"edges belong to 'no_such_dataset'"):
         build_model(cfg, load_norm_dict(cfg.data.norm_dict))
+
+
+def test_export_refuses_unknown_keys_before_loading_the_run(tmp_path):
+    from saltx.export import export
+
+    with initialize_config_module("saltx.conf", version_base="1.3"):
+        cfg = compose(
+            "export", overrides=[f"run_dir={tmp_path}/none", "+include_auxx=true", "+name2=x"]
+        )
+    with pytest.raises(ConfigKeyError, match=r"include_auxx: not a key"):
+        export(cfg)  # not "run directory not found": the typo is reported first
