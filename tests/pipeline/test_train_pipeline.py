@@ -75,6 +75,10 @@ def test_resume_mid_epoch_is_bit_identical(synthetic_dir: Path, tmp_path: Path) 
     stopped = torch.load(tmp_path / "b/checkpoints/last.pt", weights_only=True)
     assert stopped["state"]["step"] == 5 and stopped["state"]["batch_in_epoch"] == 1
     train(compose_train(synthetic_dir, tmp_path / "b", *common))
+    # the second run did resume, from step 5 (a deterministic fresh run gives the same weights)
+    meta = yaml.safe_load((tmp_path / "b/metadata.yaml").read_text())
+    assert meta["resumed_from"] == str(tmp_path / "b/checkpoints/last.pt")
+    assert meta["start_step"] == 5
     a = torch.load(tmp_path / "a/checkpoints/last.pt", weights_only=True)
     b = torch.load(tmp_path / "b/checkpoints/last.pt", weights_only=True)
     assert a["state"] == b["state"]
