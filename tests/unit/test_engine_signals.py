@@ -18,7 +18,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import saltx
-import saltx.config  # noqa: F401  (registers the schemas)
+import saltx.config  # registers the schemas
 from saltx.data.loader import STOP_SIGNALS
 from saltx.engine import progress as progress_mod
 from saltx.engine.loop import EXIT_CODE_SIGTERM, TrainingInterrupted
