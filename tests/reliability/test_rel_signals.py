@@ -265,21 +265,21 @@ def _state(pid: int) -> str:
 
 
 # -- non-regular files where a checkpoint should be -------------------------------------------
-def _unblock_fifo_later(fifo: Path, after: float = 30.0) -> threading.Thread:
-    """Open ``fifo`` for writing after ``after`` s, so a reader stuck on it gets EOF (the
-    test then fails on its assertion instead of hanging when the guard is broken)."""
+def _unblock_fifo_later(fifo: Path, after: float = 30.0, side: int = os.O_WRONLY) -> None:
+    """Open ``fifo`` from the other ``side`` after ``after`` s, so a reader (writer) stuck
+    on it goes on (the test then fails on its assertion instead of hanging when the guard
+    is broken)."""
 
     def unblock() -> None:
         time.sleep(after)
         try:
-            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-        except OSError:  # nobody reads it: the guard worked
+            fd = os.open(fifo, side | os.O_NONBLOCK)
+        except OSError:  # nobody waits on it: the guard worked
             return
+        time.sleep(1.0)
         os.close(fd)
 
-    thread = threading.Thread(target=unblock, daemon=True)
-    thread.start()
-    return thread
+    threading.Thread(target=unblock, daemon=True).start()
 
 
 def test_a_fifo_at_last_pt_is_refused(data_dir: Path, tmp_path: Path) -> None:
@@ -310,3 +310,14 @@ def test_non_regular_checkpoints_are_refused(tmp_path: Path, kind: str) -> None:
     expected = {"fifo": "FIFO", "directory": "directory", "/dev/zero": "character device"}
     with pytest.raises(ValueError, match=expected.get(kind, "FIFO") + ".*not a regular file"):
         load_checkpoint(str(target))
+
+
+def test_a_fifo_at_metrics_jsonl_is_refused(data_dir: Path, tmp_path: Path) -> None:
+    """Appending to a FIFO blocks until someone reads it: refused like a checkpoint."""
+    run = tmp_path / "run"
+    run.mkdir()
+    fifo = run / "metrics.jsonl"
+    os.mkfifo(fifo)
+    _unblock_fifo_later(fifo, side=os.O_RDONLY)
+    with pytest.raises(ValueError, match=r"metrics\.jsonl is a FIFO \(named pipe\)"):
+        train(compose_train(data_dir, run, "trainer.max_steps=1"))

@@ -116,3 +116,13 @@ def test_a_killed_workers_trial_is_failed_and_retried(tmp_path: Path) -> None:
     # the callback re-enqueued the killed trial: trial 1 ran the same parameters again
     assert RetryFailedTrialCallback.retried_trial_number(trials[1]) == 0
     assert trials[1].params == trials[0].params
+
+
+@pytest.mark.parametrize(("key", "value"), [("heartbeat_interval", 0), ("grace_period", -5)])
+def test_heartbeat_settings_are_checked(key: str, value: int) -> None:
+    from saltx.hpo.sweeper import OptunaSweeperImpl
+
+    with pytest.raises(
+        ValueError, match=f"hydra.sweeper.{key} must be >= 1 s or null, got {value}"
+    ):
+        OptunaSweeperImpl(**{key: value})

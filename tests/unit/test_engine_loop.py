@@ -422,6 +422,21 @@ def test_resume_never_refuses_to_overwrite_a_run_unless_told(tmp_path: Path) -> 
     assert steps == sorted(steps)  # the earlier run's metrics were removed
 
 
+def test_auto_without_last_pt_warns_and_starts_afresh(tmp_path: Path, capsys) -> None:
+    """Killed between best.pt and last.pt of the first epoch end: the restart goes on."""
+    cfg = make_cfg(
+        tmp_path / "run", "trainer.max_steps=2", "trainer.performance_writer.std_out=false"
+    )
+    train(cfg, toy_build)
+    (tmp_path / "run/checkpoints/last.pt").unlink()
+    train(cfg, toy_build)
+    assert f"warning: {tmp_path / 'run'} holds best.pt but no checkpoints/last.pt" in (
+        capsys.readouterr().out
+    )
+    meta = yaml.safe_load((tmp_path / "run/metadata.yaml").read_text())
+    assert meta["resumed_from"] is None and meta["start_step"] == 0
+
+
 def test_ckpt_path_of_another_run_needs_overwrite(tmp_path: Path) -> None:
     common = ["trainer.max_steps=2", "trainer.performance_writer.std_out=false"]
     train(make_cfg(tmp_path / "a", *common), toy_build)

@@ -79,8 +79,7 @@ def test_plain_progress_lines_every_n_seconds(monkeypatch: pytest.MonkeyPatch) -
         bar.update(step, epoch=1, loss=0.61234567, jets_per_s="1234")
     lines = out.getvalue().splitlines()
     assert lines == [
-        "step 32/100 (32.0%) | epoch 1 | loss 0.6123 | 1234 jets/s | elapsed 0:01:00 "
-        "| eta 0:05:40",
+        "step 32/100 (32.0%) | epoch 1 | loss 0.6123 | 1234 jets/s | elapsed 0:01:00 | eta 0:05:40",
     ], lines  # after 60 s (12 steps); 68 steps left at 5 s each
     assert not re.search(KATIB_REGEX, lines[0])
 
