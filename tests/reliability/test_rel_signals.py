@@ -157,24 +157,14 @@ def test_ddp_ranks_agree_on_the_step_they_save(data_dir: Path, tmp_path: Path) -
             "trainer.val_check_interval=100",
         ),
     )
-    port = str(free_port())
-    procs = []
-    for rank in (0, 1):
-        env = child_env(
-            "pause@3" if rank == 1 else None,
-            RANK=str(rank),
-            LOCAL_RANK=str(rank),
-            WORLD_SIZE="2",
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=port,
-            SALTX_TEST_FAULT_MARK=str(mark),
-            SALTX_TEST_FAULT_RELEASE=str(release),
-        )
-        procs.append(
-            subprocess.Popen(
-                cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-            )
-        )
+    # only rank 1 pauses: the fault runner reads SALTX_TEST_FAULT_RANK
+    procs = _start_ddp_ranks(
+        cmd,
+        SALTX_TEST_FAULT="pause@3",
+        SALTX_TEST_FAULT_RANK="1",
+        SALTX_TEST_FAULT_MARK=str(mark),
+        SALTX_TEST_FAULT_RELEASE=str(release),
+    )
     outs = []
     try:
         _wait_for(mark, procs[1])
@@ -193,6 +183,57 @@ def test_ddp_ranks_agree_on_the_step_they_save(data_dir: Path, tmp_path: Path) -
         assert "stopped by SIGTERM at step 4" in out, f"rank {rank}:\n{out[-3000:]}"
     assert corrupt_checkpoints(run) == []
     assert load_ckpt(run / "checkpoints/last.pt")["state"]["step"] == 4
+
+
+def _start_ddp_ranks(cmd: list[str], **env: str) -> list[subprocess.Popen]:
+    """Two ranks of ``cmd`` started as torchrun would (RANK, WORLD_SIZE, MASTER_*)."""
+    port = str(free_port())
+    procs = []
+    for rank in (0, 1):
+        child = child_env(
+            None,
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+            WORLD_SIZE="2",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=port,
+            **env,
+        )
+        procs.append(
+            subprocess.Popen(
+                cmd, env=child, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
+        )
+    return procs
+
+
+@pytest.mark.slow
+def test_ddp_refusal_to_overwrite_reaches_every_rank(data_dir: Path, tmp_path: Path) -> None:
+    """Rank 0 refuses ``resume=never`` over an earlier run; rank 1 stops at once with that
+    reason instead of waiting in a collective until ``trainer.ddp_timeout_s``."""
+    run = tmp_path / "run"
+    train(compose_train(data_dir, run, "trainer.max_steps=2"))
+    before = (run / "checkpoints/last.pt").read_bytes()
+    cmd = [
+        sys.executable,
+        "-m",
+        "saltx.train",
+        *train_overrides(data_dir, run, "trainer.resume=never", "trainer.ddp_timeout_s=600"),
+    ]
+    procs = _start_ddp_ranks(cmd)
+    outs = []
+    try:
+        for p in procs:
+            outs.append(p.communicate(timeout=300)[0])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert procs[0].returncode == 1 and procs[1].returncode == 1, outs
+    assert "FileExistsError: the run directory" in outs[0], outs[0][-3000:]
+    assert "rank 0 could not choose the checkpoint to start from: FileExistsError" in outs[1]
+    assert (run / "checkpoints/last.pt").read_bytes() == before
 
 
 @pytest.mark.slow
