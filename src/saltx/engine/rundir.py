@@ -65,9 +65,10 @@ def require_regular_file(path: str | os.PathLike) -> None:
     if stat.S_ISREG(mode):
         return
     kind = next((name for test, name in _FILE_KINDS if test(mode)), "special file")
+    why = "" if stat.S_ISDIR(mode) else " (reading or writing it could block forever)"
     raise ValueError(
-        f"{text} is a {kind}, not a regular file; saltx refuses to use it (reading or "
-        "writing it could block forever). Remove it or replace it with the real file."
+        f"{text} is a {kind}, not a regular file; saltx refuses to use it{why}. Remove it "
+        "or replace it with the real file."
     )
 
 
