@@ -159,6 +159,11 @@ def install_evaluate(faults: list[tuple[str, str | None, int]]) -> None:
 
 
 def main() -> None:
+    # A test session started under `nohup` or as a background job hands SIGHUP or SIGINT
+    # down ignored, and saltx keeps an ignored signal ignored (as Python does for SIGINT);
+    # the run under test must get the stop signals as a batch system or terminal sends them.
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
+        signal.signal(signum, signal.SIG_DFL)
     entry, overrides = sys.argv[1], sys.argv[2:]
     faults = parse(os.environ.get(ENV, ""))
     only = os.environ.get(f"{ENV}_RANK")  # faults for this DDP rank only

@@ -39,13 +39,17 @@ def test_exit_codes_are_the_shells_codes_for_each_signal() -> None:
 
 
 def test_the_first_stop_signal_is_recorded_and_handlers_restored() -> None:
-    before = {s: signal.getsignal(s) for s in STOP_SIGNALS}
-    with StopSignals() as stop:
-        assert not stop.received
-        os.kill(os.getpid(), signal.SIGHUP)  # would end the process with the default handler
-        os.kill(os.getpid(), signal.SIGTERM)
-        assert stop.signum == signal.SIGHUP and stop.name == "SIGHUP"
-    assert {s: signal.getsignal(s) for s in STOP_SIGNALS} == before
+    inherited = signal.signal(signal.SIGHUP, signal.SIG_DFL)  # SIG_IGN under `nohup`
+    try:
+        before = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+        with StopSignals() as stop:
+            assert not stop.received
+            os.kill(os.getpid(), signal.SIGHUP)  # the default handler would end the process
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert stop.signum == signal.SIGHUP and stop.name == "SIGHUP"
+        assert {s: signal.getsignal(s) for s in STOP_SIGNALS} == before
+    finally:
+        signal.signal(signal.SIGHUP, inherited)
 
 
 def test_a_signal_ignored_at_start_stays_ignored() -> None:
