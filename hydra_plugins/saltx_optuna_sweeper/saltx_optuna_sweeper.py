@@ -48,6 +48,14 @@ class SaltxOptunaSweeperConf:
     custom_search_space: str | None = None
     # save optimisation history / parameter importance plots in the sweep dir
     plots: bool = True
+    # seconds between heartbeats of running trials (URL storages; null: no heartbeat). A
+    # trial whose worker died is marked FAIL once its heartbeat is older than grace_period
+    heartbeat_interval: int | None = 60
+    # null: 2 x heartbeat_interval
+    grace_period: int | None = None
+    # {_target_: optuna.storages.RetryFailedTrialCallback, max_retry: 2}: called for each
+    # trial failed that way (Optuna's heartbeat_stale_trial_callback); null: none
+    failed_trial_callback: Any = None
 
 
 ConfigStore.instance().store(

@@ -94,6 +94,8 @@ class TrainerConfig:
     num_threads: int | None = None
     reuse_freed_memory: bool = True
     progress_bar: bool = True
+    progress_every_n_steps: int = 0
+    progress_every_s: float = 60.0
     ddp_timeout_s: int = 600
     find_unused_parameters: bool = False
     peak_tflops: float | None = None
@@ -185,6 +187,7 @@ class TrainConfig:
     name: str = "GN2"
     seed: int = 42
     ckpt_path: str | None = None
+    overwrite: bool = False
     optimized_metric: str = "val/loss"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

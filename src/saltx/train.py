@@ -20,14 +20,9 @@ from omegaconf import DictConfig, OmegaConf
 import saltx.config  # registers the schemas and resolvers; check_keys
 from saltx.data.config_s3 import prepare_data_paths
 from saltx.engine.distributed import DistInfo, launched_by_torchrun, spawn
-from saltx.engine.loop import (
-    EXIT_CODE_SIGTERM,
-    BuildFn,
-    Components,
-    TrainingInterrupted,
-    fit,
-)
+from saltx.engine.loop import BuildFn, Components, TrainingInterrupted, fit
 from saltx.engine.runfiles import hydra_run_dir
+from saltx.engine.signals import STOP_SIGNALS, exit_code
 from saltx.secrets import redacted_console, remember_config
 
 NORM_DICT_COPY = "norm_dict.yaml"
@@ -117,15 +112,32 @@ def build(cfg: DictConfig, info: DistInfo) -> Components:
 
 # -- entry points -------------------------------------------------------------------------
 def _spawned_rank(container: dict[str, Any], build_fn: BuildFn, result_path: str) -> None:
-    """One process of a ``trainer.devices=N`` job (started by :func:`spawn`)."""
+    """One process of a ``trainer.devices=N`` job (started by :func:`spawn`).
+
+    Rank 0 writes its metrics (or, when a stop signal ended the run, the step saved) to
+    ``result_path`` for the parent.
+    """
     cfg = OmegaConf.create(container)
+    rank = int(os.environ.get("RANK", "0"))
     try:
-        metrics = fit(cfg, build_fn)
-    except TrainingInterrupted:
-        sys.exit(EXIT_CODE_SIGTERM)
-    if int(os.environ.get("RANK", "0")) == 0:
+        result: dict[str, Any] = {"metrics": fit(cfg, build_fn)}
+        code = 0
+    except TrainingInterrupted as stop:
+        result = {"stopped": {"step": stop.step, "checkpoint": stop.checkpoint}}
+        code = stop.exit_code
+    if rank == 0:
         with open(result_path, "w") as f:
-            json.dump(metrics, f)
+            json.dump(result, f)
+    if code:
+        sys.exit(code)
+
+
+def _signal_of_exit(code: int) -> int | None:
+    """The stop signal behind a rank's exit code (``128 + n``, or killed by ``n``)."""
+    for signum in STOP_SIGNALS:
+        if code in (exit_code(signum), -int(signum)):
+            return int(signum)
+    return None
 
 
 def _train_spawned(cfg: DictConfig, build_fn: BuildFn, nprocs: int) -> dict[str, float]:
@@ -137,15 +149,22 @@ def _train_spawned(cfg: DictConfig, build_fn: BuildFn, nprocs: int) -> dict[str,
     cfg.paths.output_dir = hydra_run_dir(cfg)  # one run dir, fixed before the ranks start
     container = OmegaConf.to_container(cfg, resolve=True)
     with tempfile.TemporaryDirectory(prefix="saltx-spawn-") as tmp:
-        result = os.path.join(tmp, "metrics.json")
+        result_path = os.path.join(tmp, "result.json")
         try:
-            spawn(_spawned_rank, nprocs, (container, build_fn, result))
+            spawn(_spawned_rank, nprocs, (container, build_fn, result_path))
         except mp.ProcessExitedException as err:
-            if err.exit_code == EXIT_CODE_SIGTERM:
-                raise TrainingInterrupted(-1, None) from err
-            raise
-        with open(result) as f:
-            return json.load(f)
+            signum = _signal_of_exit(err.exit_code)
+            if signum is None:
+                raise
+            stopped: dict[str, Any] = {}
+            if os.path.exists(result_path):
+                with open(result_path) as f:
+                    stopped = json.load(f).get("stopped") or {}
+            raise TrainingInterrupted(
+                stopped.get("step"), stopped.get("checkpoint"), signum
+            ) from err
+        with open(result_path) as f:
+            return json.load(f)["metrics"]
 
 
 def train(cfg: DictConfig, build_fn: BuildFn | None = None) -> dict[str, float]:
@@ -166,7 +185,7 @@ def train(cfg: DictConfig, build_fn: BuildFn | None = None) -> dict[str, float]:
     Raises
     ------
     TrainingInterrupted
-        SIGTERM arrived; ``last.pt`` was saved.
+        A stop signal (SIGTERM, SIGINT, SIGHUP, SIGUSR1) arrived; ``last.pt`` was saved.
     NonFiniteLossError
         A loss became NaN/inf (names the step, the tasks and the last good checkpoint).
     """
@@ -181,12 +200,16 @@ def train(cfg: DictConfig, build_fn: BuildFn | None = None) -> dict[str, float]:
 
 
 def run(cfg: DictConfig, build_fn: BuildFn | None = None) -> float:
-    """:func:`train`, returning ``metrics[cfg.optimized_metric]``; SIGTERM exits with 143."""
+    """:func:`train`, returning ``metrics[cfg.optimized_metric]``.
+
+    A stop signal ends the process with ``128 + signum`` once ``last.pt`` is saved
+    (SIGHUP 129, SIGINT 130, SIGUSR1 138, SIGTERM 143; docs/reliability.md).
+    """
     try:
         metrics = train(cfg, build_fn)
     except TrainingInterrupted as stop:
-        print(f"saltx.train: {stop}; exiting with code {EXIT_CODE_SIGTERM}", flush=True)
-        sys.exit(EXIT_CODE_SIGTERM)
+        print(f"saltx.train: {stop}; exiting with code {stop.exit_code}", flush=True)
+        sys.exit(stop.exit_code)
     key = str(cfg.get("optimized_metric", "val/loss"))
     if key not in metrics:
         raise KeyError(f"optimized_metric={key!r} was never logged; logged: {sorted(metrics)}")

@@ -25,6 +25,8 @@ Specs:
     ``$SALTX_TEST_FAULT_RELEASE`` exists (the parent kills or signals meanwhile).
 ``predict@K``
     (evaluate) die after K batches were appended to the temporary predictions file.
+
+``SALTX_TEST_FAULT_RANK=R`` applies the faults on DDP rank ``R`` only.
 """
 
 from __future__ import annotations
@@ -157,8 +159,16 @@ def install_evaluate(faults: list[tuple[str, str | None, int]]) -> None:
 
 
 def main() -> None:
+    # A test session started under `nohup` or as a background job hands SIGHUP or SIGINT
+    # down ignored, and saltx keeps an ignored signal ignored (as Python does for SIGINT);
+    # the run under test must get the stop signals as a batch system or terminal sends them.
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
+        signal.signal(signum, signal.SIG_DFL)
     entry, overrides = sys.argv[1], sys.argv[2:]
     faults = parse(os.environ.get(ENV, ""))
+    only = os.environ.get(f"{ENV}_RANK")  # faults for this DDP rank only
+    if only is not None and only != os.environ.get("RANK", "0"):
+        faults = []
     if entry == "train":
         install_train(faults)
         from saltx.train import main as entry_main

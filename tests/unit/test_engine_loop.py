@@ -210,7 +210,7 @@ def _all_state(path: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("accumulate", [1, 2])
-def test_resume_is_bit_identical(tmp_path: Path, accumulate: int) -> None:
+def test_resume_is_bit_identical(tmp_path: Path, accumulate: int, capsys) -> None:
     # 64 jets / 16 = 4 batches per epoch, 3 epochs; stop mid-epoch 2 and resume
     common = [
         "trainer.max_epochs=3",
@@ -227,8 +227,15 @@ def test_resume_is_bit_identical(tmp_path: Path, accumulate: int) -> None:
     ckpt = load_checkpoint(str(tmp_path / "resumed/checkpoints/last.pt"))
     assert ckpt["state"]["step"] == 5 // accumulate
     assert 0 < ckpt["state"]["batch_in_epoch"] < 4 or accumulate == 2
+    capsys.readouterr()
     second = make_cfg(tmp_path / "resumed", *common)  # trainer.resume=auto finds last.pt
     train(second, toy_build)
+    # it did resume (a deterministic run from scratch would give the same weights)
+    last = str(tmp_path / "resumed/checkpoints/last.pt")
+    meta = yaml.safe_load((tmp_path / "resumed/metadata.yaml").read_text())
+    assert meta["resumed_from"] == last
+    assert meta["start_step"] == 5 // accumulate
+    assert f"resuming from {last} at step {5 // accumulate}" in capsys.readouterr().out
 
     a = _all_state(tmp_path / "straight/checkpoints/last.pt")
     b = _all_state(tmp_path / "resumed/checkpoints/last.pt")
@@ -378,21 +385,91 @@ def test_resuming_a_finished_run_revalidates(tmp_path: Path) -> None:
     again = train(cfg, toy_build)  # resume=auto finds the final last.pt: no new steps
     assert again["val/loss"] == pytest.approx(first["val/loss"])
     assert torch.load(tmp_path / "run/checkpoints/last.pt")["state"]["step"] == 4
+    meta = yaml.safe_load((tmp_path / "run/metadata.yaml").read_text())
+    assert meta["resumed_from"] == str(tmp_path / "run/checkpoints/last.pt")
+    assert meta["start_step"] == 4
     perf = read_jsonl(tmp_path / "run/performance_metric.json")
     assert len(perf) == 2  # the resumed run appended to the file
 
 
-def test_resume_never_starts_fresh(tmp_path: Path) -> None:
+def test_resume_never_refuses_to_overwrite_a_run_unless_told(tmp_path: Path) -> None:
+    cfg = make_cfg(
+        tmp_path / "run",
+        "trainer.performance_writer.std_out=false",
+        "trainer.save_every_epoch=true",
+        "trainer.max_epochs=1",
+    )
+    train(cfg, toy_build)
+    ckpts = tmp_path / "run/checkpoints"
+    before = {p.name: p.read_bytes() for p in ckpts.iterdir()}
+    assert sorted(before) == ["best.pt", "epoch=000.pt", "last.pt"]
+    config_before = (tmp_path / "run/config.yaml").read_text()
+    cfg.trainer.max_steps = 3
+    cfg.trainer.resume = "never"
+    with pytest.raises(FileExistsError) as err:
+        train(cfg, toy_build)
+    msg = str(err.value)
+    assert str(tmp_path / "run") in msg and "last.pt" in msg and "best.pt" in msg
+    assert "trainer.resume=never" in msg and "overwrite=true" in msg
+    assert {p.name: p.read_bytes() for p in ckpts.iterdir()} == before  # untouched
+    assert (tmp_path / "run/config.yaml").read_text() == config_before
+
+    cfg.overwrite = True
+    cfg.trainer.save_every_epoch = False
+    train(cfg, toy_build)
+    assert torch.load(ckpts / "last.pt")["state"]["step"] == 3
+    assert sorted(p.name for p in ckpts.iterdir()) == ["best.pt", "last.pt"]  # epoch=000 gone
+    meta = yaml.safe_load((tmp_path / "run/metadata.yaml").read_text())
+    assert meta["resumed_from"] is None and meta["start_step"] == 0
+    steps = [r["step"] for r in read_jsonl(tmp_path / "run/metrics.jsonl")]
+    assert steps == sorted(steps)  # the earlier run's metrics were removed
+
+
+def test_auto_without_last_pt_warns_and_starts_afresh(tmp_path: Path, capsys) -> None:
+    """Killed between best.pt and last.pt of the first epoch end: the restart goes on."""
     cfg = make_cfg(
         tmp_path / "run", "trainer.max_steps=2", "trainer.performance_writer.std_out=false"
     )
     train(cfg, toy_build)
-    cfg.trainer.max_steps = 3
-    cfg.trainer.resume = "never"
+    (tmp_path / "run/checkpoints/last.pt").unlink()
     train(cfg, toy_build)
-    assert torch.load(tmp_path / "run/checkpoints/last.pt")["state"]["step"] == 3
+    assert f"warning: {tmp_path / 'run'} holds best.pt but no checkpoints/last.pt" in (
+        capsys.readouterr().out
+    )
     meta = yaml.safe_load((tmp_path / "run/metadata.yaml").read_text())
-    assert meta["resumed_from"] is None
+    assert meta["resumed_from"] is None and meta["start_step"] == 0
+
+
+def test_ckpt_path_of_another_run_needs_overwrite(tmp_path: Path) -> None:
+    common = ["trainer.max_steps=2", "trainer.performance_writer.std_out=false"]
+    train(make_cfg(tmp_path / "a", *common), toy_build)
+    train(make_cfg(tmp_path / "b", *common), toy_build)
+    other = str(tmp_path / "a/checkpoints/last.pt")
+    with pytest.raises(FileExistsError, match="starts from another run's checkpoint"):
+        train(make_cfg(tmp_path / "b", *common, f"ckpt_path={other}"), toy_build)
+    # its own checkpoint is a resume, not an overwrite
+    own = str(tmp_path / "b/checkpoints/best.pt")
+    train(make_cfg(tmp_path / "b", "trainer.max_steps=3", f"ckpt_path={own}"), toy_build)
+    assert torch.load(tmp_path / "b/checkpoints/last.pt")["state"]["step"] == 3
+
+
+def test_progress_lines_without_a_tty(tmp_path: Path, capsys) -> None:
+    """A batch job's log gets a plain progress line every N steps (stdout is no TTY)."""
+    cfg = make_cfg(
+        tmp_path / "run",
+        "trainer.progress_every_n_steps=3",
+        "trainer.progress_every_s=0",
+        "trainer.performance_writer.std_out=false",
+    )
+    train(cfg, toy_build)
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("step ")]
+    assert [x.split()[1] for x in lines] == ["3/8", "6/8"], lines
+    assert re.fullmatch(
+        r"step 3/8 \(37\.5%\) \| epoch 0 \| loss \d\.\d+ \| \d+ jets/s \| elapsed \d+:\d\d:\d\d"
+        r" \| eta \d+:\d\d:\d\d",
+        lines[0],
+    ), lines[0]
+    assert not any(re.search(KATIB_REGEX, x) for x in lines)  # no name=value for Katib
 
 
 def test_fp16_step_saves_scaler_state(tmp_path: Path) -> None:

@@ -77,7 +77,12 @@ def test_remote_run_dir_round_trip() -> None:
     rundir.append_text("metrics.jsonl", "b\n")
     assert rundir.read_text("metrics.jsonl") == "a\nb\n"
     assert find_resume_checkpoint(None, "auto", rundir) == path
-    assert find_resume_checkpoint(None, "never", rundir) is None
+    with pytest.raises(FileExistsError, match="already holds checkpoints"):
+        find_resume_checkpoint(None, "never", rundir)
+    assert rundir.glob("checkpoints/*.pt") == ["checkpoints/last.pt"]
+    assert find_resume_checkpoint(None, "never", rundir, overwrite=True) is None
+    assert rundir.glob("checkpoints/*.pt") == []  # deleted on the object store too
+    assert not rundir.exists("metrics.jsonl")
 
 
 def test_resume_choice(tmp_path: Path) -> None:
@@ -85,7 +90,9 @@ def test_resume_choice(tmp_path: Path) -> None:
     assert find_resume_checkpoint(None, "auto", rundir) is None
     save_checkpoint(rundir, "last.pt", _ckpt(1.0))
     assert find_resume_checkpoint(None, "auto", rundir) == str(tmp_path / "run/checkpoints/last.pt")
-    assert find_resume_checkpoint("other.pt", "never", rundir) == "other.pt"
+    with pytest.raises(FileExistsError, match=r"ckpt_path=other\.pt starts from another run"):
+        find_resume_checkpoint("other.pt", "never", rundir)
+    assert find_resume_checkpoint("other.pt", "never", rundir, overwrite=True) == "other.pt"
     with pytest.raises(ValueError, match=r"trainer\.resume"):
         find_resume_checkpoint(None, "sometimes", rundir)
 

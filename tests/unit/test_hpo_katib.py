@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shlex
+import subprocess
+import sys
 
 import jsonschema
 import pytest
@@ -132,14 +136,16 @@ EXPERIMENT_SCHEMA = {
 
 
 def check_manifest(manifest: dict) -> list[str]:
-    """Schema plus Katib's cross-field rules; returns the trial container's command."""
+    """Schema plus Katib's cross-field rules; returns the trial's argv (the words of the
+    container's ``sh -c`` command)."""
     jsonschema.validate(manifest, EXPERIMENT_SCHEMA)
     spec = manifest["spec"]
     template = spec["trialTemplate"]
     pod = template["trialSpec"]["spec"]["template"]["spec"]
     (container,) = [c for c in pod["containers"] if c["name"] == template["primaryContainerName"]]
     command = container["command"]
-    text = " ".join(command)
+    assert command[:2] == ["sh", "-c"] and len(command) == 3, command
+    text = command[2]
     names = {p["name"] for p in spec["parameters"]}
     for tp in template["trialParameters"]:
         # every trial parameter is used in the template and refers to a parameter or metadata
@@ -151,7 +157,7 @@ def check_manifest(manifest: dict) -> list[str]:
             assert float(fs["min"]) <= float(fs["max"])
         else:
             assert fs["list"]
-    return command
+    return shlex.split(text)
 
 
 def test_gn2_preset_translates_to_a_valid_experiment(tmp_path):
@@ -252,3 +258,55 @@ def test_katibs_default_regex_reads_the_performance_writer(tmp_path, capsys):
     assert found["val_loss"] == pytest.approx(0.1234, abs=1e-5)
     assert found["train_loss"] == pytest.approx(2.5e-3, abs=1e-5)
     assert katib.katib_name("val/loss") == katib_name("val/loss") == "val_loss"
+
+
+def _katib_wrap(command: list[str], metrics_file: str, mark_cmd: str) -> list[str]:
+    """The container command after Katib's StdOut collector rewrote it (Katib's pod webhook,
+    ``wrapWorkerContainer``): ``sh -c "<args joined by spaces> 1>FILE 2>&1 && <mark>"``; a
+    command that already is ``sh -c STRING`` keeps its ``sh -c``."""
+    shell, args = ["sh", "-c"], list(command)
+    if len(args) > 2 and args[0] in ("sh", "bash") and args[1][1:2] == "c":
+        shell, args = args[:2], args[2:]
+    args += [f"1>{metrics_file} 2>&1", "&&", mark_cmd]
+    return [*shell, " ".join(args)]
+
+
+def test_the_trial_command_survives_katibs_sh_c(tmp_path):
+    """Run the trial command as Katib's collector does, under ``sh -c`` (dash on Debian):
+    Hydra must receive every override intact (``${paths.log_dir}`` included) and compose
+    the trial's config. (Unquoted, sh stops with "Bad substitution" before Python starts.)"""
+    spaced = "data.train_file='/data/my files/train.h5'"  # a path with a space, Hydra-quoted
+    manifest = katib.main(["hparams_search=gn2_optuna", spaced, "out=/dev/null"])
+    template = manifest["spec"]["trialTemplate"]
+    (container,) = template["trialSpec"]["spec"]["template"]["spec"]["containers"]
+    values = {"lrs_max": "0.00123", "model_encoder_num_layers": "4", "model_dropout": "0.1",
+              "data_batch_size": "500", "model_embed_dim": "192",
+              "trialName": "gn2-optuna-x7k2p"}  # fmt: skip
+    command = []
+    for word in container["command"]:  # Katib substitutes the trial parameters first
+        for tp in template["trialParameters"]:
+            word = word.replace(f"${{trialParameters.{tp['name']}}}", values[tp["name"]])
+        command.append(word)
+    command[-1] += " --cfg job --resolve"  # Hydra prints the composed config, trains nothing
+    bindir = tmp_path / "bin"  # `python` on PATH is this venv's interpreter
+    bindir.mkdir()
+    (bindir / "python").write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n')
+    (bindir / "python").chmod(0o755)
+    log, mark = tmp_path / "metrics.log", tmp_path / "completed"
+    wrapped = _katib_wrap(command, str(log), f"echo completed > {mark}")
+    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "HYDRA_FULL_ERROR": "1"}
+    proc = subprocess.run(
+        ["/bin/sh", *wrapped[1:]], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    output = log.read_text() if log.exists() else ""
+    assert proc.returncode == 0, proc.stderr + output
+    assert mark.read_text().strip() == "completed"
+    cfg = yaml.safe_load(output[output.index("name:") :] if "name:" in output else output)
+    assert cfg["paths"]["output_dir"] == "logs/katib/gn2-optuna-x7k2p"
+    assert cfg["lrs"]["max"] == pytest.approx(0.00123)
+    assert cfg["model"]["encoder"]["num_layers"] == 4
+    assert cfg["model"]["dropout"] == pytest.approx(0.1)
+    assert cfg["data"]["batch_size"] == 500
+    assert cfg["model"]["embed_dim"] == 192
+    assert cfg["data"]["train_file"] == "/data/my files/train.h5"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import yaml
 
 from saltx.mup.shapes import compose_train, make_shapes
 
@@ -54,6 +55,10 @@ def test_training_with_mup_resumes_bit_identically(synthetic_dir, tmp_path):
     train(cfg_for("straight"))
     train(cfg_for("resumed", "trainer.max_steps=2"))
     train(cfg_for("resumed"))
+    # the second run did resume, from step 2 (a deterministic fresh run gives the same weights)
+    meta = yaml.safe_load((tmp_path / "resumed/metadata.yaml").read_text())
+    assert meta["resumed_from"] == str(tmp_path / "resumed/checkpoints/last.pt")
+    assert meta["start_step"] == 2
     a = load_checkpoint(str(tmp_path / "straight/checkpoints/last.pt"))
     b = load_checkpoint(str(tmp_path / "resumed/checkpoints/last.pt"))
     assert a["state"]["step"] == b["state"]["step"] == 4

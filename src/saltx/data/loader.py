@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
 import random
+import signal
+import threading
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -18,12 +21,64 @@ from saltx.data.dataset import DEFAULT_READ_THREADS, JetDataset
 from saltx.data.sampler import BatchIndex, SliceSampler
 from saltx.errors import DataError
 
+#: Signals that stop a training run: the main process saves and exits on them
+#: (``saltx.engine.signals``), loader workers leave them to it (:func:`_init_worker`).
+STOP_SIGNALS: tuple[signal.Signals, ...] = (
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGHUP,
+    signal.SIGUSR1,
+)
 
-def _seed_worker(worker_id: int) -> None:
-    """Seed numpy and random in a worker from torch's per-worker seed (base seed + id)."""
+
+def _init_worker(worker_id: int) -> None:
+    """Start of a loader worker: leave the stop signals to the main process; seed.
+
+    A batch system signals every process of the job (SLURM's ``scancel`` the whole
+    process group); the worker must outlive that and let the main process save and shut
+    it down. SIGINT, SIGHUP and SIGUSR1 are ignored. SIGTERM stays blocked and a thread
+    takes it (:func:`_watch_sigterm`): from the main process it ends the worker (that is
+    how multiprocessing and torch stop workers), from anyone else it is dropped. The
+    signals were blocked while the worker was forked (:func:`_stop_signals_blocked`), so
+    one that arrived since is handled the same way. Seeds come from torch's per-worker
+    seed (base seed + id).
+    """
+    for signum in STOP_SIGNALS:
+        if signum != signal.SIGTERM:
+            signal.signal(signum, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    threading.Thread(
+        target=_watch_sigterm, args=(os.getppid(),), name="saltx-sigterm", daemon=True
+    ).start()
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, set(STOP_SIGNALS) - {signal.SIGTERM})
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
+
+
+def _watch_sigterm(parent: int) -> None:
+    """Wait for SIGTERM (blocked in every thread); exit when the parent sent it."""
+    while True:
+        info = signal.sigwaitinfo({signal.SIGTERM})
+        if info.si_pid == parent:
+            os._exit(0)
+
+
+@contextlib.contextmanager
+def _stop_signals_blocked(active: bool) -> Iterator[None]:
+    """Block the stop signals in this thread while loader workers are forked.
+
+    A worker inherits the mask, so a signal sent to the process group while it starts
+    waits until :func:`_init_worker` ignores it. Here it is delivered on leaving the block.
+    """
+    if not active:
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _identity(item: Any) -> Any:
@@ -210,7 +265,8 @@ class BatchLoader(DataLoader):
         return self._active
 
     def _generate(self) -> Iterator[Batch]:
-        it = super().__iter__()
+        with _stop_signals_blocked(self.num_workers > 0):
+            it = super().__iter__()  # forks the workers (the first time)
         finished = False
         try:
             for item in it:
@@ -295,7 +351,7 @@ def build_dataloader(
         pin_memory=pin_memory,
         persistent_workers=workers > 0,
         prefetch_factor=prefetch_factor if workers > 0 else None,
-        worker_init_fn=_seed_worker,
+        worker_init_fn=_init_worker,
         generator=generator,
     )
     loader.slots = slots

@@ -15,6 +15,7 @@ dead or stuck rank gives an error naming the timeout instead of a silent hang.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import signal
@@ -160,13 +161,17 @@ def spawn(fn: Callable[..., Any], nprocs: int, args: tuple = ()) -> None:
     """Run ``fn(*args)`` in ``nprocs`` fresh processes that form one process group.
 
     ``fn`` must be importable (a module-level function). If any process fails, the others
-    are terminated and the error is raised here. A SIGTERM sent to this process is passed
-    on to every rank (so each saves and stops as under SLURM).
+    are terminated and the error is raised here. A stop signal (SIGTERM, SIGINT, SIGHUP,
+    SIGUSR1) sent to this process is passed on to every rank, so each saves and stops as
+    under SLURM (a rank that got it already from a signal to the whole process group
+    records only the first).
     """
+    from saltx.engine.signals import STOP_SIGNALS
+
     env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    previous = None
+    previous: dict[int, Any] = {}
     try:
         ctx = mp.start_processes(
             _spawned_entry, args=(nprocs, fn, args), nprocs=nprocs, join=False, start_method="spawn"
@@ -175,15 +180,18 @@ def spawn(fn: Callable[..., Any], nprocs: int, args: tuple = ()) -> None:
         def forward(signum: int, frame: Any) -> None:
             for proc in ctx.processes:
                 if proc.is_alive() and proc.pid is not None:
-                    os.kill(proc.pid, signal.SIGTERM)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(proc.pid, signum)
 
         if threading.current_thread() is threading.main_thread():
-            previous = signal.signal(signal.SIGTERM, forward)
+            for signum in STOP_SIGNALS:
+                if signal.getsignal(signum) != signal.SIG_IGN:
+                    previous[signum] = signal.signal(signum, forward)
         while not ctx.join():
             pass
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)

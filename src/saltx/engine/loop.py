@@ -18,8 +18,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
-import signal
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -54,10 +52,12 @@ from saltx.engine.runfiles import (
     write_run_files,
 )
 from saltx.engine.schedule import OneCycleSchedule, build_optimizer, total_optimizer_steps
+from saltx.engine.signals import StopSignals, exit_code, signal_name
 from saltx.engine.state import TrainState, preserve_rng, rank_seed, seed_everything
 from saltx.io.rundir import RunDir
 
-#: Exit code of a run stopped by SIGTERM after saving ``last.pt`` (128 + SIGTERM).
+#: Exit code of a run stopped by SIGTERM after saving ``last.pt`` (128 + SIGTERM); the
+#: other stop signals: :func:`saltx.engine.signals.exit_code`.
 EXIT_CODE_SIGTERM = 143
 
 
@@ -66,12 +66,24 @@ class NonFiniteLossError(RuntimeError):
 
 
 class TrainingInterrupted(Exception):
-    """SIGTERM arrived and ``last.pt`` was saved; ``saltx.train`` exits with code 143."""
+    """A stop signal arrived and ``last.pt`` was saved; ``saltx.train`` exits with
+    :attr:`exit_code` (``128 + signum``: SIGTERM 143, SIGINT 130, SIGHUP 129, SIGUSR1 138).
 
-    def __init__(self, step: int, checkpoint: str | None) -> None:
-        super().__init__(f"stopped by SIGTERM at step {step}; last checkpoint: {checkpoint}")
+    ``step`` is the optimizer step saved (``None`` when the process stopped before
+    training started, e.g. a spawned rank that never reported).
+    """
+
+    def __init__(self, step: int | None, checkpoint: str | None, signum: int) -> None:
+        where = f"at step {step}" if step is not None else "before training started"
+        super().__init__(f"stopped by {signal_name(signum)} {where}; last checkpoint: {checkpoint}")
         self.step = step
         self.checkpoint = checkpoint
+        self.signum = int(signum)
+
+    @property
+    def exit_code(self) -> int:
+        """``128 + signum``."""
+        return exit_code(self.signum)
 
 
 @dataclass
@@ -195,26 +207,6 @@ class NonFiniteGuard:
             f"{where}. Try a lower lrs.max, trainer.gradient_clip_val, trainer.precision=32, "
             "or check the inputs (data.non_finite_to_num)."
         )
-
-
-class SigtermFlag:
-    """Catches SIGTERM (e.g. SLURM before the time limit) and remembers it."""
-
-    def __init__(self) -> None:
-        self.received = False
-        self._previous: Any = None
-
-    def install(self) -> None:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.received = True
-
-    def restore(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._previous = None
 
 
 class LossMeter:
@@ -343,12 +335,16 @@ def _gather_rng(info: DistInfo) -> list[dict[str, Any]]:
 
 
 # -- the run ----------------------------------------------------------------------------------
-def fit(cfg: DictConfig, build: BuildFn) -> dict[str, float]:
-    """Join the process group (when launched distributed), train, leave the group."""
+def fit(cfg: DictConfig, build: BuildFn, stop: StopSignals | None = None) -> dict[str, float]:
+    """Join the process group (when launched distributed), train, leave the group.
+
+    ``stop`` records the stop signals (SIGTERM, SIGINT, SIGHUP, SIGUSR1); by default the
+    loop installs its own handlers while it runs.
+    """
     tcfg = cfg.trainer
     info = setup_distributed(tcfg.accelerator, tcfg.get("ddp_timeout_s", 600))
     try:
-        return run(cfg, build, info)
+        return run(cfg, build, info, stop)
     finally:
         cleanup()
 
@@ -390,15 +386,36 @@ def build_state(
 
 
 def resume(state: TrainState, cfg: DictConfig, rundir: RunDir, info: DistInfo) -> str | None:
-    """Load the checkpoint to resume from, if any (rank 0 picks it, every rank loads it)."""
-    path = None
+    """Load the checkpoint to resume from, if any (rank 0 picks it, every rank loads it).
+
+    Rank 0 also refuses to start afresh over an earlier run's checkpoints unless
+    ``overwrite=true`` (:func:`saltx.engine.checkpoint.find_resume_checkpoint`); its error
+    reaches every rank, so none waits for the others until the collective timeout.
+    """
+    choice: tuple[str | None, str | None] = (None, None)
     if info.is_main:
-        path = ckpt_io.find_resume_checkpoint(cfg.get("ckpt_path"), cfg.trainer.resume, rundir)
-    path = broadcast_object(path, info)
+        try:
+            path = ckpt_io.find_resume_checkpoint(
+                cfg.get("ckpt_path"),
+                cfg.trainer.resume,
+                rundir,
+                overwrite=bool(cfg.get("overwrite", False)),
+            )
+            choice = (path, None)
+        except Exception as err:
+            broadcast_object((None, f"{type(err).__name__}: {err}"), info)
+            raise
+    path, error = broadcast_object(choice, info)
+    if error is not None:
+        raise RuntimeError(f"rank 0 could not choose the checkpoint to start from: {error}")
     if path is not None:
         ckpt = ckpt_io.load_checkpoint(path, map_location=info.device)
         # weights only (e.g. converted from Salt): a new run starting from those weights
-        state.load_state_dict(ckpt, rank=info.rank, weights_only="optimizer" not in ckpt)
+        weights_only = "optimizer" not in ckpt
+        state.load_state_dict(ckpt, rank=info.rank, weights_only=weights_only)
+        if info.is_main:
+            what = "starting from the weights of" if weights_only else "resuming from"
+            print(f"{what} {path} at step {state.progress.step}", flush=True)
     return path
 
 
@@ -408,21 +425,36 @@ def start_run_dir(
     parts: Components,
     info: DistInfo,
     resumed_from: str | None,
+    start_step: int = 0,
 ) -> None:
-    """Rank 0 writes config, metadata and dict copies and prints the model summary."""
+    """Rank 0 writes config, metadata and dict copies and prints the model summary.
+
+    ``metadata.yaml`` records where this start came from: ``resumed_from`` (the
+    checkpoint, or null for a fresh start) and ``start_step`` (its optimizer step).
+    """
     if info.is_main:
         meta = dict(parts.metadata)
         meta["trainable_params"] = count_parameters(parts.model)
         meta["world_size"] = info.world_size
         meta["resumed_from"] = resumed_from
+        meta["start_step"] = int(start_step)
         write_run_files(rundir, config, meta, parts.files)
         print_model_summary(parts.model)
         print(f"run directory: {rundir.root}", flush=True)
     barrier(info)
 
 
-def run(cfg: DictConfig, build: BuildFn, info: DistInfo) -> dict[str, float]:
-    """Train on this rank; returns the last logged metrics (``val/loss`` ...)."""
+def run(
+    cfg: DictConfig, build: BuildFn, info: DistInfo, stop: StopSignals | None = None
+) -> dict[str, float]:
+    """Train on this rank; returns the last logged metrics (``val/loss`` ...).
+
+    Raises
+    ------
+    TrainingInterrupted
+        A stop signal arrived (``stop``, or the handlers installed here); ``last.pt``
+        holds the step the ranks agreed on.
+    """
     tcfg = cfg.trainer
     configure_torch(tcfg, info)
     rundir = RunDir(resolve_run_dir(cfg, info))
@@ -442,7 +474,7 @@ def run(cfg: DictConfig, build: BuildFn, info: DistInfo) -> dict[str, float]:
     state, total_steps = build_state(cfg, model, batches_per_epoch, config, info)
     seed_everything(rank_seed(int(cfg.seed), info.rank))
     resumed_from = resume(state, cfg, rundir, info)
-    start_run_dir(rundir, config, parts, info, resumed_from)
+    start_run_dir(rundir, config, parts, info, resumed_from, state.progress.step)
 
     if info.enabled:
         state.model = DistributedDataParallel(
@@ -480,12 +512,15 @@ def run(cfg: DictConfig, build: BuildFn, info: DistInfo) -> dict[str, float]:
         batches_per_epoch,
         resumed_from,
     )
-    sigterm = SigtermFlag()
-    sigterm.install()
+    own = stop is None
+    stop = StopSignals() if stop is None else stop
+    if own:
+        stop.install()
     try:
-        return loop.run(sigterm)
+        return loop.run(stop)
     finally:
-        sigterm.restore()
+        if own:
+            stop.restore()
         loggers.close()
         loop.bar.close()
 
@@ -529,14 +564,21 @@ class _Loop:
         self.metrics: dict[str, float] = {}
         self.last_good = last_good
         self.validated_at = -1
-        show = bool(t.get("progress_bar", True)) and info.is_main
-        self.bar = ProgressBar(self.stop_step, enabled=show, start_step=state.progress.step)
+        self.bar = ProgressBar(
+            self.stop_step,
+            enabled=info.is_main,
+            start_step=state.progress.step,
+            bar=bool(t.get("progress_bar", True)),
+            every_n_steps=int(t.get("progress_every_n_steps") or 0),
+            every_s=float(t.get("progress_every_s") or 0.0),
+        )
 
     # -- the loop ----------------------------------------------------------------------------
-    def run(self, sigterm: SigtermFlag) -> dict[str, float]:
+    def run(self, stop: StopSignals) -> dict[str, float]:
         p = self.state.progress
         model = self.state.model
         model.train()
+        self._stop_if_signalled(stop, agree=True)  # a signal that came during the start
         while p.epoch < self.max_epochs and p.step < self.stop_step:
             micro = 0
             for batch in epoch_batches(self.parts.train_loader, p.epoch, p.batch_in_epoch):
@@ -555,7 +597,7 @@ class _Loop:
                     continue
                 micro = 0
                 self._optimizer_step()
-                if self._after_step(sigterm):
+                if self._after_step(stop):
                     break
             if p.batch_in_epoch >= self.batches_per_epoch:
                 self._end_epoch()
@@ -589,7 +631,7 @@ class _Loop:
         s.optimizer.zero_grad(set_to_none=True)
         s.progress.step += 1
 
-    def _after_step(self, sigterm: SigtermFlag) -> bool:
+    def _after_step(self, stop: StopSignals) -> bool:
         """Logging, validation, checkpoints and stop checks after an optimizer step."""
         p = self.state.progress
         self.bar.update(p.step)
@@ -601,18 +643,29 @@ class _Loop:
             self._validate()
         if self.ckpt_every and p.step % self.ckpt_every == 0:
             self._save([ckpt_io.LAST])
-        if self._sigterm_received(sigterm, log_now):
-            self._save([ckpt_io.LAST])
-            raise TrainingInterrupted(p.step, self.last_good)
+        self._stop_if_signalled(stop, agree=log_now)
         return p.step >= self.stop_step
 
-    def _sigterm_received(self, sigterm: SigtermFlag, log_now: bool) -> bool:
-        if not self.info.enabled:
-            return sigterm.received
-        if not log_now:  # in DDP, agree on the flag only at log steps (one small all-reduce)
-            return False
-        flag = torch.tensor([int(sigterm.received)], device=self.info.device)
-        return bool(all_reduce_max(flag, self.info).item())
+    def _stop_if_signalled(self, stop: StopSignals, agree: bool) -> None:
+        """Save ``last.pt`` and raise :class:`TrainingInterrupted` once a stop signal came.
+
+        One process checks after every optimizer step. DDP ranks check only where
+        ``agree`` (log steps, and the start): one small all-reduce takes the largest
+        signal number any rank received, so every rank stops after the same step (rank 0
+        saves it) and exits with the same code.
+        """
+        if self.info.enabled:
+            if not agree:
+                return
+            flag = torch.tensor([stop.signum or 0], device=self.info.device)
+            signum = int(all_reduce_max(flag, self.info).item())
+        else:
+            signum = stop.signum or 0
+        if not signum:
+            return
+        step = self.state.progress.step
+        self._save([ckpt_io.LAST])
+        raise TrainingInterrupted(step, self.last_good, signum)
 
     def _end_epoch(self) -> None:
         p = self.state.progress

@@ -5,7 +5,8 @@
 preset, reads ``hydra.sweeper`` (the same search space, direction, sampler, budget) and
 writes a ``kubeflow.org/v1beta1`` Experiment (YAML, to ``out`` or stdout). Each Katib trial
 is a ``batch/v1`` Job running ``python -m saltx.train`` with the preset in RUN mode and one
-``key=${trialParameters.x}`` override per searched key. Katib's StdOut collector reads the
+``key=${trialParameters.x}`` override per searched key, quoted for ``sh -c`` (how Katib's
+StdOut collector runs it). Katib's StdOut collector reads the
 ``val_loss=0.12345`` lines of saltx's performance writer (``saltx.engine.callbacks``).
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import math
 import re
+import shlex
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -56,6 +58,20 @@ def katib_name(name: str) -> str:
 def _dns_name(name: str) -> str:
     out = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")
     return out[:63].rstrip("-") or "saltx"
+
+
+def shell_command(argv: Sequence[str]) -> list[str]:
+    """The container command ``["sh", "-c", <argv quoted for a shell>]``.
+
+    Katib's StdOut metrics collector rewrites the trial container to run its command
+    through ``sh -c`` (joined with spaces, with its output redirection appended; a
+    command that already is ``sh -c STRING`` keeps its string). Hydra overrides such as
+    ``paths.output_dir=${paths.log_dir}/...`` are not shell syntax (``sh`` stops with "Bad
+    substitution"), so every word is quoted for the shell here; Katib still replaces
+    ``${trialParameters.x}`` inside the quotes before the pod starts, and Kubernetes
+    runs the same ``sh -c`` when no collector wraps it.
+    """
+    return ["sh", "-c", shlex.join(argv)]
 
 
 def katib_parameter(param: Param) -> dict[str, Any]:
@@ -176,11 +192,11 @@ def build_experiment(
     extra = [katib_name(m) for m in additional_metrics if katib_name(m) != objective]
 
     trial_params = []
-    command = ["python", "-m", "saltx.train", *space.fixed, "hydra.mode=RUN"]
+    argv = ["python", "-m", "saltx.train", *space.fixed, "hydra.mode=RUN"]
     for p in space.params.values():
         pname = katib_name(p.name)
         trial_params.append({"name": pname, "description": p.key, "reference": pname})
-        command.append(f"{p.key}=${{trialParameters.{pname}}}")
+        argv.append(f"{p.key}=${{trialParameters.{pname}}}")
     if not any(o.lstrip("+").startswith("paths.output_dir=") for o in space.fixed):
         trial_params.append(
             {
@@ -189,7 +205,8 @@ def build_experiment(
                 "reference": "${trialSpec.Name}",
             }
         )
-        command.append("paths.output_dir=${paths.log_dir}/katib/${trialParameters.trialName}")
+        argv.append("paths.output_dir=${paths.log_dir}/katib/${trialParameters.trialName}")
+    command = shell_command(argv)
 
     n_trials = int(sweeper.get("n_trials", 20))
     rate = float(sweeper.get("max_failure_rate", 0.2))

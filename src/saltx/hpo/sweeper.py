@@ -18,11 +18,14 @@ One sweep, as run by every worker that shares a study:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import sys
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +110,18 @@ class OptunaSweeperImpl:
         params: Mapping[str, Any] | None = None,
         custom_search_space: str | None = None,
         plots: bool = True,
+        heartbeat_interval: int | None = 60,
+        grace_period: int | None = None,
+        failed_trial_callback: Any = None,
     ) -> None:
+        if heartbeat_interval is not None and int(heartbeat_interval) < 1:
+            raise ValueError(
+                f"hydra.sweeper.heartbeat_interval must be >= 1 s or null, got {heartbeat_interval}"
+            )
+        if grace_period is not None and int(grace_period) < 1:
+            raise ValueError(
+                f"hydra.sweeper.grace_period must be >= 1 s or null, got {grace_period}"
+            )
         if n_trials < 0:
             raise ValueError(f"hydra.sweeper.n_trials must be >= 0, got {n_trials}")
         if n_jobs < 1:
@@ -128,10 +142,14 @@ class OptunaSweeperImpl:
         self.params = params
         self.custom_search_space = custom_search_space
         self.plots = plots
+        self.heartbeat_interval = None if heartbeat_interval is None else int(heartbeat_interval)
+        self.grace_period = None if grace_period is None else int(grace_period)
+        self.failed_trial_callback = failed_trial_callback
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.launcher: Any = None
         self.runner: TrialRunner | None = None
+        self._storage: Any = None
 
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
@@ -176,16 +194,31 @@ class OptunaSweeperImpl:
     def build_storage(self, sweep_dir: Path) -> Any:
         """An Optuna storage: URL string, ``{_target_: ...}`` node, or SQLite in the sweep dir.
 
-        Several workers that open a fresh database at once may race to create its tables;
-        that is retried a few times.
+        URL storages get Optuna's heartbeat (``heartbeat_interval``, ``grace_period``,
+        ``failed_trial_callback``): a trial whose worker stopped beating (SIGKILL, a lost
+        node) is failed by the next worker that opens the study. Several workers that open
+        a fresh database at once may race to create its tables; that is retried a few times.
         """
         if isinstance(self.storage, Mapping | DictConfig):
             return _instantiate(self.storage, {}, "hydra.sweeper.storage")
         url = self.storage_url(sweep_dir)
         assert url is not None
+        heartbeat: dict[str, Any] = {}
+        if self.heartbeat_interval is not None:
+            heartbeat = {
+                "heartbeat_interval": self.heartbeat_interval,
+                "grace_period": self.grace_period,
+            }
+            if self.failed_trial_callback is not None:
+                heartbeat["heartbeat_stale_trial_callback"] = _instantiate(
+                    _target_node(self.failed_trial_callback, {}, "a callable"),
+                    {},
+                    "hydra.sweeper.failed_trial_callback",
+                )
         for attempt in range(5):
             try:
-                return optuna.storages.RDBStorage(url)
+                with _quiet_heartbeat_warnings():
+                    return optuna.storages.RDBStorage(url, **heartbeat)
             except Exception as e:
                 if attempt == 4:
                     raise RuntimeError(
@@ -228,7 +261,7 @@ class OptunaSweeperImpl:
         directions = self.directions()
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        storage = self.build_storage(sweep_dir)
+        storage = self._storage = self.build_storage(sweep_dir)
         url = self.storage_url(sweep_dir)
         sampler = self.build_sampler(space)
         study_name = self.study_name or str(self.config.hydra.job.name)
@@ -257,6 +290,7 @@ class OptunaSweeperImpl:
             type(study.pruner).__name__,
             self.n_jobs,
         )
+        self._fail_stale_trials(study)
         log.info("search space: %s; fixed: %s", space.distributions, space.fixed)
         if not space.params and custom is None:
             log.warning(
@@ -271,11 +305,13 @@ class OptunaSweeperImpl:
         failures = 0
         all_returns: list[Sequence[JobReturn]] = []
         while True:
+            self._fail_stale_trials(study)
             remaining = n_trials - len(study.get_trials(deepcopy=False, states=COUNTED_STATES))
             exhausted = getattr(study.sampler, "is_exhausted", None)
             if remaining <= 0 or (exhausted is not None and exhausted(study)):
                 break
-            batch = [study.ask(space.distributions) for _ in range(min(self.n_jobs, remaining))]
+            with _quiet_heartbeat_warnings():  # this sweeper beats itself (Heartbeat)
+                batch = [study.ask(space.distributions) for _ in range(min(self.n_jobs, remaining))]
             worker_trials.extend(t.number for t in batch)
             try:
                 job_overrides = [self._trial_overrides(t, space, custom) for t in batch]
@@ -322,10 +358,12 @@ class OptunaSweeperImpl:
         self.runner.trials = {t.number: t for t in batch}
         self.runner.outcomes = {}
         returns: list[JobReturn] = []
+        heartbeat = Heartbeat(self._storage, batch)
         try:
-            for start, stop in _contiguous_runs([t.number for t in batch]):
-                group = job_overrides[len(returns) : len(returns) + stop - start]
-                returns.extend(self.launcher.launch(group, initial_job_idx=start))
+            with heartbeat:
+                for start, stop in _contiguous_runs([t.number for t in batch]):
+                    group = job_overrides[len(returns) : len(returns) + stop - start]
+                    returns.extend(self.launcher.launch(group, initial_job_idx=start))
         except BaseException:
             for i, trial in enumerate(batch):
                 if i < len(returns):
@@ -341,6 +379,21 @@ class OptunaSweeperImpl:
         finally:
             self.runner.trials = {}
         return returns
+
+    def _fail_stale_trials(self, study: optuna.Study) -> None:
+        """Fail RUNNING trials whose worker stopped beating (no-op without a heartbeat)."""
+        before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+        with _quiet_heartbeat_warnings():
+            optuna.storages.fail_stale_trials(study)
+        if not before:
+            return
+        after = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+        for number in sorted(before - after):
+            log.warning(
+                "trial %d was RUNNING without a heartbeat for longer than the grace period "
+                "(its worker died): marked FAIL",
+                number,
+            )
 
     def _finish(
         self,
@@ -365,6 +418,60 @@ class OptunaSweeperImpl:
         if self.plots:
             for p in results_mod.save_plots(study, sweep_dir):
                 log.info("plot written to %s", p)
+
+
+class Heartbeat:
+    """Records a heartbeat for the trials of a batch while their jobs run (a thread).
+
+    Optuna records heartbeats only inside ``study.optimize``; this sweeper asks and tells
+    itself, so it beats for its trials: once on entry, then every
+    ``heartbeat_interval`` seconds of the study's storage, until the block ends. Without
+    a heartbeat-enabled storage it does nothing.
+    """
+
+    def __init__(self, storage: Any, trials: Sequence[Trial]) -> None:
+        get_interval = getattr(storage, "get_heartbeat_interval", None)
+        self.storage = storage
+        self.interval = get_interval() if get_interval is not None else None
+        # Trial exposes no public id; the storage addresses trials by it
+        self.trial_ids = [t._trial_id for t in trials]
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def beat(self) -> None:
+        """Record one heartbeat for every trial (errors are logged, never raised)."""
+        for trial_id in self.trial_ids:
+            try:
+                self.storage.record_heartbeat(trial_id)
+            except Exception as e:  # a lost connection must not fail the running job
+                log.warning("could not record the heartbeat of trial id %d: %s", trial_id, e)
+
+    def _run(self) -> None:
+        assert self.interval is not None
+        while not self._stop.wait(self.interval):
+            self.beat()
+
+    def __enter__(self) -> Heartbeat:
+        if self.interval is not None and self.trial_ids:
+            self.beat()
+            self._thread = threading.Thread(target=self._run, name="optuna-heartbeat", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+@contextlib.contextmanager
+def _quiet_heartbeat_warnings() -> Iterator[None]:
+    """Silence Optuna's warnings about the heartbeat being experimental and meant for
+    ``Study.optimize`` (the sweeper records it itself, see :class:`Heartbeat`)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+        yield
 
 
 def _grid_size(node: Any, space: SearchSpace, sampler: optuna.samplers.BaseSampler) -> int:

@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,6 +28,45 @@ import torch
 
 from saltx.io.fs import is_remote, open_any, url_to_fs
 from saltx.secrets import redact_text
+
+_FILE_KINDS = (
+    (stat.S_ISDIR, "directory"),
+    (stat.S_ISFIFO, "FIFO (named pipe)"),
+    (stat.S_ISSOCK, "socket"),
+    (stat.S_ISCHR, "character device"),
+    (stat.S_ISBLK, "block device"),
+)
+
+
+def require_regular_file(path: str | os.PathLike) -> None:
+    """Refuse a local ``path`` that exists but is not a regular file (links are followed).
+
+    Reading a FIFO blocks until someone writes to it, a character device such as
+    ``/dev/zero`` never ends, and appending to a FIFO blocks until someone reads: a run
+    would hang without a word. Remote URLs and missing paths pass (the caller reports
+    those).
+
+    Raises
+    ------
+    ValueError
+        Naming the path and what it is (FIFO, directory, socket, device).
+    """
+    text = str(path)
+    if is_remote(text):
+        return
+    local = text.removeprefix("file://")
+    try:
+        mode = os.stat(local).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    if stat.S_ISREG(mode):
+        return
+    kind = next((name for test, name in _FILE_KINDS if test(mode)), "special file")
+    why = "" if stat.S_ISDIR(mode) else " (reading or writing it could block forever)"
+    raise ValueError(
+        f"{text} is a {kind}, not a regular file; saltx refuses to use it{why}. Remove it "
+        "or replace it with the real file."
+    )
 
 
 class RunDir:
@@ -110,6 +150,23 @@ class RunDir:
                 removed.append(str(tmp))
         return removed
 
+    def glob(self, pattern: str) -> list[str]:
+        """Paths relative to the run directory that match ``pattern`` (``checkpoints/*.pt``)."""
+        if self.remote:
+            prefix = self._root_path.rstrip("/") + "/"
+            return sorted(str(p).removeprefix(prefix) for p in self.fs.glob(self._fs_path(pattern)))
+        root = Path(self._root_path)
+        return sorted(p.relative_to(root).as_posix() for p in root.glob(pattern))
+
+    def remove(self, rel: str) -> None:
+        """Delete the file ``rel`` (no error when it is missing)."""
+        if self.remote:
+            if self.exists(rel):
+                self.fs.rm(self._fs_path(rel))
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._fs_path(rel))
+
     def write_bytes(self, rel: str, data: bytes) -> str:
         """Atomically write ``data`` to ``rel``."""
         return self.write_with(rel, lambda f: f.write(data))
@@ -134,6 +191,7 @@ class RunDir:
             self.write_bytes(rel, old + text.encode("utf-8"))
             return
         target = Path(self._fs_path(rel))
+        require_regular_file(target)
         target.parent.mkdir(parents=True, exist_ok=True)
         with open(target, "a", encoding="utf-8") as f:
             f.write(text)
@@ -141,6 +199,7 @@ class RunDir:
 
     def copy_in(self, src: str | os.PathLike, rel: str) -> str:
         """Copy the file at ``src`` (local path or URL) to ``rel``."""
+        require_regular_file(src)
         with open_any(str(src), "rb") as f:
             data = f.read()
         return self.write_bytes(rel, data)
@@ -161,6 +220,7 @@ class RunDir:
     # -- reading ---------------------------------------------------------------------------
     def read_bytes(self, rel: str) -> bytes:
         """Bytes of ``rel``."""
+        require_regular_file(self.path(rel))
         with self.fs.open(self._fs_path(rel), "rb") as f:
             return f.read()
 
@@ -171,12 +231,14 @@ class RunDir:
     @contextlib.contextmanager
     def open_read(self, rel: str) -> Iterator[IO[bytes]]:
         """Open ``rel`` for binary reading."""
+        require_regular_file(self.path(rel))
         with self.fs.open(self._fs_path(rel), "rb") as f:
             yield f
 
 
 def load_torch(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
-    """``torch.load(path, weights_only=True)`` for a local path or URL."""
+    """``torch.load(path, weights_only=True)`` for a local path or URL (regular files only)."""
+    require_regular_file(path)
     if not is_remote(path):
         return torch.load(str(path), map_location=map_location, weights_only=True)
     with open_any(str(path), "rb") as f:
