@@ -121,23 +121,25 @@ def scores(tmp_path_factory: pytest.TempPathFactory) -> dict[str, float]:
     jet_auc = auc(disc[flavour == 0], disc[flavour == 2])
 
     valid = ~batch.masks["tracks"]
-    origin = batch.labels["tracks"]["ftagTruthOriginLabel"]
-    origin_pred = preds["track_origin"].argmax(-1)
-    accuracy = (origin_pred[valid] == origin[valid]).float().mean().item()
+    origin = batch.labels["tracks"]["ftagTruthOriginLabel"][valid]
+    origin_pred = preds["track_origin"].argmax(-1)[valid]
+    # balanced accuracy (mean recall of the classes with >= 20 tracks): the loss is
+    # class-weighted, so plain accuracy would reward always predicting "Primary"
+    recalls = [
+        (origin_pred[origin == c] == c).float().mean().item()
+        for c in range(8)
+        if (origin == c).sum() >= 20
+    ]
+    balanced = float(np.mean(recalls))
 
+    valid = ~batch.masks["tracks"]
     vertex = batch.labels["tracks"]["ftagTruthVertexIndex"]
     pairs = valid[:, :, None] & valid[:, None, :] & ~torch.eye(valid.shape[1], dtype=torch.bool)
     same = (vertex[:, :, None] == vertex[:, None, :]) & (vertex[:, :, None] >= 0)
     logits = preds["track_vertexing"][pairs].numpy()
     truth = same[pairs].numpy()
     vertex_auc = auc(logits[truth], logits[~truth])
-    majority = np.bincount(origin[valid].numpy()).max() / valid.sum().item()
-    out = {
-        "jet_auc": jet_auc,
-        "origin_accuracy": accuracy,
-        "origin_majority": float(majority),
-        "vertex_auc": vertex_auc,
-    }
+    out = {"jet_auc": jet_auc, "origin_balanced_accuracy": balanced, "vertex_auc": vertex_auc}
     print("learning test figures:", out)
     return out
 
@@ -147,7 +149,7 @@ def test_jet_flavour_is_learned(scores):
 
 
 def test_track_origin_is_learned(scores):
-    assert scores["origin_accuracy"] >= MIN_ORIGIN_ACCURACY, scores
+    assert scores["origin_balanced_accuracy"] >= MIN_ORIGIN_ACCURACY, scores
 
 
 def test_vertexing_is_learned(scores):
