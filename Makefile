@@ -13,7 +13,7 @@ export OMP_NUM_THREADS ?= 2
 export WANDB_MODE ?= offline
 export HYDRA_FULL_ERROR ?= 1
 
-.PHONY: install test lint demo fixtures bench bench-peer mup-shapes clean
+.PHONY: install test lint demo fixtures bench bench-peer bench-physics mup-shapes clean
 
 install: $(STAMP)
 
@@ -47,6 +47,11 @@ bench: install
 
 bench-peer: install
 	$(PY) scripts/bench.py --peer
+
+# learning quality vs salt-ml 0.13 (installs salt-ml with the kit's setup.sh if missing);
+# BENCH_PHYSICS_ARGS=--quick for a plumbing check
+bench-physics: install
+	$(PY) scripts/bench_physics.py $(BENCH_PHYSICS_ARGS)
 
 mup-shapes: install
 	$(PY) -m saltx.mup.shapes +experiment=$(EXPERIMENT)

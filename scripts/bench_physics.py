@@ -439,11 +439,14 @@ def fmt(st: dict[str, float], digits: int = 1) -> str:
 
 def markdown(summary: dict[str, Any], meta: dict[str, Any], runs: dict[str, list[dict]]) -> str:
     s = meta["settings"]
+    load = meta["load_average_start_end"]
     lines = [
         "# Learning quality: saltx vs salt-ml 0.13 (scripts/bench_physics.py)",
         "",
         f"{meta['date']}, {meta['machine']}, saltx {meta['saltx_commit']}, "
-        f"{meta['wall_min']:.0f} min in all. Data: saltx.data.synthetic, difficulty "
+        f"{meta['wall_min']:.0f} min in all (15-min load average {load[0]} at the start, "
+        f"{load[1]} at the end: times are of a shared machine). Data: saltx.data.synthetic, "
+        "difficulty "
         f"{s['difficulty']}, {s['n_train']:,} train / {s['n_val']:,} val / {s['n_test']:,} test "
         f"jets; batch {s['batch_size']}, {s['epochs']} epochs ({meta['steps']} steps); "
         "rejections at b-jet efficiency 70 % / 77 %, f_c = 0.2; mean ± sample std "
@@ -579,6 +582,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if any(VARIANTS[n].framework == "salt" for n in names):
         ensure_salt_venv()
     env = base_env(args.threads)
+    load_start = os.getloadavg()
     t0 = time.perf_counter()
     data = write_data(settings, work)
     print(
@@ -622,6 +626,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "seeds": seeds,
         "variants": {n: asdict(VARIANTS[n]) for n in names},
         "wall_min": (time.perf_counter() - t0) / 60.0,
+        "load_average_start_end": [round(load_start[2], 2), round(os.getloadavg()[2], 2)],
         "work": str(runs_dir),
         "failures": failures,
         "quick": bool(args.quick),

@@ -1,27 +1,33 @@
 """A small GN2 learns every task of a fixed synthetic file within a fixed budget.
 
 ``saltx.train.train`` (the real loop: loader, schedule, optimizer, checkpoints) trains a
-small GN2 for 180 steps on 6,000 synthetic jets; the best checkpoint is then scored on 2,000
-test jets it never saw, per task:
+small GN2 (salt-ml 0.13's architecture, embed 32, 2 layers) for 180 steps on 6,000
+synthetic jets; the best checkpoint is then scored on 2,000 test jets it never saw, per
+task:
 
 * jet flavour: area under the ROC curve of ``D_b`` (f_c = 0.2), b against light jets;
-* track origin: accuracy of the arg-max class over valid tracks;
+* track origin: balanced accuracy (mean recall over the origin classes) of the arg-max
+  class over valid tracks;
 * vertexing: area under the ROC curve of the pair logits, same vertex against not, over
   valid track pairs.
 
-Each must reach a stated minimum. The minima sit between what a working model reaches
-and what it reaches when it cannot learn the task; with track inputs zeroed (measured once
-by breaking ``SaltModel.representations``) or one task's loss left out (breaking
-``SaltModel.forward``) the corresponding figures fall far below:
+Each must reach a stated minimum. The minima sit between what the working model reaches
+and what it reaches when it cannot learn; measured when the test was written (saltx
+c2575a3, one thread) by breaking ``SaltModel`` once for each case:
 
-=================  ========  ==========  ==========  =============
-figure             working   no tracks   no jet      no origin /
-                                         loss        vertex loss
-=================  ========  ==========  ==========  =============
-b vs light AUC     see MIN   ~0.5        ~0.5        (unchanged)
-=================  ========  ==========  ==========  =============
+=========================  =======  ===========  ==========
+case                       jet AUC  origin bal.  vertex AUC
+                                    accuracy
+=========================  =======  ===========  ==========
+working                    0.961    0.526        0.925
+track inputs zeroed        0.602    0.236        0.579
+jet loss left out          0.762    0.520        0.932
+track-origin loss left out 0.960    0.079        0.924
+vertexing loss left out    0.934    0.511        0.552
+minimum asserted           0.92     0.40         0.80
+=========================  =======  ===========  ==========
 
-(the measured values are in the docstring of each minimum below).
+The training runs on one thread (tiny matrices; ~15 s on a busy 2-core machine).
 """
 
 from __future__ import annotations
@@ -62,16 +68,17 @@ TRAINING = (
     "trainer.progress_bar=false",
     "trainer.checkpoint_every_n_steps=0",
     "trainer.performance_writer.enabled=false",
+    "trainer.num_threads=1",  # tiny matrices: one thread is fastest, above all on a busy machine
     "lrs.max=2e-3",
     "lrs.pct_start=0.1",
     "lrs.end=1e-5",
     "seed=7",
 )
 
-# the minima (working model / broken model measured when the test was written)
-MIN_JET_AUC = 0.0
-MIN_ORIGIN_ACCURACY = 0.0
-MIN_VERTEX_AUC = 0.0
+# the minima (see the table in the module docstring)
+MIN_JET_AUC = 0.92
+MIN_ORIGIN_ACCURACY = 0.40
+MIN_VERTEX_AUC = 0.80
 
 
 def auc(scores_signal: np.ndarray, scores_background: np.ndarray) -> float:
@@ -95,8 +102,11 @@ def scores(tmp_path_factory: pytest.TempPathFactory) -> dict[str, float]:
             overrides=[*TRAINING, f"paths.data_dir={data}", f"paths.output_dir={root / 'run'}"],
         )
     OmegaConf.resolve(cfg)
-    torch.manual_seed(0)
-    train(cfg)
+    threads = torch.get_num_threads()
+    try:
+        train(cfg)
+    finally:
+        torch.set_num_threads(threads)  # trainer.num_threads is process-wide
 
     model = build_model(
         cfg, load_norm_dict(cfg.data.norm_dict), load_class_dict(cfg.data.class_dict), CLASSES
@@ -121,23 +131,25 @@ def scores(tmp_path_factory: pytest.TempPathFactory) -> dict[str, float]:
     jet_auc = auc(disc[flavour == 0], disc[flavour == 2])
 
     valid = ~batch.masks["tracks"]
-    origin = batch.labels["tracks"]["ftagTruthOriginLabel"]
-    origin_pred = preds["track_origin"].argmax(-1)
-    accuracy = (origin_pred[valid] == origin[valid]).float().mean().item()
+    origin = batch.labels["tracks"]["ftagTruthOriginLabel"][valid]
+    origin_pred = preds["track_origin"].argmax(-1)[valid]
+    # balanced accuracy (mean recall of the classes with >= 20 tracks): the loss is
+    # class-weighted, so plain accuracy would reward always predicting "Primary"
+    recalls = [
+        (origin_pred[origin == c] == c).float().mean().item()
+        for c in range(8)
+        if (origin == c).sum() >= 20
+    ]
+    balanced = float(np.mean(recalls))
 
+    valid = ~batch.masks["tracks"]
     vertex = batch.labels["tracks"]["ftagTruthVertexIndex"]
     pairs = valid[:, :, None] & valid[:, None, :] & ~torch.eye(valid.shape[1], dtype=torch.bool)
     same = (vertex[:, :, None] == vertex[:, None, :]) & (vertex[:, :, None] >= 0)
     logits = preds["track_vertexing"][pairs].numpy()
     truth = same[pairs].numpy()
     vertex_auc = auc(logits[truth], logits[~truth])
-    majority = np.bincount(origin[valid].numpy()).max() / valid.sum().item()
-    out = {
-        "jet_auc": jet_auc,
-        "origin_accuracy": accuracy,
-        "origin_majority": float(majority),
-        "vertex_auc": vertex_auc,
-    }
+    out = {"jet_auc": jet_auc, "origin_balanced_accuracy": balanced, "vertex_auc": vertex_auc}
     print("learning test figures:", out)
     return out
 
@@ -147,7 +159,7 @@ def test_jet_flavour_is_learned(scores):
 
 
 def test_track_origin_is_learned(scores):
-    assert scores["origin_accuracy"] >= MIN_ORIGIN_ACCURACY, scores
+    assert scores["origin_balanced_accuracy"] >= MIN_ORIGIN_ACCURACY, scores
 
 
 def test_vertexing_is_learned(scores):
