@@ -20,12 +20,12 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from saltx.assemble import build_model
 from saltx.config import ConfigError, TrainConfig, validate
 from saltx.data.class_weights import load_class_dict
 from saltx.data.norm import load_norm_dict
 from saltx.io.fs import exists, is_remote
 from saltx.io.rundir import RunDir, load_torch
-from saltx.models.build import build_model
 from saltx.secrets import redact_text
 from saltx.targets import TargetError
 

@@ -7,7 +7,6 @@ See docs/training.md.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
@@ -18,96 +17,13 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 import saltx.config  # registers the schemas and resolvers; check_keys
+from saltx.assemble import build
 from saltx.data.config_s3 import prepare_data_paths
-from saltx.engine.distributed import DistInfo, launched_by_torchrun, spawn
-from saltx.engine.loop import BuildFn, Components, TrainingInterrupted, fit
+from saltx.engine.distributed import launched_by_torchrun, spawn
+from saltx.engine.loop import BuildFn, TrainingInterrupted, fit
 from saltx.engine.runfiles import hydra_run_dir
 from saltx.engine.signals import STOP_SIGNALS, exit_code
 from saltx.secrets import redacted_console, remember_config
-
-NORM_DICT_COPY = "norm_dict.yaml"
-CLASS_DICT_COPY = "class_dict.yaml"
-
-
-# -- building model and data from the config ----------------------------------------------
-def _file_metadata(path: str, global_object: str) -> dict[str, Any]:
-    """Available jets and UPP attributes (``unique_jets``, ``jet_counts``, ``config``)."""
-    from saltx.data.h5 import open_h5
-
-    out: dict[str, Any] = {}
-    try:
-        with open_h5(path) as f:
-            if global_object in f:
-                out["available"] = int(f[global_object].shape[0])
-            attrs = dict(f.attrs)
-            if global_object in f:
-                attrs.update({k: v for k, v in f[global_object].attrs.items() if k not in attrs})
-            for key in ("unique_jets", "jet_counts", "config"):
-                if key in attrs:
-                    value = attrs[key]
-                    if isinstance(value, bytes):
-                        value = value.decode("utf-8", "replace")
-                    if isinstance(value, str) and key != "config":
-                        with contextlib.suppress(ValueError):
-                            value = json.loads(value)
-                    out[key] = value
-    except Exception as err:  # metadata is informative only
-        out["error"] = f"could not read attributes: {err}"
-    return out
-
-
-def build(cfg: DictConfig, info: DistInfo) -> Components:
-    """Model and loaders from ``cfg`` (``saltx.models`` and ``saltx.data``)."""
-    from saltx.data.class_weights import load_class_dict
-    from saltx.data.labels import MissingClassNames, fit_class_names
-    from saltx.data.loader import build_dataloader, build_datasets
-    from saltx.data.norm import load_norm_dict
-    from saltx.models.build import build_model, required_labels
-
-    data = cfg.data
-    norm_dict = load_norm_dict(data.norm_dict)
-    class_dict = load_class_dict(data.class_dict) if data.get("class_dict") else None
-    try:
-        class_names = fit_class_names(data.train_file, data.val_file, data.global_object)
-    except MissingClassNames:  # the task config may name the classes itself
-        class_names = None
-    model = build_model(cfg, norm_dict, class_dict, class_names)
-    datasets = build_datasets(data, required_labels(cfg, "fit"), "fit", seed=int(cfg.seed))
-    common = {
-        "batch_size": int(data.batch_size),
-        "num_workers": int(data.num_workers),
-        "seed": int(cfg.seed),
-        "rank": info.rank,
-        "world_size": info.world_size,
-        "pin_memory": bool(data.get("pin_memory", False)) and info.device.type == "cuda",
-        "prefetch_factor": data.get("prefetch_factor", 2),
-    }
-    train_loader = build_dataloader(
-        datasets["train"],
-        shuffle=True,
-        drop_last=True,
-        shuffle_buffer=int(data.get("shuffle_buffer", 0)),
-        **common,
-    )
-    val_loader = build_dataloader(
-        datasets["val"], shuffle=False, drop_last=False, shuffle_buffer=0, **common
-    )
-    metadata: dict[str, Any] = {
-        "train_file": str(data.train_file),
-        "val_file": str(data.val_file),
-        "num_train": len(datasets["train"]),
-        "num_val": len(datasets["val"]),
-        "batch_size": int(data.batch_size),
-        "num_workers": int(data.num_workers),
-        "jet_classes": dict(enumerate(class_names)) if class_names else None,
-    }
-    for split in ("train", "val"):
-        for key, value in _file_metadata(str(data[f"{split}_file"]), data.global_object).items():
-            metadata[f"{key}_{split}"] = value
-    files = {NORM_DICT_COPY: str(data.norm_dict)}
-    if data.get("class_dict"):
-        files[CLASS_DICT_COPY] = str(data.class_dict)
-    return Components(model, train_loader, val_loader, metadata, files)
 
 
 # -- entry points -------------------------------------------------------------------------
@@ -175,7 +91,8 @@ def train(cfg: DictConfig, build_fn: BuildFn | None = None) -> dict[str, float]:
     cfg
         The composed ``train`` config.
     build_fn
-        ``build(cfg, info) -> Components``; default :func:`build` (saltx data and models).
+        ``build(cfg, info) -> Components``; default :func:`saltx.assemble.build` (saltx
+        data and models).
 
     Returns
     -------

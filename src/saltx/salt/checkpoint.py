@@ -249,8 +249,8 @@ def convert_checkpoint(
     FileExistsError
         ``out_dir`` exists (pass ``force``).
     """
+    from saltx.assemble import build_model
     from saltx.engine.runfiles import dump_yaml, environment_metadata, plain_config
-    from saltx.models.build import build_model
 
     salt_config, out = Path(salt_config), Path(out_dir)
     salt = load_salt_config(salt_config)
