@@ -8,7 +8,9 @@ caller (training, run loading, the Salt converter, the muP tools and the bench s
 * :func:`build_model`: the model of a config, muP base shapes applied when ``model.muP``;
 * :func:`shape_model`: the same model for its parameter shapes only (muP's base shapes);
 * :func:`fit_datasets` and :func:`build`: the training data and the loop's default build
-  function (model, loaders, metadata, files to copy into the run directory).
+  function (model, loaders, metadata, files to copy into the run directory);
+* :func:`training_callbacks`: what plugs into the loop (the Katib performance writer and
+  Optuna's pruning report; the engine imports neither).
 """
 
 from __future__ import annotations
@@ -26,8 +28,11 @@ from saltx.data.h5 import open_h5
 from saltx.data.labels import MissingClassNames, fit_class_names, read_class_names
 from saltx.data.loader import build_dataloader, build_datasets
 from saltx.data.norm import load_norm_dict
+from saltx.engine.callbacks import Callback
 from saltx.engine.distributed import DistInfo
 from saltx.engine.loop import Components
+from saltx.hpo.katib_writer import PerformanceWriter
+from saltx.hpo.pruning import PruneTrial
 from saltx.models import build as model_build
 from saltx.models.inputnorm import UNNORMALISED, norm_dataset_name
 from saltx.mup.setup import apply_mup
@@ -189,3 +194,21 @@ def build(cfg: DictConfig, info: DistInfo) -> Components:
     if data.class_dict:
         files[CLASS_DICT_COPY] = str(data.class_dict)
     return Components(model, train_loader, val_loader, metadata, files)
+
+
+def training_callbacks(cfg: DictConfig) -> list[Callback]:
+    """The loop's callbacks for ``cfg``: Katib's performance writer (when
+    ``trainer.performance_writer.enabled``), then the Optuna pruning report of
+    ``optimized_metric`` (which does nothing outside a sweep)."""
+    out: list[Callback] = []
+    writer = cfg.trainer.performance_writer
+    if writer.enabled:
+        out.append(
+            PerformanceWriter(
+                dir_path=writer.dir_path,
+                add_metrics=list(writer.add_metrics or []),
+                std_out=bool(writer.std_out),
+            )
+        )
+    out.append(PruneTrial(str(cfg.optimized_metric)))
+    return out

@@ -68,6 +68,17 @@ class ModelConfig:
 
 
 @dataclass
+class PerformanceWriterConfig:
+    """Katib's metrics (``trainer.performance_writer``): stdout lines and
+    ``performance_metric.json`` (:class:`saltx.hpo.katib_writer.PerformanceWriter`)."""
+
+    enabled: bool = True
+    dir_path: str | None = None  # default: the run directory
+    add_metrics: list[str] = field(default_factory=list)
+    std_out: bool = True
+
+
+@dataclass
 class TrainerConfig:
     """The training loop (``conf/trainer/*.yaml``); see docs/training.md."""
 
@@ -99,14 +110,7 @@ class TrainerConfig:
     ddp_timeout_s: int = 600
     find_unused_parameters: bool = False
     peak_tflops: float | None = None
-    performance_writer: dict[str, Any] = field(
-        default_factory=lambda: {
-            "enabled": True,
-            "dir_path": None,
-            "add_metrics": [],
-            "std_out": True,
-        }
-    )
+    performance_writer: PerformanceWriterConfig = field(default_factory=PerformanceWriterConfig)
 
     def __post_init__(self) -> None:
         _check_trainer(self)

@@ -11,23 +11,30 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Sequence
 from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 import saltx.config  # registers the schemas and resolvers; check_keys
-from saltx.assemble import build
+from saltx.assemble import build, training_callbacks
 from saltx.data.config_s3 import prepare_data_paths
+from saltx.engine.callbacks import Callback
 from saltx.engine.distributed import launched_by_torchrun, spawn
 from saltx.engine.loop import BuildFn, TrainingInterrupted, fit
-from saltx.engine.runfiles import hydra_run_dir
+from saltx.engine.run_setup import hydra_run_dir
 from saltx.engine.signals import STOP_SIGNALS, exit_code
 from saltx.secrets import redacted_console, remember_config
 
 
 # -- entry points -------------------------------------------------------------------------
-def _spawned_rank(container: dict[str, Any], build_fn: BuildFn, result_path: str) -> None:
+def _spawned_rank(
+    container: dict[str, Any],
+    build_fn: BuildFn,
+    callbacks: list[Callback] | None,
+    result_path: str,
+) -> None:
     """One process of a ``trainer.devices=N`` job (started by :func:`spawn`).
 
     Rank 0 writes its metrics (or, when a stop signal ended the run, the step saved) to
@@ -36,7 +43,9 @@ def _spawned_rank(container: dict[str, Any], build_fn: BuildFn, result_path: str
     cfg = OmegaConf.create(container)
     rank = int(os.environ.get("RANK", "0"))
     try:
-        result: dict[str, Any] = {"metrics": fit(cfg, build_fn)}
+        if callbacks is None:
+            callbacks = training_callbacks(cfg)
+        result: dict[str, Any] = {"metrics": fit(cfg, build_fn, callbacks)}
         code = 0
     except TrainingInterrupted as stop:
         result = {"stopped": {"step": stop.step, "checkpoint": stop.checkpoint}}
@@ -56,7 +65,9 @@ def _signal_of_exit(code: int) -> int | None:
     return None
 
 
-def _train_spawned(cfg: DictConfig, build_fn: BuildFn, nprocs: int) -> dict[str, float]:
+def _train_spawned(
+    cfg: DictConfig, build_fn: BuildFn, callbacks: list[Callback] | None, nprocs: int
+) -> dict[str, float]:
     """Spawn ``nprocs`` ranks on this machine; returns rank 0's metrics."""
     import torch.multiprocessing as mp
 
@@ -67,7 +78,7 @@ def _train_spawned(cfg: DictConfig, build_fn: BuildFn, nprocs: int) -> dict[str,
     with tempfile.TemporaryDirectory(prefix="saltx-spawn-") as tmp:
         result_path = os.path.join(tmp, "result.json")
         try:
-            spawn(_spawned_rank, nprocs, (container, build_fn, result_path))
+            spawn(_spawned_rank, nprocs, (container, build_fn, callbacks, result_path))
         except mp.ProcessExitedException as err:
             signum = _signal_of_exit(err.exit_code)
             if signum is None:
@@ -83,7 +94,11 @@ def _train_spawned(cfg: DictConfig, build_fn: BuildFn, nprocs: int) -> dict[str,
             return json.load(f)["metrics"]
 
 
-def train(cfg: DictConfig, build_fn: BuildFn | None = None) -> dict[str, float]:
+def train(
+    cfg: DictConfig,
+    build_fn: BuildFn | None = None,
+    callbacks: Sequence[Callback] | None = None,
+) -> dict[str, float]:
     """Train from a composed config; returns the last logged metrics.
 
     Parameters
@@ -93,6 +108,9 @@ def train(cfg: DictConfig, build_fn: BuildFn | None = None) -> dict[str, float]:
     build_fn
         ``build(cfg, info) -> Components``; default :func:`saltx.assemble.build` (saltx
         data and models).
+    callbacks
+        The loop's callbacks (:mod:`saltx.engine.callbacks`); default
+        :func:`saltx.assemble.training_callbacks` (Katib writer, Optuna pruning).
 
     Returns
     -------
@@ -111,9 +129,10 @@ def train(cfg: DictConfig, build_fn: BuildFn | None = None) -> dict[str, float]:
     # Salt's download-first `data.config_S3` block: fetch the files, point the config at them
     cfg = prepare_data_paths(cfg)
     devices = int(cfg.trainer.get("devices", 1) or 1)
+    callbacks = None if callbacks is None else list(callbacks)
     if devices > 1 and not launched_by_torchrun():
-        return _train_spawned(cfg, build_fn, devices)
-    return fit(cfg, build_fn)
+        return _train_spawned(cfg, build_fn, callbacks, devices)
+    return fit(cfg, build_fn, training_callbacks(cfg) if callbacks is None else callbacks)
 
 
 def run(cfg: DictConfig, build_fn: BuildFn | None = None) -> float:

@@ -10,7 +10,9 @@ batches (``_Loop``) with :func:`train_step` and :func:`evaluate`, saving checkpo
 What the loop needs from the rest of saltx comes through a *build function*
 ``build(cfg, info) -> Components`` (model, train/val loaders, metadata, files to copy), so
 the loop runs on any model whose ``forward(inputs, masks, labels)`` returns
-``(preds, losses)`` and any loader of :class:`~saltx.data.batch.Batch` objects.
+``(preds, losses)`` and any loader of :class:`~saltx.data.batch.Batch` objects. What plugs
+into the loop (Katib's metrics writer, Optuna's pruning) comes as a list of
+:class:`~saltx.engine.callbacks.Callback` objects.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import contextlib
 import inspect
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 from saltx.data.batch import Batch
 from saltx.engine import checkpoint as ckpt_io
 from saltx.engine.allocator import reuse_freed_memory
-from saltx.engine.callbacks import PerformanceWriter
+from saltx.engine.callbacks import Callback, FitStart
 from saltx.engine.distributed import (
     DistInfo,
     all_reduce_max,
@@ -45,7 +47,7 @@ from saltx.engine.flops import FlopCounter, peak_flops
 from saltx.engine.loggers import LoggerGroup, build_loggers
 from saltx.engine.precision import Precision, enable_tf32
 from saltx.engine.progress import ProgressBar, count_parameters, print_model_summary
-from saltx.engine.runfiles import (
+from saltx.engine.run_setup import (
     local_dir_for,
     plain_config,
     resolve_run_dir,
@@ -335,16 +337,22 @@ def _gather_rng(info: DistInfo) -> list[dict[str, Any]]:
 
 
 # -- the run ----------------------------------------------------------------------------------
-def fit(cfg: DictConfig, build: BuildFn, stop: StopSignals | None = None) -> dict[str, float]:
+def fit(
+    cfg: DictConfig,
+    build: BuildFn,
+    callbacks: Sequence[Callback] = (),
+    stop: StopSignals | None = None,
+) -> dict[str, float]:
     """Join the process group (when launched distributed), train, leave the group.
 
-    ``stop`` records the stop signals (SIGTERM, SIGINT, SIGHUP, SIGUSR1); by default the
-    loop installs its own handlers while it runs.
+    ``callbacks`` are called in order (:mod:`saltx.engine.callbacks`). ``stop`` records the
+    stop signals (SIGTERM, SIGINT, SIGHUP, SIGUSR1); by default the loop installs its own
+    handlers while it runs.
     """
     tcfg = cfg.trainer
     info = setup_distributed(tcfg.accelerator, tcfg.get("ddp_timeout_s", 600))
     try:
-        return run(cfg, build, info, stop)
+        return run(cfg, build, info, callbacks, stop)
     finally:
         cleanup()
 
@@ -445,7 +453,11 @@ def start_run_dir(
 
 
 def run(
-    cfg: DictConfig, build: BuildFn, info: DistInfo, stop: StopSignals | None = None
+    cfg: DictConfig,
+    build: BuildFn,
+    info: DistInfo,
+    callbacks: Sequence[Callback] = (),
+    stop: StopSignals | None = None,
 ) -> dict[str, float]:
     """Train on this rank; returns the last logged metrics (``val/loss`` ...).
 
@@ -490,16 +502,8 @@ def run(
         is_main=info.is_main,
     )
     loggers.log_hyperparams(config)
-    pw_cfg = tcfg.get("performance_writer") or {}
-    writer = None
-    if info.is_main and pw_cfg.get("enabled", True):
-        writer = PerformanceWriter(
-            rundir,
-            dir_path=pw_cfg.get("dir_path"),
-            add_metrics=pw_cfg.get("add_metrics") or [],
-            std_out=bool(pw_cfg.get("std_out", True)),
-            truncate=resumed_from is None,
-        )
+    for callback in callbacks:
+        callback.on_fit_start(FitStart(rundir, info, resumed_from))
     loop = _Loop(
         cfg,
         info,
@@ -507,7 +511,7 @@ def run(
         state,
         parts,
         loggers,
-        writer,
+        callbacks,
         total_steps,
         batches_per_epoch,
         resumed_from,
@@ -536,14 +540,14 @@ class _Loop:
         state: TrainState,
         parts: Components,
         loggers: LoggerGroup,
-        writer: PerformanceWriter | None,
+        callbacks: Sequence[Callback],
         total_steps: int,
         batches_per_epoch: int,
         last_good: str | None,
     ) -> None:
         t = cfg.trainer
         self.cfg, self.info, self.rundir, self.state = cfg, info, rundir, state
-        self.parts, self.loggers, self.writer = parts, loggers, writer
+        self.parts, self.loggers, self.callbacks = parts, loggers, list(callbacks)
         self.batches_per_epoch = batches_per_epoch
         self.max_epochs = int(t.max_epochs) if t.max_epochs and t.max_epochs > 0 else math.inf
         self.stop_step = int(t.max_steps) if t.max_steps and t.max_steps > 0 else total_steps
@@ -727,28 +731,16 @@ class _Loop:
         vals["epoch"] = float(p.epoch if epoch is None else epoch)
         self.metrics.update(vals)
         self.loggers.log_metrics(vals, p.step)
-        if self.writer is not None:
-            self.writer.on_validation_end(int(vals["epoch"]), self.metrics)
         value = self.metrics.get(self.monitor)
         if value is not None and p.is_better(value, self.mode):
             p.best, p.best_step = float(value), p.step
             self._save([ckpt_io.BEST], update_last_good=False)
-        self._report_pruning(p.step)
-
-    def _report_pruning(self, step: int) -> None:
-        """Report to a running Optuna trial (``saltx.hpo.pruning``); may raise TrialPruned."""
-        try:
-            from saltx.hpo import pruning
-        except ImportError:
-            return
-        value = self.metrics.get(str(self.cfg.get("optimized_metric", "val/loss")))
-        if value is None:
-            return
-        try:
-            pruning.report(value, step)
-        except BaseException:
-            self._save([ckpt_io.LAST])
-            raise
+        for callback in self.callbacks:
+            try:
+                callback.on_validation_end(p.step, int(vals["epoch"]), self.metrics)
+            except BaseException:  # e.g. Optuna's TrialPruned: keep the step, then stop
+                self._save([ckpt_io.LAST])
+                raise
 
     def _save(self, names: list[str], update_last_good: bool = True) -> None:
         p = self.state.progress

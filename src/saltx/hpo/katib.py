@@ -7,7 +7,7 @@ writes a ``kubeflow.org/v1beta1`` Experiment (YAML, to ``out`` or stdout). Each 
 is a ``batch/v1`` Job running ``python -m saltx.train`` with the preset in RUN mode and one
 ``key=${trialParameters.x}`` override per searched key, quoted for ``sh -c`` (how Katib's
 StdOut collector runs it). Katib's StdOut collector reads the
-``val_loss=0.12345`` lines of saltx's performance writer (``saltx.engine.callbacks``).
+``val_loss=0.12345`` lines of saltx's performance writer (``saltx.hpo.katib_writer``).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
+from saltx.hpo.katib_writer import katib_name
 from saltx.hpo.space import Param, format_value, parse_search_space
 
 API_VERSION = "kubeflow.org/v1beta1"
@@ -47,12 +48,6 @@ ALGORITHM_SETTINGS = {
     "grid": {},
 }  # fmt: skip
 OPTIONS = ("image", "namespace", "name", "out")
-_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
-
-
-def katib_name(name: str) -> str:
-    """A metric or parameter name Katib's regex accepts: ``val/loss`` -> ``val_loss``."""
-    return _UNSAFE.sub("_", name)
 
 
 def _dns_name(name: str) -> str:

@@ -1,6 +1,8 @@
 """Katib performance writer: validation metrics for Kubeflow Katib's metrics collectors.
 
-At each validation (rank 0 only) it
+A training-loop callback (:class:`saltx.engine.callbacks.Callback`), registered by
+:func:`saltx.assemble.training_callbacks` when ``trainer.performance_writer.enabled``. At
+each validation (rank 0 only) it
 
 * prints ``epoch <n>:`` and one ``name=value`` line per metric to stdout, in the format of
   Katib's StdOut collector, whose default regex is
@@ -23,6 +25,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 
+from saltx.engine.callbacks import Callback, FitStart
 from saltx.io.rundir import RunDir
 
 FILENAME = "performance_metric.json"
@@ -30,40 +33,44 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
 def katib_name(name: str) -> str:
-    """``val/loss`` → ``val_loss``: only letters, digits, ``_`` and ``-`` remain."""
+    """A metric or parameter name Katib's regex accepts: ``val/loss`` -> ``val_loss``.
+
+    Only letters, digits, ``_`` and ``-`` remain; every other character becomes ``_``.
+    """
     return _UNSAFE.sub("_", name)
 
 
-class PerformanceWriter:
-    """Writes validation metrics for Katib.
+class PerformanceWriter(Callback):
+    """Writes validation metrics for Katib (rank 0; other ranks write nothing).
 
     Parameters
     ----------
-    rundir
-        Where ``performance_metric.json`` goes (``dir_path`` overrides it).
     dir_path
-        Optional other folder or URL for ``performance_metric.json``.
+        Optional folder or URL for ``performance_metric.json`` (default: the run directory).
     add_metrics
         Extra metric names to write when they were logged.
     std_out
         Print ``name=value`` lines to stdout.
-    truncate
-        Start ``performance_metric.json`` empty (a resumed run appends instead).
     """
 
     def __init__(
         self,
-        rundir: RunDir,
         dir_path: str | None = None,
         add_metrics: Iterable[str] | None = None,
         std_out: bool = True,
-        truncate: bool = True,
     ) -> None:
-        self.out = RunDir(dir_path) if dir_path else rundir
+        self.dir_path = dir_path
         self.add_metrics = [str(m) for m in add_metrics or []]
         self.std_out = std_out
+        self.out: RunDir | None = None
+
+    def on_fit_start(self, start: FitStart) -> None:
+        """Rank 0: start ``performance_metric.json`` (empty, unless the run resumed)."""
+        if not start.info.is_main:
+            return
+        self.out = RunDir(self.dir_path) if self.dir_path else start.rundir
         self.out.makedirs()
-        if truncate or not self.out.exists(FILENAME):
+        if start.resumed_from is None or not self.out.exists(FILENAME):
             self.out.write_text(FILENAME, "")
 
     def select(self, metrics: Mapping[str, float]) -> dict[str, float]:
@@ -78,8 +85,10 @@ class PerformanceWriter:
                 out[name] = safe[name]
         return out
 
-    def on_validation_end(self, epoch: int, metrics: Mapping[str, float]) -> dict[str, float]:
-        """Write one record; returns what was written."""
+    def on_validation_end(self, step: int, epoch: int, metrics: Mapping[str, float]) -> None:
+        """Write one record (rank 0)."""
+        if self.out is None:
+            return
         values = self.select(metrics)
         if self.std_out:
             lines = [f"epoch {epoch}:"] + [f"{k}={v:.5f}" for k, v in values.items()]
@@ -88,4 +97,3 @@ class PerformanceWriter:
         record.update({k: f"{v:.5f}" for k, v in values.items()})
         record["timestamp"] = datetime.datetime.now(datetime.UTC).isoformat()
         self.out.append_text(FILENAME, json.dumps(record) + "\n")
-        return values

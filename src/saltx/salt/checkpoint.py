@@ -250,7 +250,7 @@ def convert_checkpoint(
         ``out_dir`` exists (pass ``force``).
     """
     from saltx.assemble import build_model
-    from saltx.engine.runfiles import dump_yaml, environment_metadata, plain_config
+    from saltx.engine.run_setup import dump_yaml, environment_metadata, plain_config
 
     salt_config, out = Path(salt_config), Path(out_dir)
     salt = load_salt_config(salt_config)
