@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -18,6 +17,8 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+
+from saltx.io.fs import local_dir
 
 
 @dataclass
@@ -560,20 +561,6 @@ def check_keys(cfg: Any, reference: Any = None) -> None:
     )
 
 
-def _local_dir(path: str) -> str:
-    """Map a run directory to a local folder Hydra may create (s3:// runs get a local cache).
-
-    Credentials inside the URL (``s3://KEY:SECRET@bucket/...``) never become folder names.
-    """
-    if "://" in str(path):
-        from saltx.secrets import strip_url_credentials
-
-        scheme, rest = strip_url_credentials(str(path)).split("://", 1)
-        cache = os.environ.get("SALTX_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache"))
-        return os.path.join(cache, "saltx", "runs", scheme, rest)
-    return str(path)
-
-
 OPEN_NODES = ("data.input_map", "data.num_inputs", "data.config_S3", "data.parameters")
 """Dict nodes whose keys the user chooses: ``data.num_inputs.tracks=10`` works without ``+``."""
 
@@ -591,7 +578,7 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=train_schema())
     if not OmegaConf.has_resolver("saltx_local_dir"):
-        OmegaConf.register_new_resolver("saltx_local_dir", _local_dir)
+        OmegaConf.register_new_resolver("saltx_local_dir", local_dir)
 
 
 register_configs()

@@ -48,7 +48,6 @@ from saltx.engine.loggers import LoggerGroup, build_loggers
 from saltx.engine.precision import Precision, enable_tf32
 from saltx.engine.progress import ProgressBar, count_parameters, print_model_summary
 from saltx.engine.run_setup import (
-    local_dir_for,
     plain_config,
     resolve_run_dir,
     write_run_files,
@@ -56,6 +55,7 @@ from saltx.engine.run_setup import (
 from saltx.engine.schedule import OneCycleSchedule, build_optimizer, total_optimizer_steps
 from saltx.engine.signals import StopSignals, exit_code, signal_name
 from saltx.engine.state import TrainState, preserve_rng, rank_seed, seed_everything
+from saltx.io.fs import local_dir
 from saltx.io.rundir import RunDir
 
 #: Exit code of a run stopped by SIGTERM after saving ``last.pt`` (128 + SIGTERM); the
@@ -497,7 +497,7 @@ def run(
     loggers = build_loggers(
         cfg.get("logger"),
         rundir,
-        local_dir=local_dir_for(rundir.root),
+        local_dir=local_dir(rundir.root),
         run_name=str(cfg.get("name", "saltx")),
         is_main=info.is_main,
     )
