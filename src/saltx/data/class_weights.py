@@ -9,7 +9,6 @@ valid constituents. Labels containing ``VertexIndex`` or ``barcode`` are skipped
 
 from __future__ import annotations
 
-import argparse
 import math
 import warnings
 from collections.abc import Mapping, Sequence
@@ -18,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from saltx.data.h5 import H5Source, describe_source, open_h5
-from saltx.data.norm import _read_yaml, as_number, parse_variables, write_yaml
+from saltx.data.norm import _read_yaml, as_number, dict_cli
 from saltx.errors import DataError
 
 SKIPPED_SUBSTRINGS = ("VertexIndex", "barcode")
@@ -143,15 +142,7 @@ def compute_class_dict(
 
 def main(argv: Sequence[str] | None = None) -> None:
     """CLI: compute a class dict from an h5 file."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--file", required=True, help="h5 file (usually the training file)")
-    parser.add_argument("--out", required=True, help="output YAML path")
-    parser.add_argument("--num", type=int, default=-1, help="jets to use (-1 = all)")
-    parser.add_argument("--labels", nargs="*", help="DATASET=label1,label2 ... (default: all)")
-    args = parser.parse_args(argv)
-    weights = compute_class_dict(args.file, parse_variables(args.labels), num=args.num)
-    write_yaml(weights, args.out)
-    print(f"wrote {args.out}: " + ", ".join(f"{k} {list(v)}" for k, v in weights.items()))
+    dict_cli(argv, __doc__.split("\n")[0], compute_class_dict, "labels", lambda v: str(list(v)))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import math
 import os
 import sys
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -23,7 +23,8 @@ import yaml
 from saltx.data.h5 import H5Source, describe_source, open_h5
 from saltx.errors import DataError
 
-SKIPPED_INPUTS = ("PARAMETERS", "EDGE")
+#: ``data.variables`` keys that are never normalised
+NORM_SKIPPED = ("EDGE", "PARAMETERS")
 
 
 def _read_yaml(path: str, what: str) -> Any:
@@ -113,46 +114,93 @@ def load_norm_dict(path: str) -> dict[str, dict[str, dict[str, float]]]:
     return norm
 
 
-def check_norm_dict(
+def norm_dataset_name(
+    input_name: str, global_object: str = "jets", input_map: Mapping[str, str] | None = None
+) -> str:
+    """The norm dict entry (h5 dataset) holding the statistics of ``input_name``.
+
+    ``GLOBAL`` uses the global object's entries; then ``input_map`` (when it lists the
+    input), else the input name itself.
+    """
+    if input_name == "GLOBAL":
+        input_name = global_object
+    if input_map and input_name in input_map:
+        return str(input_map[input_name])
+    return input_name
+
+
+def _input_stats(
+    norm: Mapping, dataset: str, variables: Sequence[str], input_name: str
+) -> tuple[list[float], list[float]]:
+    if dataset not in norm:
+        raise DataError(
+            f"norm_dict has no entry for dataset {dataset!r} (needed by input {input_name!r}); "
+            f"it has: {sorted(norm)}"
+        )
+    entries = norm[dataset] or {}
+    means, stds = [], []
+    for var in variables:
+        if var not in entries:
+            raise DataError(
+                f"norm_dict[{dataset!r}] has no entry for variable {var!r} "
+                f"(input {input_name!r}); add it to the norm dict or remove it from "
+                f"data.variables.{input_name}"
+            )
+        entry = entries[var]
+        try:
+            mean, std = float(entry["mean"]), float(entry["std"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise DataError(
+                f"norm_dict[{dataset!r}][{var!r}] must be a mapping with 'mean' and 'std', "
+                f"got {entry!r}"
+            ) from err
+        if not (math.isfinite(mean) and math.isfinite(std)):
+            raise DataError(
+                f"norm_dict[{dataset!r}][{var!r}] has non-finite values (mean={mean}, std={std})"
+            )
+        if std == 0:
+            raise DataError(f"norm_dict[{dataset!r}][{var!r}] has std == 0 (mean={mean})")
+        means.append(mean)
+        stds.append(std)
+    return means, stds
+
+
+def norm_stats(
     norm: Mapping[str, Mapping[str, Mapping[str, float]]],
     variables: Mapping[str, Sequence[str]],
     global_object: str = "jets",
     input_map: Mapping[str, str] | None = None,
-) -> None:
-    """Check that every input variable has a finite mean and a finite, non-zero std.
+) -> dict[str, tuple[list[float], list[float]]]:
+    """Means and stds of every normalised input, checked (the one rule for norm dicts).
 
-    ``GLOBAL`` uses the global object's entries; ``PARAMETERS`` and ``EDGE`` are skipped.
-    Other inputs use the entry of their h5 dataset (``input_map``, default: same name).
+    Every ``variables`` key except :data:`NORM_SKIPPED` is normalised, with the entries of
+    its dataset (:func:`norm_dataset_name`).
+
+    Parameters
+    ----------
+    norm
+        ``{dataset: {variable: {mean, std}}}`` (:func:`load_norm_dict`).
+    variables
+        ``{input_name: [variable, ...]}`` (``data.variables``).
+    global_object, input_map
+        ``data.global_object`` and ``data.input_map``.
+
+    Returns
+    -------
+    dict
+        ``{input_name: (means, stds)}``, each a list in variable order (shape ``(F,)``).
 
     Raises
     ------
     DataError
-        Naming the dataset and variable that is missing or invalid.
+        A missing dataset or variable, an entry without mean/std, a non-finite value or a
+        zero std (naming the dataset, the variable and the input).
     """
-    input_map = dict(input_map or {})
-    for name, names in variables.items():
-        if name in SKIPPED_INPUTS:
-            continue
-        key = global_object if name == "GLOBAL" else input_map.get(name, name)
-        entries = norm.get(key)
-        if entries is None:
-            raise DataError(
-                f"norm dict has no dataset '{key}' (needed by input '{name}'); "
-                f"available: {sorted(norm)}"
-            )
-        for var in names:
-            stats = entries.get(var)
-            if not isinstance(stats, Mapping) or "mean" not in stats or "std" not in stats:
-                raise DataError(
-                    f"norm dict has no mean/std for variable '{var}' of dataset '{key}' "
-                    f"(input '{name}')"
-                )
-            mean, std = float(stats["mean"]), float(stats["std"])
-            if not (math.isfinite(mean) and math.isfinite(std)) or std == 0:
-                raise DataError(
-                    f"norm dict entry for '{key}.{var}' needs a finite mean and a finite, "
-                    f"non-zero std; got mean={mean}, std={std}"
-                )
+    return {
+        name: _input_stats(norm, norm_dataset_name(name, global_object, input_map), names, name)
+        for name, names in variables.items()
+        if name not in NORM_SKIPPED
+    }
 
 
 class RunningStats:
@@ -272,17 +320,35 @@ def write_yaml(data: Mapping[str, Any], path: str) -> None:
             os.remove(tmp)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """CLI: compute a norm dict from an h5 file."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def dict_cli(
+    argv: Sequence[str] | None,
+    description: str,
+    compute: Callable[..., dict[str, dict[str, Any]]],
+    select: str,
+    describe: Callable[[dict[str, Any]], str],
+) -> None:
+    """The command line of a dict computed from an h5 file (norm dict, class dict).
+
+    ``--file``, ``--out``, ``--num`` and ``--<select> DATASET=a,b ...`` (default: all);
+    calls ``compute(file, selection, num=num)``, writes the YAML and prints a summary with
+    ``describe`` of each dataset's entry.
+    """
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--file", required=True, help="h5 file (usually the training file)")
     parser.add_argument("--out", required=True, help="output YAML path")
     parser.add_argument("--num", type=int, default=-1, help="jets to use (-1 = all)")
-    parser.add_argument("--variables", nargs="*", help="DATASET=var1,var2 ... (default: all)")
+    parser.add_argument(f"--{select}", nargs="*", help="DATASET=name1,name2 ... (default: all)")
     args = parser.parse_args(argv)
-    norm = compute_norm_dict(args.file, parse_variables(args.variables), num=args.num)
-    write_yaml(norm, args.out)
-    print(f"wrote {args.out}: " + ", ".join(f"{k} ({len(v)} vars)" for k, v in norm.items()))
+    result = compute(args.file, parse_variables(getattr(args, select)), num=args.num)
+    write_yaml(result, args.out)
+    print(f"wrote {args.out}: " + ", ".join(f"{k} {describe(v)}" for k, v in result.items()))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """CLI: compute a norm dict from an h5 file."""
+    dict_cli(
+        argv, __doc__.split("\n")[0], compute_norm_dict, "variables", lambda v: f"({len(v)} vars)"
+    )
 
 
 if __name__ == "__main__":

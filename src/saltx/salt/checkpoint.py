@@ -173,13 +173,13 @@ def _check_fit(model: torch.nn.Module, weights: Tensors, where: str) -> None:
 
 def norm_dict_from(weights: Tensors, variables: Mapping[str, list[str]], cfg: Any) -> dict:
     """The norm dict the checkpoint's InputNorm buffers hold, keyed by h5 dataset."""
-    from saltx.models.inputnorm import norm_dataset_name
+    from saltx.data.norm import NORM_SKIPPED, norm_dataset_name
 
     global_object = str(cfg.data.global_object)
     input_map = OmegaConf.to_container(cfg.data.input_map) if cfg.data.input_map else None
     out: dict[str, dict[str, dict[str, float]]] = {}
     for name, fields in variables.items():
-        if name in ("PARAMETERS", "EDGE"):
+        if name in NORM_SKIPPED:
             continue
         means, stds = weights[f"input_norm.{name}_means"], weights[f"input_norm.{name}_stds"]
         dataset = norm_dataset_name(name, global_object, input_map)
