@@ -27,8 +27,9 @@ from saltx.data.batch import Batch
 from saltx.engine.callbacks import Callback, FitStart
 from saltx.engine.checkpoint import load_checkpoint
 from saltx.engine.distributed import DistInfo
-from saltx.engine.loop import EXIT_CODE_SIGTERM, Components, NonFiniteLossError
+from saltx.engine.loop import Components, NonFiniteLossError
 from saltx.engine.run_setup import REDACTED
+from saltx.engine.signals import exit_code
 from saltx.train import train
 
 KATIB_REGEX = r"([\w|-]+)\s*=\s*([+-]?\d*(\.\d+)?([Ee][+-]?\d+)?)"
@@ -358,7 +359,7 @@ def test_sigterm_saves_and_exits_with_code(tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == EXIT_CODE_SIGTERM, output
+    assert proc.returncode == exit_code(signal.SIGTERM) == 143, output
     assert "SIGTERM" in output
     ckpt = torch.load(out / "checkpoints/last.pt", weights_only=True)
     assert ckpt["state"]["step"] >= 2

@@ -14,6 +14,8 @@ import yaml
 
 from saltx.hpo import katib
 
+# Katib StdOut collector's default metric regex (name=value), from Katib's source
+KATIB_DEFAULT_REGEX = r"([\w|-]+)\s*=\s*([+-]?\d*(\.\d+)?([Ee][+-]?\d+)?)"
 _STR = {"type": "string"}
 _NAME = {"type": "string", "pattern": r"^[\w|-]+$"}  # what Katib's default regex captures
 _SETTINGS = {
@@ -248,7 +250,7 @@ def test_katibs_default_regex_reads_the_performance_writer(tmp_path, capsys):
     metrics = {"val/loss": 0.1234, "train/loss": 2.5e-3, "val/jet_classification_loss": 0.5}
     writer.on_validation_end(30, 3, metrics)
     found = {m.group(1): float(m.group(2))
-             for m in re.finditer(katib.KATIB_DEFAULT_REGEX, capsys.readouterr().out)}  # fmt: skip
+             for m in re.finditer(KATIB_DEFAULT_REGEX, capsys.readouterr().out)}  # fmt: skip
     manifest = katib.build_experiment(
         {"params": {"a": "choice(1, 2)"}},
         optimized_metric="val/loss",

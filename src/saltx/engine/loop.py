@@ -58,10 +58,6 @@ from saltx.engine.state import TrainState, preserve_rng, rank_seed, seed_everyth
 from saltx.io.fs import local_dir
 from saltx.io.rundir import RunDir
 
-#: Exit code of a run stopped by SIGTERM after saving ``last.pt`` (128 + SIGTERM); the
-#: other stop signals: :func:`saltx.engine.signals.exit_code`.
-EXIT_CODE_SIGTERM = 143
-
 
 class NonFiniteLossError(RuntimeError):
     """A training loss became NaN or infinite."""

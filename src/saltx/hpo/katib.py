@@ -30,8 +30,6 @@ API_VERSION = "kubeflow.org/v1beta1"
 CONTAINER = "training-container"
 DEFAULT_IMAGE = "saltx:latest"
 DEFAULT_NAMESPACE = "kubeflow"
-# Katib StdOut collector's default metric regex (name=value)
-KATIB_DEFAULT_REGEX = r"([\w|-]+)\s*=\s*([+-]?\d*(\.\d+)?([Ee][+-]?\d+)?)"
 # Optuna sampler class -> Katib algorithm name
 ALGORITHMS = {
     "TPESampler": "tpe",

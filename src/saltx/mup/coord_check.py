@@ -261,16 +261,6 @@ def coord_check(
     }
 
 
-def width_spread(result: Mapping[str, Any], param: str, step: int = -1) -> dict[str, float]:
-    """``{layer: max/min over widths}`` of the activation size at ``step`` (default: last)."""
-    out = {}
-    for layer, by_width in result["sizes"][param].items():
-        values = [v[step] for v in by_width.values()]
-        lo = min(values)
-        out[layer] = float("inf") if lo <= 0 else max(values) / lo
-    return out
-
-
 def width_growth(result: Mapping[str, Any], param: str, step: int = -1) -> dict[str, float]:
     """``{layer: size at the largest width / size at the smallest}`` at ``step``."""
     widths = [str(w) for w in result["widths"]]
