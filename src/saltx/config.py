@@ -83,7 +83,7 @@ class PerformanceWriterConfig:
 class TrainerConfig:
     """The training loop (``conf/trainer/*.yaml``); see docs/training.md."""
 
-    max_epochs: int = 1
+    max_epochs: int = 100
     max_steps: int = -1
     precision: str = "32"
     compile: bool = False
@@ -181,6 +181,22 @@ class MupConfig:
 
 
 @dataclass
+class LoggerConfig:
+    """The experiment logger (``conf/logger/*.yaml``); ``metrics.jsonl`` is always written.
+
+    ``name``: ``none``, ``tensorboard`` or ``wandb``; the other keys are W&B's.
+    """
+
+    name: str = "none"
+    project: str = "saltx"
+    entity: str | None = None
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+    mode: str | None = None  # null: online with WANDB_API_KEY, else offline
+    name_override: str | None = None  # run name (default: the config's `name`)
+
+
+@dataclass
 class PathsConfig:
     data_dir: str = "demo_data"
     log_dir: str = "logs"
@@ -199,7 +215,7 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     lrs: LRSConfig = field(default_factory=LRSConfig)
     optimizer: Any = None
-    logger: Any = None
+    logger: LoggerConfig | None = field(default_factory=LoggerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     mup: MupConfig | None = None
     # more `_target_` module prefixes ('mypkg.') or names to trust (saltx.targets)
@@ -369,6 +385,39 @@ def _check_tasks(cfg: Any) -> None:
             )
 
 
+def typed_config(cfg: Any) -> TrainConfig:
+    """The train config as the schema's dataclasses (``OmegaConf.to_object``).
+
+    Every value is typed and every key the config leaves out takes its schema default (the
+    one place defaults live); each section's ``__post_init__`` checks its ranges and
+    allowed values. Keys beyond the schema (a custom build function's own) stay as
+    attributes. The training loop reads its settings from this object.
+
+    Raises
+    ------
+    ConfigError
+        A key without a value and without a default, or a value out of range.
+    """
+    from omegaconf.errors import MissingMandatoryValue
+
+    if not OmegaConf.is_config(cfg):
+        cfg = OmegaConf.create(cfg)
+    if OmegaConf.get_type(cfg) is not TrainConfig:  # e.g. a spawned rank's plain copy
+        base = OmegaConf.structured(TrainConfig)
+        OmegaConf.set_struct(base, False)  # root keys of a custom build function stay
+        for key in base:
+            node = base._get_node(key)
+            if isinstance(node, DictConfig):
+                OmegaConf.set_struct(node, True)  # the schema's sections stay strict
+        cfg = OmegaConf.merge(base, cfg)
+    try:
+        typed = OmegaConf.to_object(cfg)
+    except MissingMandatoryValue as err:
+        raise ConfigError(f"{err.full_key} is not set (it has no default)") from None
+    assert isinstance(typed, TrainConfig)
+    return typed
+
+
 def validate(cfg: Any) -> TrainConfig:
     """Check a composed train config before anything is read or built; return it typed.
 
@@ -393,19 +442,11 @@ def validate(cfg: Any) -> TrainConfig:
     ConfigError
         Naming the key, its value and what is allowed.
     """
-    from omegaconf.errors import MissingMandatoryValue
-
     from saltx.targets import allow_list, check_targets
 
     if not OmegaConf.is_config(cfg):
         cfg = OmegaConf.create(cfg)
-    if OmegaConf.get_type(cfg) is not TrainConfig:
-        cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), cfg)
-    try:
-        typed = OmegaConf.to_object(cfg)
-    except MissingMandatoryValue as err:
-        raise ConfigError(f"{err.full_key} is not set (it has no default)") from None
-    assert isinstance(typed, TrainConfig)
+    typed = typed_config(cfg)
     logged = logged_metrics(cfg)
     for key, value in (
         ("trainer.monitor", typed.trainer.monitor),

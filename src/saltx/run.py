@@ -260,7 +260,7 @@ def class_names_of_run(cfg: DictConfig, metadata: Mapping[str, Any]) -> list[str
             from saltx.data.labels import read_class_names
 
             try:
-                return read_class_names(str(path), str(cfg.data.get("global_object", "jets")))
+                return read_class_names(str(path), str(cfg.data.global_object))
             except ValueError:
                 continue
     return None
@@ -385,7 +385,7 @@ def load_run(
     problem = f"checkpoint {ckpt_path} does not fit the model built from the run's config.yaml"
     model.load_state_dict(fit_weights(model, weights, problem))
     model.eval()
-    jet = jet_classification_task(model, str(cfg.data.get("global_object", "jets")))
+    jet = jet_classification_task(model, str(cfg.data.global_object))
     return LoadedRun(
         rundir=rundir,
         cfg=cfg,

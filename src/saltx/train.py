@@ -125,10 +125,10 @@ def train(
         A loss became NaN/inf (names the step, the tasks and the last good checkpoint).
     """
     build_fn = build_fn or build
-    saltx.config.validate(cfg)  # ranges, allowed values, metrics, targets: before any data
+    conf = saltx.config.validate(cfg)  # ranges, values, metrics, targets: before any data
     # Salt's download-first `data.config_S3` block: fetch the files, point the config at them
     cfg = prepare_data_paths(cfg)
-    devices = int(cfg.trainer.get("devices", 1) or 1)
+    devices = conf.trainer.devices
     callbacks = None if callbacks is None else list(callbacks)
     if devices > 1 and not launched_by_torchrun():
         return _train_spawned(cfg, build_fn, callbacks, devices)
@@ -146,7 +146,7 @@ def run(cfg: DictConfig, build_fn: BuildFn | None = None) -> float:
     except TrainingInterrupted as stop:
         print(f"saltx.train: {stop}; exiting with code {stop.exit_code}", flush=True)
         sys.exit(stop.exit_code)
-    key = str(cfg.get("optimized_metric", "val/loss"))
+    key = str(cfg.optimized_metric)
     if key not in metrics:
         raise KeyError(f"optimized_metric={key!r} was never logged; logged: {sorted(metrics)}")
     return float(metrics[key])

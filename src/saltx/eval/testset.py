@@ -35,7 +35,7 @@ def metric_labels(model: nn.Module, cfg: DictConfig, test_file: str) -> dict[str
 
 def check_class_names(model: nn.Module, cfg: DictConfig, test_file: str) -> None:
     """The test file's ``flavour_label`` names must be the model's jet classes."""
-    g = str(cfg.data.get("global_object", "jets"))
+    g = str(cfg.data.global_object)
     task = jet_classification_task(model, g)
     if task is None or getattr(task, "label_map", None) is not None:
         return

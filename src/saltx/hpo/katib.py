@@ -168,17 +168,20 @@ def build_experiment(
     ValueError
         For several objectives, a custom search space, or a sampler Katib lacks.
     """
-    if sweeper.get("custom_search_space"):
+    from saltx.hpo.sweeper import sweeper_settings
+
+    sweeper = sweeper_settings(sweeper)  # the schema's defaults for keys not given
+    if sweeper["custom_search_space"]:
         raise ValueError(
             "custom_search_space (conditional parameters) cannot be written as a Katib "
             "search space; declare the parameters in hydra.sweeper.params"
         )
-    direction = sweeper.get("direction", "minimize")
+    direction = sweeper["direction"]
     if isinstance(direction, Sequence) and not isinstance(direction, str):
         if len(direction) != 1:
             raise ValueError(f"Katib optimises one objective; direction is {list(direction)}")
         direction = direction[0]
-    space = parse_search_space(sweeper.get("params"), train_overrides)
+    space = parse_search_space(sweeper["params"], train_overrides)
     if not space.params:
         raise ValueError("the search space is empty: set hydra.sweeper.params")
     objective = katib_name(optimized_metric)
@@ -201,16 +204,16 @@ def build_experiment(
         argv.append("paths.output_dir=${paths.log_dir}/katib/${trialParameters.trialName}")
     command = shell_command(argv)
 
-    n_trials = int(sweeper.get("n_trials", 20))
-    rate = float(sweeper.get("max_failure_rate", 0.2))
+    n_trials = int(sweeper["n_trials"])
+    rate = float(sweeper["max_failure_rate"])
     spec: dict[str, Any] = {
         "objective": {
             "type": str(direction).lower(),
             "objectiveMetricName": objective,
             "additionalMetricNames": extra,
         },
-        "algorithm": katib_algorithm(sweeper.get("sampler")),
-        "parallelTrialCount": int(sweeper.get("n_jobs", 1)),
+        "algorithm": katib_algorithm(sweeper["sampler"]),
+        "parallelTrialCount": int(sweeper["n_jobs"]),
         "maxTrialCount": n_trials,
         "maxFailedTrialCount": math.floor(rate * n_trials) + 1,
         "parameters": [katib_parameter(p) for p in space.params.values()],
@@ -233,7 +236,7 @@ def build_experiment(
             },
         },
     }
-    early = katib_early_stopping(sweeper.get("pruner"))
+    early = katib_early_stopping(sweeper["pruner"])
     if early is not None:
         spec["earlyStopping"] = early
     return {

@@ -363,7 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         lr=float(cc.lr),
         batch_size=int(cc.batch_size),
         seeds=int(cc.seeds),
-        device=str(cc.get("device", "auto")),
+        device=str(cc.device),
     )
     json_path, png_path = write_results(result, cc.out_dir)
     print(summary_table(result))
