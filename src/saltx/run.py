@@ -25,6 +25,7 @@ from saltx.config import ConfigError, TrainConfig, validate
 from saltx.data.class_weights import load_class_dict
 from saltx.data.norm import load_norm_dict
 from saltx.engine.checkpoint import load_checkpoint
+from saltx.eval.testset import jet_classification_task
 from saltx.io.fs import exists, is_remote
 from saltx.io.rundir import RunDir
 from saltx.secrets import redact_text
@@ -177,13 +178,6 @@ def resolve_checkpoint(rundir: RunDir, ckpt: str | None) -> str:
         f"checkpoint {ckpt or 'best/last'} not found in {rundir.path(CKPT_DIR)}; "
         f"available: {available or 'none'} (use ckpt=best, last, epoch=NNN or a path)"
     )
-
-
-def jet_classification_task(model: nn.Module, global_object: str) -> nn.Module | None:
-    for task in model.tasks.values():
-        if task.input_name == global_object and getattr(task, "kind", "") == "classification":
-            return task
-    return None
 
 
 def fit_weights(
