@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from saltx.data.h5 import H5Source, describe_source, open_h5
-from saltx.data.norm import _read_yaml, as_number, dict_cli
+from saltx.data.h5 import H5Source, open_h5
+from saltx.data.norm import _read_yaml, as_number, dict_cli, selected_fields, valid_rows
 from saltx.errors import DataError
 
 SKIPPED_SUBSTRINGS = ("VertexIndex", "barcode")
@@ -88,6 +88,11 @@ def _integer_labels(dtype: np.dtype) -> list[str]:
     ]
 
 
+def _counted(name: str) -> bool:
+    """Label fields whose values are classes (not vertex indices or barcodes)."""
+    return not any(s in name for s in SKIPPED_SUBSTRINGS)
+
+
 def compute_class_dict(
     source: H5Source,
     labels: Mapping[str, Sequence[str]] | None = None,
@@ -110,28 +115,10 @@ def compute_class_dict(
     """
     out: dict[str, dict[str, list[float]]] = {}
     with open_h5(source) as f:
-        names = labels or {
-            k: _integer_labels(f[k].dtype) for k in f if hasattr(f[k], "dtype") and f[k].dtype.names
-        }
-        for ds_name, fields in names.items():
-            fields = [n for n in fields if not any(s in n for s in SKIPPED_SUBSTRINGS)]
-            if not fields:
-                continue
-            if ds_name not in f:
-                raise DataError(f"no dataset '{ds_name}' in '{describe_source(source)}'")
-            ds = f[ds_name]
-            missing = [v for v in fields if v not in ds.dtype.names]
-            if missing:
-                raise DataError(
-                    f"labels {missing} not in dataset '{ds_name}' of "
-                    f"'{describe_source(source)}'; available: {list(ds.dtype.names)}"
-                )
+        fields_of = selected_fields(f, source, labels, _integer_labels, "labels", _counted)
+        for ds_name, ds, fields in fields_of:
             counts: dict[str, dict[int, int]] = {v: {} for v in fields}
-            total = ds.shape[0] if num < 0 else min(num, ds.shape[0])
-            for start in range(0, total, batch_size):
-                rows = ds[start : min(start + batch_size, total)]
-                if "valid" in ds.dtype.names:
-                    rows = rows[rows["valid"]]
+            for rows in valid_rows(ds, num, batch_size):
                 for v in fields:
                     values, n = np.unique(rows[v], return_counts=True)
                     for value, c in zip(values.tolist(), n.tolist(), strict=True):

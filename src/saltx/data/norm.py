@@ -14,9 +14,10 @@ import math
 import os
 import sys
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+import h5py
 import numpy as np
 import yaml
 
@@ -234,6 +235,54 @@ class RunningStats:
             return np.sqrt(np.where(self.n > 0, self.m2 / self.n, np.nan))
 
 
+def selected_fields(
+    f: h5py.File,
+    source: H5Source,
+    selection: Mapping[str, Sequence[str]] | None,
+    default: Callable[[np.dtype], list[str]],
+    what: str,
+    keep: Callable[[str], bool] = lambda name: True,
+) -> Iterator[tuple[str, h5py.Dataset, list[str]]]:
+    """``(dataset name, dataset, fields)`` to compute a dict over, checked.
+
+    ``selection`` is ``{dataset: [field, ...]}``; by default every structured dataset
+    with the fields ``default(dtype)`` picks. Fields failing ``keep`` are left out, and a
+    dataset left without fields is skipped. ``what`` names the fields in errors
+    (``variables``, ``labels``).
+
+    Raises
+    ------
+    DataError
+        A selected dataset or field that the file lacks (naming what it has).
+    """
+    names = selection or {
+        k: default(f[k].dtype) for k in f if hasattr(f[k], "dtype") and f[k].dtype.names
+    }
+    for ds_name, wanted in names.items():
+        fields = [n for n in wanted if keep(n)]
+        if not fields:
+            continue
+        if ds_name not in f:
+            raise DataError(f"no dataset '{ds_name}' in '{describe_source(source)}'")
+        ds = f[ds_name]
+        missing = [v for v in fields if v not in ds.dtype.names]
+        if missing:
+            raise DataError(
+                f"{what} {missing} not in dataset '{ds_name}' of "
+                f"'{describe_source(source)}'; available: {list(ds.dtype.names)}"
+            )
+        yield ds_name, ds, fields
+
+
+def valid_rows(ds: h5py.Dataset, num: int, batch_size: int) -> Iterator[np.ndarray]:
+    """The first ``num`` jets (-1: all) of ``ds``, ``batch_size`` at a time, valid rows
+    only (constituents with ``valid`` false are dropped)."""
+    total = ds.shape[0] if num < 0 else min(num, ds.shape[0])
+    for start in range(0, total, batch_size):
+        rows = ds[start : min(start + batch_size, total)]
+        yield rows[rows["valid"]] if "valid" in ds.dtype.names else rows
+
+
 def _numeric_fields(dtype: np.dtype) -> list[str]:
     return [n for n in dtype.names if n != "valid" and dtype[n].kind in "fiub"]
 
@@ -262,25 +311,10 @@ def compute_norm_dict(
     explicit = variables is not None
     out: dict[str, dict[str, dict[str, float]]] = {}
     with open_h5(source) as f:
-        names = variables or {
-            k: _numeric_fields(f[k].dtype) for k in f if hasattr(f[k], "dtype") and f[k].dtype.names
-        }
-        for ds_name, fields in names.items():
-            if ds_name not in f:
-                raise DataError(f"no dataset '{ds_name}' in '{describe_source(source)}'")
-            ds = f[ds_name]
-            missing = [v for v in fields if v not in ds.dtype.names]
-            if missing:
-                raise DataError(
-                    f"variables {missing} not in dataset '{ds_name}' of "
-                    f"'{describe_source(source)}'; available: {list(ds.dtype.names)}"
-                )
-            total = ds.shape[0] if num < 0 else min(num, ds.shape[0])
+        fields_of = selected_fields(f, source, variables, _numeric_fields, "variables")
+        for ds_name, ds, fields in fields_of:
             stats = RunningStats(len(fields))
-            for start in range(0, total, batch_size):
-                rows = ds[start : min(start + batch_size, total)]
-                if "valid" in ds.dtype.names:
-                    rows = rows[rows["valid"]]
+            for rows in valid_rows(ds, num, batch_size):
                 x = np.stack([rows[v].astype(np.float64).ravel() for v in fields], axis=-1)
                 stats.update(x)
             out[ds_name] = {}

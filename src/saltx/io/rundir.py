@@ -20,7 +20,7 @@ import shutil
 import socket
 import stat
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -220,6 +220,39 @@ def load_torch(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     with open_any(str(path), "rb") as f:
         data = io.BytesIO(f.read())
     return torch.load(data, map_location=map_location, weights_only=True)
+
+
+def load_checkpoint_dict(
+    path: str | os.PathLike,
+    key: str,
+    kind: str,
+    map_location: str | torch.device = "cpu",
+    hints: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """:func:`load_torch` of a checkpoint file that must hold a dict with ``key``.
+
+    ``hints`` ``{other key: advice}`` add advice when the dict has another known key.
+
+    Raises
+    ------
+    ValueError
+        When ``torch.load(weights_only=True)`` fails, or the object is not a dict with
+        ``key`` (the message names the file, ``kind`` and the keys found).
+    """
+    try:
+        obj = load_torch(path, map_location=map_location)
+    except Exception as err:
+        raise ValueError(
+            f"could not load checkpoint {path} with torch.load(weights_only=True): {err}"
+        ) from err
+    if not isinstance(obj, dict) or key not in obj:
+        keys = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
+        advice = [h for k, h in (hints or {}).items() if isinstance(obj, dict) and k in obj]
+        raise ValueError(
+            f"{path} is not a {kind}: expected a dict with {key!r}, got {keys}"
+            + "".join(f": {a}" for a in advice)
+        )
+    return obj
 
 
 def _fsync_dir(folder: Path) -> None:

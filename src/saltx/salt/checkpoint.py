@@ -33,7 +33,7 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
-from saltx.io.rundir import RunDir, load_torch
+from saltx.io.rundir import RunDir, load_checkpoint_dict
 from saltx.salt.config import (
     SPECIAL,
     Converted,
@@ -58,19 +58,12 @@ def read_salt_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Salt checkpoint not found: '{path}'")
-    try:
-        ckpt = load_torch(str(path))
-    except Exception as err:
-        raise ValueError(
-            f"could not read '{path}' with torch.load(weights_only=True): {err}"
-        ) from err
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        keys = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise ValueError(
-            f"'{path}' is not a Salt checkpoint (a Lightning dict with 'state_dict'); it has "
-            f"{keys}" + (": a saltx checkpoint needs no conversion" if "model" in keys else "")
-        )
-    return ckpt
+    return load_checkpoint_dict(
+        str(path),
+        "state_dict",
+        "Salt checkpoint (a Lightning dict)",
+        hints={"model": "a saltx checkpoint needs no conversion"},
+    )
 
 
 def _split_qkv(value: torch.Tensor, prefix: str, suffix: str) -> Tensors:
