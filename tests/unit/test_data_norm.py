@@ -109,6 +109,9 @@ def test_norm_cli_defaults_and_errors(tmp_path, capsys):
 def test_class_weights_formula():
     assert class_weights.class_weights({0: 10, 1: 30, 2: 60}) == [6.0, 2.0, 1.0]
     assert class_weights.class_weights({3: 3, -1: 1}) == [3.0, 1.0]  # by sorted label value
+    # classes given: in that order, an absent one gets the largest present weight
+    assert class_weights.class_weights({0: 10, 2: 5}, classes=[0, 1, 2]) == [1.0, 2.0, 2.0]
+    assert class_weights.class_weights({}, classes=[0, 1]) == [1.0, 1.0]
 
 
 def test_class_dict_cli(tmp_path):

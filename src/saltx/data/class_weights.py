@@ -72,20 +72,38 @@ def load_class_dict(path: str) -> dict[str, dict[str, list[float]]]:
     return data
 
 
-def class_weights(counts: Mapping[int, int]) -> list[float]:
-    """Weights ``total/count`` normalised to a minimum of 1, rounded, by sorted label value."""
-    values = sorted(counts)
-    n = np.array([counts[v] for v in values], dtype=np.float64)
-    w = n.sum() / n
-    return [round(float(x), 2) for x in w / w.min()]
+def class_weights(counts: Mapping[int, int], classes: Sequence[int] | None = None) -> list[float]:
+    """UPP-style class weights ``total / count``, normalised to a minimum of 1, rounded to
+    2 decimals (the one rule; the synthetic generator's class dicts use it too).
+
+    Parameters
+    ----------
+    counts
+        ``{label value: entries}``.
+    classes
+        The label values to weight, in order; default: the values of ``counts``, sorted.
+        A class without entries gets the largest weight of the present classes (1.0 when
+        no class is present).
+
+    Returns
+    -------
+    list[float]
+        One weight per class.
+    """
+    values = sorted(counts) if classes is None else list(classes)
+    n = np.array([counts.get(v, 0) for v in values], dtype=np.float64)
+    present = n > 0
+    if not present.any():
+        return [1.0] * len(values)
+    w = np.zeros_like(n)
+    w[present] = n.sum() / n[present]
+    w[present] /= w[present].min()
+    w[~present] = w[present].max()
+    return [round(float(x), 2) for x in w]
 
 
 def _integer_labels(dtype: np.dtype) -> list[str]:
-    return [
-        n
-        for n in dtype.names
-        if dtype[n].kind in "iu" and not any(s in n for s in SKIPPED_SUBSTRINGS)
-    ]
+    return [n for n in dtype.names if dtype[n].kind in "iu"]
 
 
 def _counted(name: str) -> bool:
