@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         info = DistInfo(device=device)
         configure_torch(cfg.trainer, info)  # threads, TF32, allocator: as saltx.train
 
-        from saltx.train import build
+        from saltx.assemble import build
 
         torch.manual_seed(int(cfg.seed))
         parts = build(cfg, info)

@@ -197,14 +197,14 @@ def model_flops(
 ) -> dict:
     """Padded and useful FLOPs per jet (forward and training step) of ``experiment``.
 
-    The model and loader come from ``saltx.train.build`` on the composed config, like
+    The model and loader come from ``saltx.assemble.build`` on the composed config, like
     ``scripts/bench_train.py``; the first training batch is counted.
     """
     from hydra import compose, initialize_config_dir
 
     import saltx
+    from saltx.assemble import build
     from saltx.engine.distributed import DistInfo
-    from saltx.train import build
 
     conf_dir = str(Path(saltx.__file__).resolve().parent / "conf")
     data = Path(train_file).parent

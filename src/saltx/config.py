@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -18,6 +17,8 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+
+from saltx.io.fs import local_dir
 
 
 @dataclass
@@ -68,10 +69,21 @@ class ModelConfig:
 
 
 @dataclass
+class PerformanceWriterConfig:
+    """Katib's metrics (``trainer.performance_writer``): stdout lines and
+    ``performance_metric.json`` (:class:`saltx.hpo.katib_writer.PerformanceWriter`)."""
+
+    enabled: bool = True
+    dir_path: str | None = None  # default: the run directory
+    add_metrics: list[str] = field(default_factory=list)
+    std_out: bool = True
+
+
+@dataclass
 class TrainerConfig:
     """The training loop (``conf/trainer/*.yaml``); see docs/training.md."""
 
-    max_epochs: int = 1
+    max_epochs: int = 100
     max_steps: int = -1
     precision: str = "32"
     compile: bool = False
@@ -99,14 +111,7 @@ class TrainerConfig:
     ddp_timeout_s: int = 600
     find_unused_parameters: bool = False
     peak_tflops: float | None = None
-    performance_writer: dict[str, Any] = field(
-        default_factory=lambda: {
-            "enabled": True,
-            "dir_path": None,
-            "add_metrics": [],
-            "std_out": True,
-        }
-    )
+    performance_writer: PerformanceWriterConfig = field(default_factory=PerformanceWriterConfig)
 
     def __post_init__(self) -> None:
         _check_trainer(self)
@@ -176,6 +181,22 @@ class MupConfig:
 
 
 @dataclass
+class LoggerConfig:
+    """The experiment logger (``conf/logger/*.yaml``); ``metrics.jsonl`` is always written.
+
+    ``name``: ``none``, ``tensorboard`` or ``wandb``; the other keys are W&B's.
+    """
+
+    name: str = "none"
+    project: str = "saltx"
+    entity: str | None = None
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+    mode: str | None = None  # null: online with WANDB_API_KEY, else offline
+    name_override: str | None = None  # run name (default: the config's `name`)
+
+
+@dataclass
 class PathsConfig:
     data_dir: str = "demo_data"
     log_dir: str = "logs"
@@ -194,7 +215,7 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     lrs: LRSConfig = field(default_factory=LRSConfig)
     optimizer: Any = None
-    logger: Any = None
+    logger: LoggerConfig | None = field(default_factory=LoggerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     mup: MupConfig | None = None
     # more `_target_` module prefixes ('mypkg.') or names to trust (saltx.targets)
@@ -364,6 +385,35 @@ def _check_tasks(cfg: Any) -> None:
             )
 
 
+def typed_config(cfg: Any) -> TrainConfig:
+    """The train config as the schema's dataclasses (``OmegaConf.to_object``).
+
+    Every value is typed and every key the config leaves out takes its schema default (the
+    one place defaults live); each section's ``__post_init__`` checks its ranges and
+    allowed values. Keys beyond the schema (a custom build function's own) stay as
+    attributes. The training loop reads its settings from this object.
+
+    Raises
+    ------
+    ConfigError
+        A key without a value and without a default, or a value out of range.
+    """
+    from omegaconf.errors import MissingMandatoryValue
+
+    if not OmegaConf.is_config(cfg):
+        cfg = OmegaConf.create(cfg)
+    if OmegaConf.get_type(cfg) is not TrainConfig:  # e.g. a spawned rank's plain copy
+        base = OmegaConf.structured(TrainConfig)
+        OmegaConf.set_struct(base, False)  # root keys of a custom build function stay;
+        cfg = OmegaConf.merge(base, cfg)  # the schema's sections still refuse unknown keys
+    try:
+        typed = OmegaConf.to_object(cfg)
+    except MissingMandatoryValue as err:
+        raise ConfigError(f"{err.full_key} is not set (it has no default)") from None
+    assert isinstance(typed, TrainConfig)
+    return typed
+
+
 def validate(cfg: Any) -> TrainConfig:
     """Check a composed train config before anything is read or built; return it typed.
 
@@ -388,19 +438,11 @@ def validate(cfg: Any) -> TrainConfig:
     ConfigError
         Naming the key, its value and what is allowed.
     """
-    from omegaconf.errors import MissingMandatoryValue
-
     from saltx.targets import allow_list, check_targets
 
     if not OmegaConf.is_config(cfg):
         cfg = OmegaConf.create(cfg)
-    if OmegaConf.get_type(cfg) is not TrainConfig:
-        cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), cfg)
-    try:
-        typed = OmegaConf.to_object(cfg)
-    except MissingMandatoryValue as err:
-        raise ConfigError(f"{err.full_key} is not set (it has no default)") from None
-    assert isinstance(typed, TrainConfig)
+    typed = typed_config(cfg)
     logged = logged_metrics(cfg)
     for key, value in (
         ("trainer.monitor", typed.trainer.monitor),
@@ -556,20 +598,6 @@ def check_keys(cfg: Any, reference: Any = None) -> None:
     )
 
 
-def _local_dir(path: str) -> str:
-    """Map a run directory to a local folder Hydra may create (s3:// runs get a local cache).
-
-    Credentials inside the URL (``s3://KEY:SECRET@bucket/...``) never become folder names.
-    """
-    if "://" in str(path):
-        from saltx.secrets import strip_url_credentials
-
-        scheme, rest = strip_url_credentials(str(path)).split("://", 1)
-        cache = os.environ.get("SALTX_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache"))
-        return os.path.join(cache, "saltx", "runs", scheme, rest)
-    return str(path)
-
-
 OPEN_NODES = ("data.input_map", "data.num_inputs", "data.config_S3", "data.parameters")
 """Dict nodes whose keys the user chooses: ``data.num_inputs.tracks=10`` works without ``+``."""
 
@@ -587,7 +615,7 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=train_schema())
     if not OmegaConf.has_resolver("saltx_local_dir"):
-        OmegaConf.register_new_resolver("saltx_local_dir", _local_dir)
+        OmegaConf.register_new_resolver("saltx_local_dir", local_dir)
 
 
 register_configs()

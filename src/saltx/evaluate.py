@@ -47,7 +47,7 @@ def evaluate(
     check_keys(ecfg, OmegaConf.load(Path(__file__).parent / "conf" / "evaluate.yaml"))
     validate_evaluate(ecfg)
     run = load_run(str(ecfg.run_dir), ecfg.get("ckpt"), ecfg.get("allowed_targets"))
-    if run.cfg.get("trainer", {}).get("reuse_freed_memory", True):
+    if run.cfg.trainer.reuse_freed_memory:
         reuse_freed_memory()  # as in training: no page faults for per-batch tensors
     test_file = prepare_test_config(run, ecfg)
     cfg, model = run.cfg, run.model

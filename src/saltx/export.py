@@ -75,7 +75,7 @@ def export(ecfg: DictConfig) -> dict[str, Any]:
             layout,
             tmp,
             plan,
-            graph=str(ecfg.get("graph", "auto")),
+            graph=str(ecfg.graph),
             max_constituents=int(ecfg.validate.max_constituents),
             trials=int(ecfg.validate.trials),
         )

@@ -20,12 +20,14 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from saltx.assemble import build_model
 from saltx.config import ConfigError, TrainConfig, validate
 from saltx.data.class_weights import load_class_dict
 from saltx.data.norm import load_norm_dict
+from saltx.engine.checkpoint import load_checkpoint
+from saltx.eval.testset import jet_classification_task
 from saltx.io.fs import exists, is_remote
-from saltx.io.rundir import RunDir, load_torch
-from saltx.models.build import build_model
+from saltx.io.rundir import RunDir
 from saltx.secrets import redact_text
 from saltx.targets import TargetError
 
@@ -178,15 +180,49 @@ def resolve_checkpoint(rundir: RunDir, ckpt: str | None) -> str:
     )
 
 
-def jet_classification_task(model: nn.Module, global_object: str) -> nn.Module | None:
-    for task in model.tasks.values():
-        if task.input_name == global_object and getattr(task, "kind", "") == "classification":
-            return task
-    return None
+def fit_weights(
+    model: nn.Module,
+    weights: Mapping[str, torch.Tensor],
+    problem: str,
+    names: tuple[str, str] = ("model", "checkpoint"),
+) -> dict[str, torch.Tensor]:
+    """``weights`` without the buffers ``model`` does not save, checked to fit ``model``.
+
+    Buffers the model no longer saves (non-persistent, e.g. class weights) are dropped;
+    then every key of the model must be there, with its shape, and no other key.
+
+    Parameters
+    ----------
+    problem
+        The start of the error message (which weights, which model).
+    names
+        How the message calls the model and the weights in a shape mismatch.
+
+    Raises
+    ------
+    ValueError
+        ``problem``, then the missing and unexpected keys and the shape mismatches.
+    """
+    transient = {n for n, _ in model.named_buffers()} - set(model.state_dict())
+    weights = {k: v for k, v in weights.items() if k not in transient}
+    own = model.state_dict()
+    missing = sorted(set(own) - set(weights))
+    unexpected = sorted(set(weights) - set(own))
+    shapes = [
+        f"{k}: {names[0]} {tuple(own[k].shape)} vs {names[1]} {tuple(weights[k].shape)}"
+        for k in own
+        if k in weights and own[k].shape != weights[k].shape
+    ]
+    if missing or unexpected or shapes:
+        raise ValueError(
+            f"{problem}: missing {missing[:5]}, unexpected {unexpected[:5]}, "
+            f"shape mismatches {shapes[:5]}"
+        )
+    return weights
 
 
-def _check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], where: str) -> None:
-    """Clear errors for a checkpoint that does not fit the model built from the config."""
+def _check_class_heads(model: nn.Module, state: Mapping[str, torch.Tensor], where: str) -> None:
+    """A clear error for a checkpoint whose classification heads have another class count."""
     for name, task in model.tasks.items():
         names = getattr(task, "class_names", None)
         if not names:
@@ -202,19 +238,6 @@ def _check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], where
                 "not match the trained head (check model.tasks.<task>.class_names and the "
                 "file's flavour_label attribute)"
             )
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [
-        f"{k}: model {tuple(own[k].shape)} vs checkpoint {tuple(state[k].shape)}"
-        for k in own
-        if k in state and own[k].shape != state[k].shape
-    ]
-    if missing or unexpected or shapes:
-        raise ValueError(
-            f"checkpoint {where} does not fit the model built from the run's config.yaml: "
-            f"missing {missing[:5]}, unexpected {unexpected[:5]}, shape mismatches {shapes[:5]}"
-        )
 
 
 def class_names_of_run(cfg: DictConfig, metadata: Mapping[str, Any]) -> list[str] | None:
@@ -231,7 +254,7 @@ def class_names_of_run(cfg: DictConfig, metadata: Mapping[str, Any]) -> list[str
             from saltx.data.labels import read_class_names
 
             try:
-                return read_class_names(str(path), str(cfg.data.get("global_object", "jets")))
+                return read_class_names(str(path), str(cfg.data.global_object))
             except ValueError:
                 continue
     return None
@@ -350,17 +373,13 @@ def load_run(
     class_names = class_names_of_run(cfg, metadata or {})
     model = build_model(cfg, norm_dict, class_dict, class_names)
     ckpt_path = resolve_checkpoint(rundir, ckpt)
-    state = load_torch(ckpt_path)
-    if not isinstance(state, dict) or "model" not in state:
-        raise ValueError(f"{ckpt_path} is not a saltx checkpoint (a dict with a 'model' key)")
+    state = load_checkpoint(ckpt_path)
     weights = {k.removeprefix("module."): v for k, v in state["model"].items()}
-    # buffers the model no longer saves (non-persistent, e.g. class weights) are ignored
-    transient = {n for n, _ in model.named_buffers()} - set(model.state_dict())
-    weights = {k: v for k, v in weights.items() if k not in transient}
-    _check_state_dict(model, weights, ckpt_path)
-    model.load_state_dict(weights)
+    _check_class_heads(model, weights, ckpt_path)
+    problem = f"checkpoint {ckpt_path} does not fit the model built from the run's config.yaml"
+    model.load_state_dict(fit_weights(model, weights, problem))
     model.eval()
-    jet = jet_classification_task(model, str(cfg.data.get("global_object", "jets")))
+    jet = jet_classification_task(model, str(cfg.data.global_object))
     return LoadedRun(
         rundir=rundir,
         cfg=cfg,

@@ -7,111 +7,34 @@ See docs/training.md.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
 import tempfile
+from collections.abc import Sequence
 from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 import saltx.config  # registers the schemas and resolvers; check_keys
+from saltx.assemble import build, training_callbacks
 from saltx.data.config_s3 import prepare_data_paths
-from saltx.engine.distributed import DistInfo, launched_by_torchrun, spawn
-from saltx.engine.loop import BuildFn, Components, TrainingInterrupted, fit
-from saltx.engine.runfiles import hydra_run_dir
+from saltx.engine.callbacks import Callback
+from saltx.engine.distributed import launched_by_torchrun, spawn
+from saltx.engine.loop import BuildFn, TrainingInterrupted, fit
+from saltx.engine.run_setup import hydra_run_dir
 from saltx.engine.signals import STOP_SIGNALS, exit_code
 from saltx.secrets import redacted_console, remember_config
 
-NORM_DICT_COPY = "norm_dict.yaml"
-CLASS_DICT_COPY = "class_dict.yaml"
-
-
-# -- building model and data from the config ----------------------------------------------
-def _file_metadata(path: str, global_object: str) -> dict[str, Any]:
-    """Available jets and UPP attributes (``unique_jets``, ``jet_counts``, ``config``)."""
-    from saltx.data.h5 import open_h5
-
-    out: dict[str, Any] = {}
-    try:
-        with open_h5(path) as f:
-            if global_object in f:
-                out["available"] = int(f[global_object].shape[0])
-            attrs = dict(f.attrs)
-            if global_object in f:
-                attrs.update({k: v for k, v in f[global_object].attrs.items() if k not in attrs})
-            for key in ("unique_jets", "jet_counts", "config"):
-                if key in attrs:
-                    value = attrs[key]
-                    if isinstance(value, bytes):
-                        value = value.decode("utf-8", "replace")
-                    if isinstance(value, str) and key != "config":
-                        with contextlib.suppress(ValueError):
-                            value = json.loads(value)
-                    out[key] = value
-    except Exception as err:  # metadata is informative only
-        out["error"] = f"could not read attributes: {err}"
-    return out
-
-
-def build(cfg: DictConfig, info: DistInfo) -> Components:
-    """Model and loaders from ``cfg`` (``saltx.models`` and ``saltx.data``)."""
-    from saltx.data.class_weights import load_class_dict
-    from saltx.data.labels import MissingClassNames, fit_class_names
-    from saltx.data.loader import build_dataloader, build_datasets
-    from saltx.data.norm import load_norm_dict
-    from saltx.models.build import build_model, required_labels
-
-    data = cfg.data
-    norm_dict = load_norm_dict(data.norm_dict)
-    class_dict = load_class_dict(data.class_dict) if data.get("class_dict") else None
-    try:
-        class_names = fit_class_names(data.train_file, data.val_file, data.global_object)
-    except MissingClassNames:  # the task config may name the classes itself
-        class_names = None
-    model = build_model(cfg, norm_dict, class_dict, class_names)
-    datasets = build_datasets(data, required_labels(cfg, "fit"), "fit", seed=int(cfg.seed))
-    common = {
-        "batch_size": int(data.batch_size),
-        "num_workers": int(data.num_workers),
-        "seed": int(cfg.seed),
-        "rank": info.rank,
-        "world_size": info.world_size,
-        "pin_memory": bool(data.get("pin_memory", False)) and info.device.type == "cuda",
-        "prefetch_factor": data.get("prefetch_factor", 2),
-    }
-    train_loader = build_dataloader(
-        datasets["train"],
-        shuffle=True,
-        drop_last=True,
-        shuffle_buffer=int(data.get("shuffle_buffer", 0)),
-        **common,
-    )
-    val_loader = build_dataloader(
-        datasets["val"], shuffle=False, drop_last=False, shuffle_buffer=0, **common
-    )
-    metadata: dict[str, Any] = {
-        "train_file": str(data.train_file),
-        "val_file": str(data.val_file),
-        "num_train": len(datasets["train"]),
-        "num_val": len(datasets["val"]),
-        "batch_size": int(data.batch_size),
-        "num_workers": int(data.num_workers),
-        "jet_classes": dict(enumerate(class_names)) if class_names else None,
-    }
-    for split in ("train", "val"):
-        for key, value in _file_metadata(str(data[f"{split}_file"]), data.global_object).items():
-            metadata[f"{key}_{split}"] = value
-    files = {NORM_DICT_COPY: str(data.norm_dict)}
-    if data.get("class_dict"):
-        files[CLASS_DICT_COPY] = str(data.class_dict)
-    return Components(model, train_loader, val_loader, metadata, files)
-
 
 # -- entry points -------------------------------------------------------------------------
-def _spawned_rank(container: dict[str, Any], build_fn: BuildFn, result_path: str) -> None:
+def _spawned_rank(
+    container: dict[str, Any],
+    build_fn: BuildFn,
+    callbacks: list[Callback] | None,
+    result_path: str,
+) -> None:
     """One process of a ``trainer.devices=N`` job (started by :func:`spawn`).
 
     Rank 0 writes its metrics (or, when a stop signal ended the run, the step saved) to
@@ -120,7 +43,9 @@ def _spawned_rank(container: dict[str, Any], build_fn: BuildFn, result_path: str
     cfg = OmegaConf.create(container)
     rank = int(os.environ.get("RANK", "0"))
     try:
-        result: dict[str, Any] = {"metrics": fit(cfg, build_fn)}
+        if callbacks is None:
+            callbacks = training_callbacks(cfg)
+        result: dict[str, Any] = {"metrics": fit(cfg, build_fn, callbacks)}
         code = 0
     except TrainingInterrupted as stop:
         result = {"stopped": {"step": stop.step, "checkpoint": stop.checkpoint}}
@@ -140,7 +65,9 @@ def _signal_of_exit(code: int) -> int | None:
     return None
 
 
-def _train_spawned(cfg: DictConfig, build_fn: BuildFn, nprocs: int) -> dict[str, float]:
+def _train_spawned(
+    cfg: DictConfig, build_fn: BuildFn, callbacks: list[Callback] | None, nprocs: int
+) -> dict[str, float]:
     """Spawn ``nprocs`` ranks on this machine; returns rank 0's metrics."""
     import torch.multiprocessing as mp
 
@@ -151,7 +78,7 @@ def _train_spawned(cfg: DictConfig, build_fn: BuildFn, nprocs: int) -> dict[str,
     with tempfile.TemporaryDirectory(prefix="saltx-spawn-") as tmp:
         result_path = os.path.join(tmp, "result.json")
         try:
-            spawn(_spawned_rank, nprocs, (container, build_fn, result_path))
+            spawn(_spawned_rank, nprocs, (container, build_fn, callbacks, result_path))
         except mp.ProcessExitedException as err:
             signum = _signal_of_exit(err.exit_code)
             if signum is None:
@@ -167,7 +94,11 @@ def _train_spawned(cfg: DictConfig, build_fn: BuildFn, nprocs: int) -> dict[str,
             return json.load(f)["metrics"]
 
 
-def train(cfg: DictConfig, build_fn: BuildFn | None = None) -> dict[str, float]:
+def train(
+    cfg: DictConfig,
+    build_fn: BuildFn | None = None,
+    callbacks: Sequence[Callback] | None = None,
+) -> dict[str, float]:
     """Train from a composed config; returns the last logged metrics.
 
     Parameters
@@ -175,7 +106,11 @@ def train(cfg: DictConfig, build_fn: BuildFn | None = None) -> dict[str, float]:
     cfg
         The composed ``train`` config.
     build_fn
-        ``build(cfg, info) -> Components``; default :func:`build` (saltx data and models).
+        ``build(cfg, info) -> Components``; default :func:`saltx.assemble.build` (saltx
+        data and models).
+    callbacks
+        The loop's callbacks (:mod:`saltx.engine.callbacks`); default
+        :func:`saltx.assemble.training_callbacks` (Katib writer, Optuna pruning).
 
     Returns
     -------
@@ -190,13 +125,14 @@ def train(cfg: DictConfig, build_fn: BuildFn | None = None) -> dict[str, float]:
         A loss became NaN/inf (names the step, the tasks and the last good checkpoint).
     """
     build_fn = build_fn or build
-    saltx.config.validate(cfg)  # ranges, allowed values, metrics, targets: before any data
+    conf = saltx.config.validate(cfg)  # ranges, values, metrics, targets: before any data
     # Salt's download-first `data.config_S3` block: fetch the files, point the config at them
     cfg = prepare_data_paths(cfg)
-    devices = int(cfg.trainer.get("devices", 1) or 1)
+    devices = conf.trainer.devices
+    callbacks = None if callbacks is None else list(callbacks)
     if devices > 1 and not launched_by_torchrun():
-        return _train_spawned(cfg, build_fn, devices)
-    return fit(cfg, build_fn)
+        return _train_spawned(cfg, build_fn, callbacks, devices)
+    return fit(cfg, build_fn, training_callbacks(cfg) if callbacks is None else callbacks)
 
 
 def run(cfg: DictConfig, build_fn: BuildFn | None = None) -> float:
@@ -210,7 +146,7 @@ def run(cfg: DictConfig, build_fn: BuildFn | None = None) -> float:
     except TrainingInterrupted as stop:
         print(f"saltx.train: {stop}; exiting with code {stop.exit_code}", flush=True)
         sys.exit(stop.exit_code)
-    key = str(cfg.get("optimized_metric", "val/loss"))
+    key = str(cfg.optimized_metric)
     if key not in metrics:
         raise KeyError(f"optimized_metric={key!r} was never logged; logged: {sorted(metrics)}")
     return float(metrics[key])

@@ -59,7 +59,8 @@ def test_train_then_evaluate_from_s3(s3_endpoint: S3Endpoint, tmp_path: Path) ->
 def test_lost_server_mid_training_is_a_clear_error(
     s3_endpoint: S3Endpoint, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from saltx.train import build, train
+    from saltx.assemble import build
+    from saltx.train import train
 
     write_and_upload(s3_endpoint, tmp_path)
     # small blocks and a tiny cache, so that batches keep needing new requests

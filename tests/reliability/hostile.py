@@ -1,6 +1,6 @@
 """Building hostile h5 files from a valid tiny file, and pushing them through saltx.
 
-:func:`consume` runs what training runs on a file (``saltx.train.build``: class names,
+:func:`consume` runs what training runs on a file (``saltx.assemble.build``: class names,
 norm dict, model, datasets, loaders) and then forward passes with losses on the first
 batches of both loaders. A hostile file must either go through with finite losses or
 stop with a :class:`~saltx.errors.DataError` / ``ValueError`` whose message says what
@@ -85,8 +85,8 @@ class Consumer:
 
     def __call__(self, train_file: Path, *, val_file: Path | None = None, **data: Any) -> dict:
         """Build and run every batch of both loaders; returns the last losses."""
+        from saltx.assemble import build
         from saltx.engine.distributed import DistInfo
-        from saltx.train import build
 
         cfg = self.cfg.copy()
         OmegaConf.set_struct(cfg, False)

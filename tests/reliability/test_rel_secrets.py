@@ -177,14 +177,13 @@ def test_url_credentials_never_reach_run_files_or_console(data: Path, tmp_path: 
 def test_remote_errors_and_cache_folders_hold_no_credentials(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from saltx.config import _local_dir
-    from saltx.io.fs import remote_error
+    from saltx.io.fs import local_dir, remote_error
 
     url = f"s3://{URL_KEY}:{URL_SEC}@bucket/data/train.h5"
     err = remote_error(url, "reading", OSError(f"connection to {url} reset"))
     assert URL_SEC not in str(err) and URL_KEY not in str(err), err
     assert "bucket/data/train.h5" in str(err)
-    local = _local_dir(f"s3://{URL_KEY}:{URL_SEC}@bucket/runs/r1")
+    local = local_dir(f"s3://{URL_KEY}:{URL_SEC}@bucket/runs/r1")
     assert URL_SEC not in local and URL_KEY not in local and local.endswith("s3/bucket/runs/r1")
 
 

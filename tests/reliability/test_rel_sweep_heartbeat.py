@@ -120,9 +120,9 @@ def test_a_killed_workers_trial_is_failed_and_retried(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("key", "value"), [("heartbeat_interval", 0), ("grace_period", -5)])
 def test_heartbeat_settings_are_checked(key: str, value: int) -> None:
-    from saltx.hpo.sweeper import OptunaSweeperImpl
+    from saltx.hpo.sweeper import OptunaSweeperImpl, sweeper_settings
 
     with pytest.raises(
         ValueError, match=f"hydra.sweeper.{key} must be >= 1 s or null, got {value}"
     ):
-        OptunaSweeperImpl(**{key: value})
+        OptunaSweeperImpl(**sweeper_settings({key: value}))

@@ -19,34 +19,46 @@ GOOD = {
 }
 
 
-def test_check_norm_dict_accepts_good_and_skips_special_inputs():
+def test_norm_stats_in_variable_order_skipping_special_inputs():
     variables = {**VARS, "PARAMETERS": ["mass"], "EDGE": ["dR"]}
-    norm.check_norm_dict(GOOD, variables, global_object="jets")
+    stats = norm.norm_stats(GOOD, variables, global_object="jets")
+    assert stats == {
+        "jets": ([1.0], [2.0]),
+        "tracks": ([0.0, 5.0], [1.0, 3.0]),
+        "GLOBAL": ([0.0], [1.0]),  # the global object's entries
+    }
 
 
 @pytest.mark.parametrize(
     ("dataset", "var", "entry", "message"),
     [
-        ("tracks", "pt", None, r"no mean/std for variable 'pt' of dataset 'tracks'"),
-        ("tracks", "pt", {"mean": 0.0, "std": 0.0}, r"'tracks\.pt'.*std=0\.0"),
-        ("tracks", "pt", {"mean": math.nan, "std": 1.0}, r"'tracks\.pt'.*mean=nan"),
-        ("jets", "eta_btagJes", {"mean": 0, "std": math.inf}, r"'jets\.eta_btagJes'"),
+        ("tracks", "pt", None, r"norm_dict\['tracks'\] has no entry for variable 'pt'"),
+        ("tracks", "pt", {"mean": 0.0}, r"\['tracks'\]\['pt'\] must be a mapping with 'mean'"),
+        ("tracks", "pt", {"mean": 0.0, "std": 0.0}, r"\['tracks'\]\['pt'\] has std == 0"),
+        ("tracks", "pt", {"mean": math.nan, "std": 1.0}, r"\['tracks'\]\['pt'\].*mean=nan"),
+        ("jets", "eta_btagJes", {"mean": 0, "std": math.inf}, r"\['jets'\]\['eta_btagJes'\]"),
     ],
 )
-def test_check_norm_dict_errors(dataset, var, entry, message):
+def test_norm_stats_errors(dataset, var, entry, message):
     broken = {k: dict(v) for k, v in GOOD.items()}
     if entry is None:
         del broken[dataset][var]
     else:
         broken[dataset][var] = entry
     with pytest.raises(DataError, match=message):
-        norm.check_norm_dict(broken, VARS)
+        norm.norm_stats(broken, VARS)
 
 
-def test_check_norm_dict_missing_dataset_and_input_map():
-    with pytest.raises(DataError, match=r"no dataset 'electrons'"):
-        norm.check_norm_dict(GOOD, {**VARS, "electrons": ["pt"]})
-    norm.check_norm_dict(GOOD, {"trk": ["d0"]}, input_map={"trk": "tracks"})
+def test_norm_stats_missing_dataset_and_input_map():
+    with pytest.raises(DataError, match=r"no entry for dataset 'electrons'.*input 'electrons'"):
+        norm.norm_stats(GOOD, {**VARS, "electrons": ["pt"]})
+    assert norm.norm_stats(GOOD, {"trk": ["d0"]}, input_map={"trk": "tracks"}) == {
+        "trk": ([0.0], [1.0])
+    }
+    # GLOBAL follows the global object through input_map
+    moved = {"jets_v2": GOOD["jets"]}
+    stats = norm.norm_stats(moved, {"GLOBAL": ["eta_btagJes"]}, input_map={"jets": "jets_v2"})
+    assert stats == {"GLOBAL": ([0.0], [1.0])}
 
 
 def test_load_norm_dict(tmp_path):
@@ -97,6 +109,9 @@ def test_norm_cli_defaults_and_errors(tmp_path, capsys):
 def test_class_weights_formula():
     assert class_weights.class_weights({0: 10, 1: 30, 2: 60}) == [6.0, 2.0, 1.0]
     assert class_weights.class_weights({3: 3, -1: 1}) == [3.0, 1.0]  # by sorted label value
+    # classes given: in that order, an absent one gets the largest present weight
+    assert class_weights.class_weights({0: 10, 2: 5}, classes=[0, 1, 2]) == [1.0, 2.0, 2.0]
+    assert class_weights.class_weights({}, classes=[0, 1]) == [1.0, 1.0]
 
 
 def test_class_dict_cli(tmp_path):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from saltx.config import LoggerConfig
 from saltx.engine.loggers import build_loggers
 from saltx.io.rundir import RunDir
 
@@ -14,7 +15,7 @@ from saltx.io.rundir import RunDir
 def test_metrics_file_and_rank_zero_only(tmp_path: Path) -> None:
     rundir = RunDir(tmp_path)
     off = build_loggers(
-        {"name": "none"}, rundir, local_dir=str(tmp_path), run_name="r", is_main=False
+        LoggerConfig(name="none"), rundir, local_dir=str(tmp_path), run_name="r", is_main=False
     )
     off.log_metrics({"train/loss": 1.0}, 1)
     assert not (tmp_path / "metrics.jsonl").exists()
@@ -24,13 +25,13 @@ def test_metrics_file_and_rank_zero_only(tmp_path: Path) -> None:
     assert record["step"] == 7 and record["train/loss"] == 1.5 and record["val/loss"] == "nan"
     with pytest.raises(ValueError, match=r"logger\.name='comet'"):
         build_loggers(
-            {"name": "comet"}, rundir, local_dir=str(tmp_path), run_name="r", is_main=True
+            LoggerConfig(name="comet"), rundir, local_dir=str(tmp_path), run_name="r", is_main=True
         )
 
 
 def test_tensorboard_writes_events(tmp_path: Path) -> None:
     group = build_loggers(
-        {"name": "tensorboard"},
+        LoggerConfig(name="tensorboard"),
         RunDir(tmp_path),
         local_dir=str(tmp_path),
         run_name="r",
@@ -47,7 +48,7 @@ def test_wandb_is_offline_without_api_key(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)
     group = build_loggers(
-        {"name": "wandb", "project": "saltx-test"},
+        LoggerConfig(name="wandb", project="saltx-test"),
         RunDir(tmp_path),
         local_dir=str(tmp_path),
         run_name="r",

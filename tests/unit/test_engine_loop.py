@@ -24,10 +24,12 @@ from torch import nn
 
 from saltx.config import TrainConfig
 from saltx.data.batch import Batch
+from saltx.engine.callbacks import Callback, FitStart
 from saltx.engine.checkpoint import load_checkpoint
 from saltx.engine.distributed import DistInfo
-from saltx.engine.loop import EXIT_CODE_SIGTERM, Components, NonFiniteLossError
-from saltx.engine.runfiles import REDACTED
+from saltx.engine.loop import Components, NonFiniteLossError
+from saltx.engine.run_setup import REDACTED
+from saltx.engine.signals import exit_code
 from saltx.train import train
 
 KATIB_REGEX = r"([\w|-]+)\s*=\s*([+-]?\d*(\.\d+)?([Ee][+-]?\d+)?)"
@@ -357,7 +359,7 @@ def test_sigterm_saves_and_exits_with_code(tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == EXIT_CODE_SIGTERM, output
+    assert proc.returncode == exit_code(signal.SIGTERM) == 143, output
     assert "SIGTERM" in output
     ckpt = torch.load(out / "checkpoints/last.pt", weights_only=True)
     assert ckpt["state"]["step"] >= 2
@@ -497,3 +499,35 @@ def test_mfu_is_logged_with_a_peak(tmp_path: Path) -> None:
     train(cfg, toy_build)
     logs = [r for r in read_jsonl(tmp_path / "run/metrics.jsonl") if "train/loss" in r]
     assert all(r["train/mfu"] > 0 for r in logs)
+
+
+class Recorder(Callback):
+    """Records the hooks the loop calls; raises at the validation of ``stop_at`` (a step)."""
+
+    def __init__(self, stop_at: int | None = None) -> None:
+        self.calls: list[tuple] = []
+        self.stop_at = stop_at
+
+    def on_fit_start(self, start: FitStart) -> None:
+        self.calls.append(("start", start.rundir.root, start.resumed_from))
+
+    def on_validation_end(self, step: int, epoch: int, metrics) -> None:
+        self.calls.append(("val", step, epoch, round(metrics["val/loss"], 6)))
+        if step == self.stop_at:
+            raise RuntimeError(f"stop at {step}")
+
+
+def test_callbacks_get_the_hooks_in_order_and_a_raising_one_stops_the_run(tmp_path: Path):
+    out = tmp_path / "run"
+    first, second = Recorder(), Recorder()
+    metrics = train(make_cfg(out), toy_build, callbacks=[first, second])
+    assert first.calls == second.calls
+    assert first.calls[0] == ("start", str(out), None)
+    assert [c[1:3] for c in first.calls[1:]] == [(4, 0), (8, 1)]  # one validation per epoch
+    assert first.calls[-1][3] == round(metrics["val/loss"], 6)
+    assert not (out / "performance_metric.json").exists()  # only the callbacks passed run
+    stopping = Recorder(stop_at=4)
+    with pytest.raises(RuntimeError, match="stop at 4"):
+        train(make_cfg(tmp_path / "stopped"), toy_build, callbacks=[stopping])
+    last = torch.load(tmp_path / "stopped/checkpoints/last.pt", weights_only=True)
+    assert last["state"]["step"] == 4  # saved before the exception left the loop

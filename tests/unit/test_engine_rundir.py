@@ -103,13 +103,3 @@ def test_load_errors_are_clear(tmp_path: Path) -> None:
     torch.save([1, 2], tmp_path / "list.pt")
     with pytest.raises(ValueError, match="not a saltx checkpoint"):
         load_checkpoint(str(tmp_path / "list.pt"))
-
-
-def test_upload_tree_to_remote_run_dir(tmp_path: Path) -> None:
-    (tmp_path / "tb" / "sub").mkdir(parents=True)
-    (tmp_path / "tb" / "events.1").write_bytes(b"e1")
-    (tmp_path / "tb" / "sub" / "events.2").write_bytes(b"e2")
-    rundir = RunDir("memory://saltx-test/run2")
-    rundir.upload_tree(tmp_path / "tb", "tensorboard")
-    assert rundir.read_bytes("tensorboard/events.1") == b"e1"
-    assert rundir.read_bytes("tensorboard/sub/events.2") == b"e2"

@@ -11,6 +11,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+from saltx.config import TrainConfig
 from saltx.data.batch import Batch
 from saltx.eval.predictions import intra_op_threads, output_spec, write_predictions
 
@@ -57,7 +58,8 @@ def _setup(tmp_path: Path, fail: bool = False):
     model = RecordingModel(fail)
     x = torch.tensor(jets["pt"])[:, None]
     loader = [Batch({"jets": x[i : i + 2]}, {}, {}) for i in (0, 2)]
-    cfg = OmegaConf.create({"data": {"test_file": str(test_file), "batch_size": 2}})
+    data = {"test_file": str(test_file), "batch_size": 2}
+    cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), {"data": data})  # schema defaults
     ecfg = OmegaConf.create({"jet_fields": ["pt"], "write_tracks": False})
     spec = output_spec(model.tasks, "GN2", "jets")
     return model, loader, spec, cfg, ecfg

@@ -47,10 +47,11 @@ def step(cfg) -> None:
     model = build_model(cfg, norm, class_dict, class_names)
     assert model.trainable_params > 0
     if cfg.model.muP:  # muP models need their base shapes before the first forward
+        from saltx.assemble import shape_model
         from saltx.mup.setup import apply_mup
         from saltx.mup.shapes import base_shapes_from_config
 
-        apply_mup(model, cfg, base_shapes=base_shapes_from_config(cfg))
+        apply_mup(model, cfg, base_shapes_from_config(cfg, shape_model))
 
     labels = required_labels(cfg, "fit")
     batch = build_datasets(cfg.data, labels, "fit", seed=0)["train"][0:6]

@@ -14,6 +14,8 @@ import yaml
 
 from saltx.hpo import katib
 
+# Katib StdOut collector's default metric regex (name=value), from Katib's source
+KATIB_DEFAULT_REGEX = r"([\w|-]+)\s*=\s*([+-]?\d*(\.\d+)?([Ee][+-]?\d+)?)"
 _STR = {"type": "string"}
 _NAME = {"type": "string", "pattern": r"^[\w|-]+$"}  # what Katib's default regex captures
 _SETTINGS = {
@@ -238,14 +240,17 @@ def test_untranslatable_sweeps_fail_clearly(sweeper, message):
 
 
 def test_katibs_default_regex_reads_the_performance_writer(tmp_path, capsys):
-    from saltx.engine.callbacks import PerformanceWriter, katib_name
+    from saltx.engine.callbacks import FitStart
+    from saltx.engine.distributed import DistInfo
+    from saltx.hpo.katib_writer import PerformanceWriter
     from saltx.io.rundir import RunDir
 
-    writer = PerformanceWriter(RunDir(tmp_path), std_out=True)
+    writer = PerformanceWriter(std_out=True)
+    writer.on_fit_start(FitStart(RunDir(tmp_path), DistInfo(), None))
     metrics = {"val/loss": 0.1234, "train/loss": 2.5e-3, "val/jet_classification_loss": 0.5}
-    writer.on_validation_end(3, metrics)
+    writer.on_validation_end(30, 3, metrics)
     found = {m.group(1): float(m.group(2))
-             for m in re.finditer(katib.KATIB_DEFAULT_REGEX, capsys.readouterr().out)}  # fmt: skip
+             for m in re.finditer(KATIB_DEFAULT_REGEX, capsys.readouterr().out)}  # fmt: skip
     manifest = katib.build_experiment(
         {"params": {"a": "choice(1, 2)"}},
         optimized_metric="val/loss",
@@ -257,7 +262,7 @@ def test_katibs_default_regex_reads_the_performance_writer(tmp_path, capsys):
         assert name in found
     assert found["val_loss"] == pytest.approx(0.1234, abs=1e-5)
     assert found["train_loss"] == pytest.approx(2.5e-3, abs=1e-5)
-    assert katib.katib_name("val/loss") == katib_name("val/loss") == "val_loss"
+    assert katib.katib_name("val/loss") == "val_loss"
 
 
 def _katib_wrap(command: list[str], metrics_file: str, mark_cmd: str) -> list[str]:

@@ -8,6 +8,7 @@ JobReturn exactly as ``hydra.core.utils.run_job`` does (status FAILED, the excep
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,7 +23,7 @@ from optuna.trial import TrialState
 
 from saltx.hpo import pruning
 from saltx.hpo.results import RESULTS_FILE, redact_url
-from saltx.hpo.sweeper import OptunaSweeperImpl, TrialRunner, objective_values
+from saltx.hpo.sweeper import OptunaSweeperImpl, TrialRunner, objective_values, sweeper_settings
 
 PARAMS = {"x": "interval(-2, 2)", "y": "range(0, 4)", "c": "choice(a, b)"}
 
@@ -65,7 +66,7 @@ def make_sweeper(tmp_path: Path, task: Callable[[Any], Any], **kwargs: Any) -> O
         "plots": False,
     }
     settings.update(kwargs)
-    sweeper = OptunaSweeperImpl(**settings)
+    sweeper = OptunaSweeperImpl(**sweeper_settings(settings))
     sweeper.config = OmegaConf.create(
         {"hydra": {"sweep": {"dir": str(tmp_path)}, "job": {"name": "unit"}}}
     )
@@ -105,8 +106,10 @@ def test_resume_fills_the_study_up_to_n_trials(tmp_path):
 
 
 def test_failures_and_non_finite_values_are_fail_and_the_sweep_continues(tmp_path):
+    calls = itertools.count()  # the fake launcher runs the trials in order
+
     def task(cfg):
-        n = pruning.current_trial().number
+        n = next(calls)
         if n == 1:
             raise RuntimeError("boom")
         return math.nan if n == 2 else objective(cfg)
@@ -144,8 +147,10 @@ def test_pruned_trials_are_recorded_as_pruned(tmp_path):
 
 
 def test_keyboard_interrupt_leaves_no_trial_running(tmp_path):
+    calls = itertools.count()  # the fake launcher runs the trials in order
+
     def task(cfg):
-        if pruning.current_trial().number == 3:
+        if next(calls) == 3:
             raise KeyboardInterrupt
         return objective(cfg)
 

@@ -10,12 +10,20 @@ from saltx.mup.coord_check import (
     split_args,
     summary_table,
     width_growth,
-    width_spread,
     write_results,
 )
 from saltx.mup.shapes import compose_train
 
 WIDTHS = [32, 64, 128]
+
+
+def width_spread(result, param: str) -> dict[str, float]:
+    """``{layer: max/min over widths}`` of the activation size after the last step."""
+    out = {}
+    for layer, by_width in result["sizes"][param].items():
+        values = [v[-1] for v in by_width.values()]
+        out[layer] = float("inf") if min(values) <= 0 else max(values) / min(values)
+    return out
 
 
 def tiny(data_dir, *extra: str) -> list[str]:

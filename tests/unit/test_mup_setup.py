@@ -10,15 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from saltx.data.class_weights import load_class_dict
-from saltx.data.labels import read_class_names
-from saltx.data.loader import build_datasets
-from saltx.data.norm import load_norm_dict
+from saltx.assemble import fit_datasets, model_from_config, shape_model
 from saltx.engine.schedule import OneCycleSchedule, build_optimizer
-from saltx.models.build import build_model, required_labels
 from saltx.mup.fold import fold_mureadout
-from saltx.mup.setup import CachedMuReadout, MupConfigError, apply_mup, width_mults
-from saltx.mup.shapes import compose_train, make_shapes
+from saltx.mup.setup import CachedMuReadout, MupConfigError, apply_mup
+from saltx.mup.shapes import compose_train, make_shapes, shape_file
 
 BASE, DELTA, WIDTH = 16, 32, 64
 
@@ -40,32 +36,35 @@ def overrides(data_dir, shape_dir, *extra: str) -> list[str]:
     ]
 
 
-def build(cfg, rescale: bool = True) -> nn.Module:
-    data = cfg.data
-    model = build_model(
-        cfg,
-        load_norm_dict(data.norm_dict),
-        load_class_dict(data.class_dict),
-        read_class_names(data.train_file),
-    )
-    if not getattr(model, "mup_applied", False):  # build_model may already call it
-        apply_mup(model, cfg, rescale_params=rescale)
-    return model
+def build(cfg) -> nn.Module:
+    """The model of ``cfg`` with its base shapes (the composition step applies them once)."""
+    return model_from_config(cfg)
+
+
+def width_mults(optimizer: torch.optim.Optimizer) -> list[float]:
+    """Per-group width multiplier of a muP optimizer (1.0 for vector-like groups)."""
+    out = []
+    for group in optimizer.param_groups:
+        mults = {
+            float(p.infshape.width_mult()) if p.infshape.ninf() == 2 else 1.0
+            for p in group["params"]
+            if hasattr(p, "infshape")
+        }
+        out.append(mults.pop() if len(mults) == 1 else 1.0)
+    return out
 
 
 @pytest.fixture(scope="module")
 def mup_cfg(synthetic_dir, tmp_path_factory):
     shape_dir = tmp_path_factory.mktemp("shapes")
     ov = overrides(synthetic_dir, shape_dir)
-    make_shapes(ov)
+    make_shapes(ov, shape_model)
     return compose_train(ov)
 
 
 @pytest.fixture(scope="module")
 def batch(mup_cfg):
-    return build_datasets(mup_cfg.data, required_labels(mup_cfg, "fit"), "fit", seed=0)["train"][
-        0:16
-    ]
+    return fit_datasets(mup_cfg)["train"][0:16]
 
 
 def test_model_gets_infshapes_and_mup_layers(mup_cfg, batch):
@@ -97,7 +96,7 @@ def test_mup_refuses_plain_adamw(synthetic_dir, tmp_path, mup_cfg):
     model = build(mup_cfg)
     cfg = compose_train(overrides(synthetic_dir, tmp_path, "optimizer=adamw"))
     with pytest.raises(MupConfigError, match="optimizer=muadamw"):
-        apply_mup(model, cfg)
+        apply_mup(model, cfg, shape_file(mup_cfg))
 
 
 def test_missing_shape_file_falls_back_to_the_mup_block(synthetic_dir, tmp_path, mup_cfg):
@@ -173,7 +172,7 @@ def test_checkpoint_reload_gives_the_same_model(mup_cfg, batch):
     fresh.load_state_dict(state)
     fresh.eval()
     # re-applying base shapes to loaded weights must not rescale them
-    apply_mup(fresh, mup_cfg, rescale_params=False)
+    apply_mup(fresh, mup_cfg, shape_file(mup_cfg), rescale_params=False)
     with torch.no_grad():
         a = model(batch.inputs, batch.masks)[0]
         b = fresh(batch.inputs, batch.masks)[0]

@@ -7,6 +7,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
+from saltx.assemble import shape_model
 from saltx.mup.shapes import (
     MupConfigError,
     base_delta_assignments,
@@ -82,7 +83,7 @@ def test_unknown_parameter_name_is_a_clear_error():
 
 
 def test_make_shapes_writes_storeshapes_and_configs(tmp_path):
-    path = make_shapes(tiny_overrides(tmp_path / "shapes"))
+    path = make_shapes(tiny_overrides(tmp_path / "shapes"), shape_model)
     assert path == tmp_path / "shapes" / "storeshapes"
     shapes = yaml.safe_load(path.read_text())
     # width dimensions carry the base size, fixed ones are null
@@ -101,9 +102,9 @@ def test_make_shapes_writes_storeshapes_and_configs(tmp_path):
 
 def test_in_memory_shapes_equal_the_file(tmp_path):
     overrides = tiny_overrides(tmp_path)
-    path = make_shapes(overrides)
+    path = make_shapes(overrides, shape_model)
     from_file = mup.load_base_shapes(str(path))
-    in_memory = base_shapes_from_config(compose_train(overrides))
+    in_memory = base_shapes_from_config(compose_train(overrides), shape_model)
     assert {k: v.base_shape() for k, v in in_memory.items()} == {
         k: v.base_shape() for k, v in from_file.items()
     }
@@ -112,8 +113,8 @@ def test_in_memory_shapes_equal_the_file(tmp_path):
 def test_refuses_equal_base_and_delta(tmp_path, capsys):
     overrides = tiny_overrides(tmp_path, "mup.embed_dim.parameter_delta=16")
     with pytest.raises(MupConfigError, match="must differ"):
-        make_shapes(overrides)
-    assert main(overrides) == 2
+        make_shapes(overrides, shape_model)
+    assert main(overrides, build=shape_model) == 2
     assert "parameter_base and parameter_delta are both 16" in capsys.readouterr().err
     assert not (tmp_path / "storeshapes").exists()
 
@@ -123,7 +124,7 @@ def test_refuses_width_not_divisible_by_heads(tmp_path):
     with pytest.raises(
         MupConfigError, match=r"embed_dim=15 is not divisible by model\.num_heads=2"
     ):
-        make_shapes(overrides)
+        make_shapes(overrides, shape_model)
 
 
 def test_missing_mup_block_is_explained():
@@ -134,12 +135,14 @@ def test_missing_mup_block_is_explained():
 
 def test_num_heads_dimension_scales_heads_with_the_width(tmp_path):
     heads = ["mup.num_heads.parameter_base=2", "mup.num_heads.parameter_delta=4"]
-    path = make_shapes(tiny_overrides(tmp_path, *heads))
+    path = make_shapes(tiny_overrides(tmp_path, *heads), shape_model)
     base = OmegaConf.load(path.parent / "base.yaml")
     delta = OmegaConf.load(path.parent / "delta.yaml")
     assert (base.model.num_heads, delta.model.num_heads) == (2, 4)
     assert (base.model.embed_dim, delta.model.embed_dim) == (16, 32)
     with pytest.raises(MupConfigError, match="not divisible"):
-        make_shapes(tiny_overrides(tmp_path, heads[0], "mup.num_heads.parameter_delta=3"))
+        make_shapes(
+            tiny_overrides(tmp_path, heads[0], "mup.num_heads.parameter_delta=3"), shape_model
+        )
     with pytest.raises(MupConfigError, match="parameter_delta must be a positive integer"):
-        make_shapes(tiny_overrides(tmp_path, heads[0]))
+        make_shapes(tiny_overrides(tmp_path, heads[0]), shape_model)

@@ -1,4 +1,4 @@
-"""muP through the training engine (build_model applies the base shapes): MuAdamW groups in
+"""muP through the training engine (the composition step applies the base shapes): MuAdamW groups in
 the checkpoint, bit-identical resume."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ import pytest
 import torch
 import yaml
 
+from saltx.assemble import shape_model
 from saltx.mup.shapes import compose_train, make_shapes
 
 BASE, WIDTH = 16, 64
@@ -32,7 +33,7 @@ def test_training_with_mup_resumes_bit_identically(synthetic_dir, tmp_path):
     from saltx.engine.checkpoint import load_checkpoint
     from saltx.train import train
 
-    make_shapes(overrides(synthetic_dir, tmp_path / "shapes"))
+    make_shapes(overrides(synthetic_dir, tmp_path / "shapes"), shape_model)
 
     def cfg_for(run: str, *extra: str):
         return compose_train(

@@ -19,11 +19,12 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
+from saltx.assemble import build_model
 from saltx.data.class_weights import load_class_dict
 from saltx.data.labels import read_class_names
 from saltx.data.loader import build_datasets
 from saltx.data.norm import load_norm_dict
-from saltx.models.build import build_model, required_labels
+from saltx.models.build import required_labels
 from saltx.salt.__main__ import main as salt_main
 from saltx.salt.config import (
     SaltConfigError,

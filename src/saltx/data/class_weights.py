@@ -9,7 +9,6 @@ valid constituents. Labels containing ``VertexIndex`` or ``barcode`` are skipped
 
 from __future__ import annotations
 
-import argparse
 import math
 import warnings
 from collections.abc import Mapping, Sequence
@@ -17,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from saltx.data.h5 import H5Source, describe_source, open_h5
-from saltx.data.norm import _read_yaml, as_number, parse_variables, write_yaml
+from saltx.data.h5 import H5Source, open_h5
+from saltx.data.norm import _read_yaml, as_number, dict_cli, selected_fields, valid_rows
 from saltx.errors import DataError
 
 SKIPPED_SUBSTRINGS = ("VertexIndex", "barcode")
@@ -73,20 +72,43 @@ def load_class_dict(path: str) -> dict[str, dict[str, list[float]]]:
     return data
 
 
-def class_weights(counts: Mapping[int, int]) -> list[float]:
-    """Weights ``total/count`` normalised to a minimum of 1, rounded, by sorted label value."""
-    values = sorted(counts)
-    n = np.array([counts[v] for v in values], dtype=np.float64)
-    w = n.sum() / n
-    return [round(float(x), 2) for x in w / w.min()]
+def class_weights(counts: Mapping[int, int], classes: Sequence[int] | None = None) -> list[float]:
+    """UPP-style class weights ``total / count``, normalised to a minimum of 1, rounded to
+    2 decimals (the one rule; the synthetic generator's class dicts use it too).
+
+    Parameters
+    ----------
+    counts
+        ``{label value: entries}``.
+    classes
+        The label values to weight, in order; default: the values of ``counts``, sorted.
+        A class without entries gets the largest weight of the present classes (1.0 when
+        no class is present).
+
+    Returns
+    -------
+    list[float]
+        One weight per class.
+    """
+    values = sorted(counts) if classes is None else list(classes)
+    n = np.array([counts.get(v, 0) for v in values], dtype=np.float64)
+    present = n > 0
+    if not present.any():
+        return [1.0] * len(values)
+    w = np.zeros_like(n)
+    w[present] = n.sum() / n[present]
+    w[present] /= w[present].min()
+    w[~present] = w[present].max()
+    return [round(float(x), 2) for x in w]
 
 
 def _integer_labels(dtype: np.dtype) -> list[str]:
-    return [
-        n
-        for n in dtype.names
-        if dtype[n].kind in "iu" and not any(s in n for s in SKIPPED_SUBSTRINGS)
-    ]
+    return [n for n in dtype.names if dtype[n].kind in "iu"]
+
+
+def _counted(name: str) -> bool:
+    """Label fields whose values are classes (not vertex indices or barcodes)."""
+    return not any(s in name for s in SKIPPED_SUBSTRINGS)
 
 
 def compute_class_dict(
@@ -111,28 +133,10 @@ def compute_class_dict(
     """
     out: dict[str, dict[str, list[float]]] = {}
     with open_h5(source) as f:
-        names = labels or {
-            k: _integer_labels(f[k].dtype) for k in f if hasattr(f[k], "dtype") and f[k].dtype.names
-        }
-        for ds_name, fields in names.items():
-            fields = [n for n in fields if not any(s in n for s in SKIPPED_SUBSTRINGS)]
-            if not fields:
-                continue
-            if ds_name not in f:
-                raise DataError(f"no dataset '{ds_name}' in '{describe_source(source)}'")
-            ds = f[ds_name]
-            missing = [v for v in fields if v not in ds.dtype.names]
-            if missing:
-                raise DataError(
-                    f"labels {missing} not in dataset '{ds_name}' of "
-                    f"'{describe_source(source)}'; available: {list(ds.dtype.names)}"
-                )
+        fields_of = selected_fields(f, source, labels, _integer_labels, "labels", _counted)
+        for ds_name, ds, fields in fields_of:
             counts: dict[str, dict[int, int]] = {v: {} for v in fields}
-            total = ds.shape[0] if num < 0 else min(num, ds.shape[0])
-            for start in range(0, total, batch_size):
-                rows = ds[start : min(start + batch_size, total)]
-                if "valid" in ds.dtype.names:
-                    rows = rows[rows["valid"]]
+            for rows in valid_rows(ds, num, batch_size):
                 for v in fields:
                     values, n = np.unique(rows[v], return_counts=True)
                     for value, c in zip(values.tolist(), n.tolist(), strict=True):
@@ -143,15 +147,7 @@ def compute_class_dict(
 
 def main(argv: Sequence[str] | None = None) -> None:
     """CLI: compute a class dict from an h5 file."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--file", required=True, help="h5 file (usually the training file)")
-    parser.add_argument("--out", required=True, help="output YAML path")
-    parser.add_argument("--num", type=int, default=-1, help="jets to use (-1 = all)")
-    parser.add_argument("--labels", nargs="*", help="DATASET=label1,label2 ... (default: all)")
-    args = parser.parse_args(argv)
-    weights = compute_class_dict(args.file, parse_variables(args.labels), num=args.num)
-    write_yaml(weights, args.out)
-    print(f"wrote {args.out}: " + ", ".join(f"{k} {list(v)}" for k, v in weights.items()))
+    dict_cli(argv, __doc__.split("\n")[0], compute_class_dict, "labels", lambda v: str(list(v)))
 
 
 if __name__ == "__main__":

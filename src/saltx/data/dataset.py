@@ -496,10 +496,6 @@ class JetDataset(Dataset):
     def __len__(self) -> int:
         return self.num_jets
 
-    def set_seed(self, seed: int) -> None:
-        """Set the base seed of the PARAMETERS draws."""
-        self.seed = int(seed)
-
     def _read(self, ds_name: str, start: int, stop: int) -> np.ndarray:
         shape, dtype = self._datasets[ds_name]
         cols = self._read_cols.get(ds_name)

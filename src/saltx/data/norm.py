@@ -14,16 +14,18 @@ import math
 import os
 import sys
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+import h5py
 import numpy as np
 import yaml
 
 from saltx.data.h5 import H5Source, describe_source, open_h5
 from saltx.errors import DataError
 
-SKIPPED_INPUTS = ("PARAMETERS", "EDGE")
+#: ``data.variables`` keys that are never normalised
+NORM_SKIPPED = ("EDGE", "PARAMETERS")
 
 
 def _read_yaml(path: str, what: str) -> Any:
@@ -113,46 +115,93 @@ def load_norm_dict(path: str) -> dict[str, dict[str, dict[str, float]]]:
     return norm
 
 
-def check_norm_dict(
+def norm_dataset_name(
+    input_name: str, global_object: str = "jets", input_map: Mapping[str, str] | None = None
+) -> str:
+    """The norm dict entry (h5 dataset) holding the statistics of ``input_name``.
+
+    ``GLOBAL`` uses the global object's entries; then ``input_map`` (when it lists the
+    input), else the input name itself.
+    """
+    if input_name == "GLOBAL":
+        input_name = global_object
+    if input_map and input_name in input_map:
+        return str(input_map[input_name])
+    return input_name
+
+
+def _input_stats(
+    norm: Mapping, dataset: str, variables: Sequence[str], input_name: str
+) -> tuple[list[float], list[float]]:
+    if dataset not in norm:
+        raise DataError(
+            f"norm_dict has no entry for dataset {dataset!r} (needed by input {input_name!r}); "
+            f"it has: {sorted(norm)}"
+        )
+    entries = norm[dataset] or {}
+    means, stds = [], []
+    for var in variables:
+        if var not in entries:
+            raise DataError(
+                f"norm_dict[{dataset!r}] has no entry for variable {var!r} "
+                f"(input {input_name!r}); add it to the norm dict or remove it from "
+                f"data.variables.{input_name}"
+            )
+        entry = entries[var]
+        try:
+            mean, std = float(entry["mean"]), float(entry["std"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise DataError(
+                f"norm_dict[{dataset!r}][{var!r}] must be a mapping with 'mean' and 'std', "
+                f"got {entry!r}"
+            ) from err
+        if not (math.isfinite(mean) and math.isfinite(std)):
+            raise DataError(
+                f"norm_dict[{dataset!r}][{var!r}] has non-finite values (mean={mean}, std={std})"
+            )
+        if std == 0:
+            raise DataError(f"norm_dict[{dataset!r}][{var!r}] has std == 0 (mean={mean})")
+        means.append(mean)
+        stds.append(std)
+    return means, stds
+
+
+def norm_stats(
     norm: Mapping[str, Mapping[str, Mapping[str, float]]],
     variables: Mapping[str, Sequence[str]],
     global_object: str = "jets",
     input_map: Mapping[str, str] | None = None,
-) -> None:
-    """Check that every input variable has a finite mean and a finite, non-zero std.
+) -> dict[str, tuple[list[float], list[float]]]:
+    """Means and stds of every normalised input, checked (the one rule for norm dicts).
 
-    ``GLOBAL`` uses the global object's entries; ``PARAMETERS`` and ``EDGE`` are skipped.
-    Other inputs use the entry of their h5 dataset (``input_map``, default: same name).
+    Every ``variables`` key except :data:`NORM_SKIPPED` is normalised, with the entries of
+    its dataset (:func:`norm_dataset_name`).
+
+    Parameters
+    ----------
+    norm
+        ``{dataset: {variable: {mean, std}}}`` (:func:`load_norm_dict`).
+    variables
+        ``{input_name: [variable, ...]}`` (``data.variables``).
+    global_object, input_map
+        ``data.global_object`` and ``data.input_map``.
+
+    Returns
+    -------
+    dict
+        ``{input_name: (means, stds)}``, each a list in variable order (shape ``(F,)``).
 
     Raises
     ------
     DataError
-        Naming the dataset and variable that is missing or invalid.
+        A missing dataset or variable, an entry without mean/std, a non-finite value or a
+        zero std (naming the dataset, the variable and the input).
     """
-    input_map = dict(input_map or {})
-    for name, names in variables.items():
-        if name in SKIPPED_INPUTS:
-            continue
-        key = global_object if name == "GLOBAL" else input_map.get(name, name)
-        entries = norm.get(key)
-        if entries is None:
-            raise DataError(
-                f"norm dict has no dataset '{key}' (needed by input '{name}'); "
-                f"available: {sorted(norm)}"
-            )
-        for var in names:
-            stats = entries.get(var)
-            if not isinstance(stats, Mapping) or "mean" not in stats or "std" not in stats:
-                raise DataError(
-                    f"norm dict has no mean/std for variable '{var}' of dataset '{key}' "
-                    f"(input '{name}')"
-                )
-            mean, std = float(stats["mean"]), float(stats["std"])
-            if not (math.isfinite(mean) and math.isfinite(std)) or std == 0:
-                raise DataError(
-                    f"norm dict entry for '{key}.{var}' needs a finite mean and a finite, "
-                    f"non-zero std; got mean={mean}, std={std}"
-                )
+    return {
+        name: _input_stats(norm, norm_dataset_name(name, global_object, input_map), names, name)
+        for name, names in variables.items()
+        if name not in NORM_SKIPPED
+    }
 
 
 class RunningStats:
@@ -186,6 +235,54 @@ class RunningStats:
             return np.sqrt(np.where(self.n > 0, self.m2 / self.n, np.nan))
 
 
+def selected_fields(
+    f: h5py.File,
+    source: H5Source,
+    selection: Mapping[str, Sequence[str]] | None,
+    default: Callable[[np.dtype], list[str]],
+    what: str,
+    keep: Callable[[str], bool] = lambda name: True,
+) -> Iterator[tuple[str, h5py.Dataset, list[str]]]:
+    """``(dataset name, dataset, fields)`` to compute a dict over, checked.
+
+    ``selection`` is ``{dataset: [field, ...]}``; by default every structured dataset
+    with the fields ``default(dtype)`` picks. Fields failing ``keep`` are left out, and a
+    dataset left without fields is skipped. ``what`` names the fields in errors
+    (``variables``, ``labels``).
+
+    Raises
+    ------
+    DataError
+        A selected dataset or field that the file lacks (naming what it has).
+    """
+    names = selection or {
+        k: default(f[k].dtype) for k in f if hasattr(f[k], "dtype") and f[k].dtype.names
+    }
+    for ds_name, wanted in names.items():
+        fields = [n for n in wanted if keep(n)]
+        if not fields:
+            continue
+        if ds_name not in f:
+            raise DataError(f"no dataset '{ds_name}' in '{describe_source(source)}'")
+        ds = f[ds_name]
+        missing = [v for v in fields if v not in ds.dtype.names]
+        if missing:
+            raise DataError(
+                f"{what} {missing} not in dataset '{ds_name}' of "
+                f"'{describe_source(source)}'; available: {list(ds.dtype.names)}"
+            )
+        yield ds_name, ds, fields
+
+
+def valid_rows(ds: h5py.Dataset, num: int, batch_size: int) -> Iterator[np.ndarray]:
+    """The first ``num`` jets (-1: all) of ``ds``, ``batch_size`` at a time, valid rows
+    only (constituents with ``valid`` false are dropped)."""
+    total = ds.shape[0] if num < 0 else min(num, ds.shape[0])
+    for start in range(0, total, batch_size):
+        rows = ds[start : min(start + batch_size, total)]
+        yield rows[rows["valid"]] if "valid" in ds.dtype.names else rows
+
+
 def _numeric_fields(dtype: np.dtype) -> list[str]:
     return [n for n in dtype.names if n != "valid" and dtype[n].kind in "fiub"]
 
@@ -214,25 +311,10 @@ def compute_norm_dict(
     explicit = variables is not None
     out: dict[str, dict[str, dict[str, float]]] = {}
     with open_h5(source) as f:
-        names = variables or {
-            k: _numeric_fields(f[k].dtype) for k in f if hasattr(f[k], "dtype") and f[k].dtype.names
-        }
-        for ds_name, fields in names.items():
-            if ds_name not in f:
-                raise DataError(f"no dataset '{ds_name}' in '{describe_source(source)}'")
-            ds = f[ds_name]
-            missing = [v for v in fields if v not in ds.dtype.names]
-            if missing:
-                raise DataError(
-                    f"variables {missing} not in dataset '{ds_name}' of "
-                    f"'{describe_source(source)}'; available: {list(ds.dtype.names)}"
-                )
-            total = ds.shape[0] if num < 0 else min(num, ds.shape[0])
+        fields_of = selected_fields(f, source, variables, _numeric_fields, "variables")
+        for ds_name, ds, fields in fields_of:
             stats = RunningStats(len(fields))
-            for start in range(0, total, batch_size):
-                rows = ds[start : min(start + batch_size, total)]
-                if "valid" in ds.dtype.names:
-                    rows = rows[rows["valid"]]
+            for rows in valid_rows(ds, num, batch_size):
                 x = np.stack([rows[v].astype(np.float64).ravel() for v in fields], axis=-1)
                 stats.update(x)
             out[ds_name] = {}
@@ -272,17 +354,35 @@ def write_yaml(data: Mapping[str, Any], path: str) -> None:
             os.remove(tmp)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """CLI: compute a norm dict from an h5 file."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def dict_cli(
+    argv: Sequence[str] | None,
+    description: str,
+    compute: Callable[..., dict[str, dict[str, Any]]],
+    select: str,
+    describe: Callable[[dict[str, Any]], str],
+) -> None:
+    """The command line of a dict computed from an h5 file (norm dict, class dict).
+
+    ``--file``, ``--out``, ``--num`` and ``--<select> DATASET=a,b ...`` (default: all);
+    calls ``compute(file, selection, num=num)``, writes the YAML and prints a summary with
+    ``describe`` of each dataset's entry.
+    """
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--file", required=True, help="h5 file (usually the training file)")
     parser.add_argument("--out", required=True, help="output YAML path")
     parser.add_argument("--num", type=int, default=-1, help="jets to use (-1 = all)")
-    parser.add_argument("--variables", nargs="*", help="DATASET=var1,var2 ... (default: all)")
+    parser.add_argument(f"--{select}", nargs="*", help="DATASET=name1,name2 ... (default: all)")
     args = parser.parse_args(argv)
-    norm = compute_norm_dict(args.file, parse_variables(args.variables), num=args.num)
-    write_yaml(norm, args.out)
-    print(f"wrote {args.out}: " + ", ".join(f"{k} ({len(v)} vars)" for k, v in norm.items()))
+    result = compute(args.file, parse_variables(getattr(args, select)), num=args.num)
+    write_yaml(result, args.out)
+    print(f"wrote {args.out}: " + ", ".join(f"{k} {describe(v)}" for k, v in result.items()))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """CLI: compute a norm dict from an h5 file."""
+    dict_cli(
+        argv, __doc__.split("\n")[0], compute_norm_dict, "variables", lambda v: f"({len(v)} vars)"
+    )
 
 
 if __name__ == "__main__":

@@ -1,91 +1,58 @@
-"""Katib performance writer: validation metrics for Kubeflow Katib's metrics collectors.
+"""The training loop's callbacks: what plugs into the loop from outside it.
 
-At each validation (rank 0 only) it
+The loop calls the hooks of every callback in its list, in order; a hook a callback does
+not override does nothing. The engine imports no callback: the caller passes the list to
+:func:`saltx.engine.loop.fit`. saltx's own two are registered by the composition step
+(:func:`saltx.assemble.training_callbacks`):
 
-* prints ``epoch <n>:`` and one ``name=value`` line per metric to stdout, in the format of
-  Katib's StdOut collector, whose default regex is
-  ``([\\w|-]+)\\s*=\\s*([+-]?\\d*(\\.\\d+)?([Ee][+-]?\\d+)?)``;
-* appends one JSON line ``{"epoch": n, "<name>": "<value>", ..., "timestamp": ISO-8601}``
-  to ``<dir_path or run dir>/performance_metric.json`` (Katib's File collector, JSON
-  format; values are strings as Katib expects).
+* :class:`saltx.hpo.katib_writer.PerformanceWriter` (``trainer.performance_writer``):
+  validation metrics for Katib's metrics collectors;
+* :class:`saltx.hpo.pruning.PruneTrial`: reports the optimised metric to a running Optuna
+  trial and stops the run when the trial is pruned.
 
-Metric names are made Katib-safe: every character other than letters, digits, ``_`` and
-``-`` becomes ``_`` (``val/loss`` → ``val_loss``). The metrics written are ``train_loss``,
-``val_loss``, every ``val_<task>_loss``, and the names in ``add_metrics`` (either spelling)
-when they were logged. Unlike Salt, the ``timestamp`` is not printed to stdout (Katib's
-regex would read ``timestamp=2026`` as a metric).
+A hook that raises stops the run: the loop saves ``checkpoints/last.pt`` first and lets
+the exception leave :func:`~saltx.engine.loop.fit` (Optuna's ``TrialPruned`` does this).
 """
 
 from __future__ import annotations
 
-import datetime
-import json
-import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from saltx.io.rundir import RunDir
-
-FILENAME = "performance_metric.json"
-_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+if TYPE_CHECKING:  # this module stays cheap to import (saltx.hpo.pruning subclasses it)
+    from saltx.engine.distributed import DistInfo
+    from saltx.io.rundir import RunDir
 
 
-def katib_name(name: str) -> str:
-    """``val/loss`` → ``val_loss``: only letters, digits, ``_`` and ``-`` remain."""
-    return _UNSAFE.sub("_", name)
+@dataclass(frozen=True)
+class FitStart:
+    """What the loop tells the callbacks before the first step.
 
-
-class PerformanceWriter:
-    """Writes validation metrics for Katib.
-
-    Parameters
+    Attributes
     ----------
     rundir
-        Where ``performance_metric.json`` goes (``dir_path`` overrides it).
-    dir_path
-        Optional other folder or URL for ``performance_metric.json``.
-    add_metrics
-        Extra metric names to write when they were logged.
-    std_out
-        Print ``name=value`` lines to stdout.
-    truncate
-        Start ``performance_metric.json`` empty (a resumed run appends instead).
+        The run directory.
+    info
+        This process's rank, world size and device (only rank 0 writes files).
+    resumed_from
+        The checkpoint the run resumed from, or None for a fresh start.
     """
 
-    def __init__(
-        self,
-        rundir: RunDir,
-        dir_path: str | None = None,
-        add_metrics: Iterable[str] | None = None,
-        std_out: bool = True,
-        truncate: bool = True,
-    ) -> None:
-        self.out = RunDir(dir_path) if dir_path else rundir
-        self.add_metrics = [str(m) for m in add_metrics or []]
-        self.std_out = std_out
-        self.out.makedirs()
-        if truncate or not self.out.exists(FILENAME):
-            self.out.write_text(FILENAME, "")
+    rundir: RunDir
+    info: DistInfo
+    resumed_from: str | None
 
-    def select(self, metrics: Mapping[str, float]) -> dict[str, float]:
-        """The Katib-named metrics to write, from everything logged so far."""
-        safe = {katib_name(k): float(v) for k, v in metrics.items()}
-        names = ["train_loss", "val_loss"]
-        names += sorted(k for k in safe if k.startswith("val_") and k.endswith("_loss"))
-        names += [katib_name(m) for m in self.add_metrics]
-        out: dict[str, float] = {}
-        for name in names:
-            if name in safe and name not in out:
-                out[name] = safe[name]
-        return out
 
-    def on_validation_end(self, epoch: int, metrics: Mapping[str, float]) -> dict[str, float]:
-        """Write one record; returns what was written."""
-        values = self.select(metrics)
-        if self.std_out:
-            lines = [f"epoch {epoch}:"] + [f"{k}={v:.5f}" for k, v in values.items()]
-            print("\n".join(lines), flush=True)
-        record: dict[str, object] = {"epoch": int(epoch)}
-        record.update({k: f"{v:.5f}" for k, v in values.items()})
-        record["timestamp"] = datetime.datetime.now(datetime.UTC).isoformat()
-        self.out.append_text(FILENAME, json.dumps(record) + "\n")
-        return values
+class Callback:
+    """Base class of the loop's callbacks; override the hooks you need."""
+
+    def on_fit_start(self, start: FitStart) -> None:
+        """Called on every rank once the run directory is written, before the first step."""
+
+    def on_validation_end(self, step: int, epoch: int, metrics: Mapping[str, float]) -> None:
+        """Called on every rank after each validation (and after ``best.pt`` is saved).
+
+        ``step`` is the optimizer step, ``epoch`` the epoch the validation belongs to and
+        ``metrics`` everything logged so far (``val/loss``, ``train/loss``, ...).
+        """

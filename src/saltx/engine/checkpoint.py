@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from saltx.io.fs import exists, is_remote
-from saltx.io.rundir import RunDir, load_torch, require_regular_file
+from saltx.io.rundir import RunDir, load_checkpoint_dict, require_regular_file
 
 CKPT_DIR = "checkpoints"
 LAST = "last.pt"
@@ -65,18 +65,7 @@ def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict
     if not exists(path):
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     require_regular_file(path)
-    try:
-        ckpt = load_torch(path, map_location=map_location)
-    except Exception as err:
-        raise ValueError(
-            f"could not load checkpoint {path} with torch.load(weights_only=True): {err}"
-        ) from err
-    if not isinstance(ckpt, dict) or "model" not in ckpt:
-        keys = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise ValueError(
-            f"{path} is not a saltx checkpoint: expected a dict with 'model', got {keys}"
-        )
-    return ckpt
+    return load_checkpoint_dict(path, "model", "saltx checkpoint", map_location)
 
 
 def find_resume_checkpoint(

@@ -11,9 +11,12 @@ import math
 import os
 import time
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from saltx.io.rundir import RunDir
+
+if TYPE_CHECKING:
+    from saltx.config import LoggerConfig
 
 TRAIN_METRICS = ("loss", "lr", "jets_per_s", "mfu")
 """Metrics logged under ``train/`` besides the per-task losses (``mfu`` on GPUs only)."""
@@ -67,19 +70,19 @@ class MetricsFileLogger:
 class WandbLogger:
     """Weights & Biases; offline (files in the run directory) when no ``WANDB_API_KEY``."""
 
-    def __init__(self, cfg: Mapping[str, Any], local_dir: str, run_name: str) -> None:
+    def __init__(self, cfg: LoggerConfig, local_dir: str, run_name: str) -> None:
         import wandb
 
-        mode = cfg.get("mode")
+        mode = cfg.mode
         if mode is None:
             mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
         os.makedirs(local_dir, exist_ok=True)
         self.run = wandb.init(
-            project=cfg.get("project", "saltx"),
-            entity=cfg.get("entity"),
-            group=cfg.get("group"),
-            tags=list(cfg.get("tags") or []),
-            name=cfg.get("name_override") or run_name,
+            project=cfg.project,
+            entity=cfg.entity,
+            group=cfg.group,
+            tags=list(cfg.tags),
+            name=cfg.name_override or run_name,
             dir=local_dir,
             mode=mode,
             reinit=True,
@@ -146,7 +149,7 @@ class LoggerGroup:
 
 
 def build_loggers(
-    logger_cfg: Mapping[str, Any] | None,
+    logger_cfg: LoggerConfig | None,
     rundir: RunDir,
     *,
     local_dir: str,
@@ -172,9 +175,9 @@ def build_loggers(
     if not is_main:
         return LoggerGroup([])
     loggers: list[Logger] = [MetricsFileLogger(rundir)]
-    name = str((logger_cfg or {}).get("name", "none")).lower()
+    name = str(logger_cfg.name).lower() if logger_cfg is not None else "none"
     if name == "wandb":
-        loggers.append(WandbLogger(logger_cfg or {}, local_dir, run_name))
+        loggers.append(WandbLogger(logger_cfg, local_dir, run_name))
     elif name == "tensorboard":
         remote_dir = rundir.path("tensorboard") if rundir.remote else None
         loggers.append(TensorBoardLogger(local_dir, remote_dir=remote_dir))

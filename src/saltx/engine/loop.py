@@ -10,7 +10,9 @@ batches (``_Loop``) with :func:`train_step` and :func:`evaluate`, saving checkpo
 What the loop needs from the rest of saltx comes through a *build function*
 ``build(cfg, info) -> Components`` (model, train/val loaders, metadata, files to copy), so
 the loop runs on any model whose ``forward(inputs, masks, labels)`` returns
-``(preds, losses)`` and any loader of :class:`~saltx.data.batch.Batch` objects.
+``(preds, losses)`` and any loader of :class:`~saltx.data.batch.Batch` objects. What plugs
+into the loop (Katib's metrics writer, Optuna's pruning) comes as a list of
+:class:`~saltx.engine.callbacks.Callback` objects.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import contextlib
 import inspect
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,10 +29,11 @@ import torch
 from omegaconf import DictConfig
 from torch.nn.parallel import DistributedDataParallel
 
+from saltx.config import TrainConfig, TrainerConfig, typed_config
 from saltx.data.batch import Batch
 from saltx.engine import checkpoint as ckpt_io
 from saltx.engine.allocator import reuse_freed_memory
-from saltx.engine.callbacks import PerformanceWriter
+from saltx.engine.callbacks import Callback, FitStart
 from saltx.engine.distributed import (
     DistInfo,
     all_reduce_max,
@@ -45,8 +48,7 @@ from saltx.engine.flops import FlopCounter, peak_flops
 from saltx.engine.loggers import LoggerGroup, build_loggers
 from saltx.engine.precision import Precision, enable_tf32
 from saltx.engine.progress import ProgressBar, count_parameters, print_model_summary
-from saltx.engine.runfiles import (
-    local_dir_for,
+from saltx.engine.run_setup import (
     plain_config,
     resolve_run_dir,
     write_run_files,
@@ -54,11 +56,8 @@ from saltx.engine.runfiles import (
 from saltx.engine.schedule import OneCycleSchedule, build_optimizer, total_optimizer_steps
 from saltx.engine.signals import StopSignals, exit_code, signal_name
 from saltx.engine.state import TrainState, preserve_rng, rank_seed, seed_everything
+from saltx.io.fs import local_dir
 from saltx.io.rundir import RunDir
-
-#: Exit code of a run stopped by SIGTERM after saving ``last.pt`` (128 + SIGTERM); the
-#: other stop signals: :func:`saltx.engine.signals.exit_code`.
-EXIT_CODE_SIGTERM = 143
 
 
 class NonFiniteLossError(RuntimeError):
@@ -335,22 +334,28 @@ def _gather_rng(info: DistInfo) -> list[dict[str, Any]]:
 
 
 # -- the run ----------------------------------------------------------------------------------
-def fit(cfg: DictConfig, build: BuildFn, stop: StopSignals | None = None) -> dict[str, float]:
+def fit(
+    cfg: DictConfig,
+    build: BuildFn,
+    callbacks: Sequence[Callback] = (),
+    stop: StopSignals | None = None,
+) -> dict[str, float]:
     """Join the process group (when launched distributed), train, leave the group.
 
-    ``stop`` records the stop signals (SIGTERM, SIGINT, SIGHUP, SIGUSR1); by default the
-    loop installs its own handlers while it runs.
+    ``callbacks`` are called in order (:mod:`saltx.engine.callbacks`). ``stop`` records the
+    stop signals (SIGTERM, SIGINT, SIGHUP, SIGUSR1); by default the loop installs its own
+    handlers while it runs.
     """
-    tcfg = cfg.trainer
-    info = setup_distributed(tcfg.accelerator, tcfg.get("ddp_timeout_s", 600))
+    conf = typed_config(cfg)  # the loop's settings, typed: defaults live in saltx.config
+    info = setup_distributed(conf.trainer.accelerator, conf.trainer.ddp_timeout_s)
     try:
-        return run(cfg, build, info, stop)
+        return run(cfg, conf, build, info, callbacks, stop)
     finally:
         cleanup()
 
 
 def build_state(
-    cfg: DictConfig,
+    conf: TrainConfig,
     model: torch.nn.Module,
     batches_per_epoch: int,
     config: dict[str, Any],
@@ -358,16 +363,17 @@ def build_state(
 ) -> tuple[TrainState, int]:
     """Optimizer, OneCycle schedule and precision around ``model``; returns the state and
     the schedule's total optimizer steps."""
-    tcfg, lrs = cfg.trainer, cfg.lrs
+    tcfg, lrs = conf.trainer, conf.lrs
     optimizer = build_optimizer(
-        cfg.get("optimizer"),
+        conf.optimizer,
         model.parameters(),
         lr=float(lrs.max),
         weight_decay=float(lrs.weight_decay),
         device=info.device,
+        allowed_targets=conf.allowed_targets,
     )
-    accumulate = max(1, int(tcfg.accumulate_grad_batches))
-    total_steps = int(lrs.get("total_steps") or 0) or total_optimizer_steps(
+    accumulate = tcfg.accumulate_grad_batches
+    total_steps = lrs.total_steps or total_optimizer_steps(
         tcfg.max_epochs, tcfg.max_steps, batches_per_epoch, accumulate
     )
     scheduler = OneCycleSchedule(
@@ -377,15 +383,15 @@ def build_state(
         peak=float(lrs.max),
         end=float(lrs.end),
         pct_start=float(lrs.pct_start),
-        cycle_momentum=bool(lrs.get("cycle_momentum", True)),
-        base_momentum=float(lrs.get("base_momentum", 0.85)),
-        max_momentum=float(lrs.get("max_momentum", 0.95)),
+        cycle_momentum=lrs.cycle_momentum,
+        base_momentum=float(lrs.base_momentum),
+        max_momentum=float(lrs.max_momentum),
     )
     precision = Precision(tcfg.precision, info.device)
     return TrainState(model, optimizer, scheduler, precision, config), total_steps
 
 
-def resume(state: TrainState, cfg: DictConfig, rundir: RunDir, info: DistInfo) -> str | None:
+def resume(state: TrainState, conf: TrainConfig, rundir: RunDir, info: DistInfo) -> str | None:
     """Load the checkpoint to resume from, if any (rank 0 picks it, every rank loads it).
 
     Rank 0 also refuses to start afresh over an earlier run's checkpoints unless
@@ -396,10 +402,7 @@ def resume(state: TrainState, cfg: DictConfig, rundir: RunDir, info: DistInfo) -
     if info.is_main:
         try:
             path = ckpt_io.find_resume_checkpoint(
-                cfg.get("ckpt_path"),
-                cfg.trainer.resume,
-                rundir,
-                overwrite=bool(cfg.get("overwrite", False)),
+                conf.ckpt_path, conf.trainer.resume, rundir, overwrite=conf.overwrite
             )
             choice = (path, None)
         except Exception as err:
@@ -445,9 +448,17 @@ def start_run_dir(
 
 
 def run(
-    cfg: DictConfig, build: BuildFn, info: DistInfo, stop: StopSignals | None = None
+    cfg: DictConfig,
+    conf: TrainConfig,
+    build: BuildFn,
+    info: DistInfo,
+    callbacks: Sequence[Callback] = (),
+    stop: StopSignals | None = None,
 ) -> dict[str, float]:
     """Train on this rank; returns the last logged metrics (``val/loss`` ...).
+
+    ``cfg`` goes to the build function and into ``config.yaml``; the loop reads its own
+    settings from ``conf``, the same config typed (:func:`saltx.config.typed_config`).
 
     Raises
     ------
@@ -455,59 +466,51 @@ def run(
         A stop signal arrived (``stop``, or the handlers installed here); ``last.pt``
         holds the step the ranks agreed on.
     """
-    tcfg = cfg.trainer
-    configure_torch(tcfg, info)
+    tcfg = conf.trainer
+    configure_torch(cfg.trainer, info)
     rundir = RunDir(resolve_run_dir(cfg, info))
     config = plain_config(cfg, rundir.root)
 
-    seed_everything(int(cfg.seed))  # the same on every rank: identical initial weights
+    seed_everything(conf.seed)  # the same on every rank: identical initial weights
     parts = build(cfg, info)
     model = parts.model.to(info.device)
-    if tcfg.get("compile", False):
-        options = {"backend": str(tcfg.get("compile_backend", "inductor"))}
-        if tcfg.get("compile_mode"):
-            options["mode"] = str(tcfg.compile_mode)
+    if tcfg.compile:
+        options = {"backend": tcfg.compile_backend}
+        if tcfg.compile_mode:
+            options["mode"] = tcfg.compile_mode
         compile_model(model, options)
     batches_per_epoch = len(parts.train_loader)  # type: ignore[arg-type]
     if batches_per_epoch < 1:
         raise ValueError("the training loader yields no batches on this rank")
-    state, total_steps = build_state(cfg, model, batches_per_epoch, config, info)
-    seed_everything(rank_seed(int(cfg.seed), info.rank))
-    resumed_from = resume(state, cfg, rundir, info)
+    state, total_steps = build_state(conf, model, batches_per_epoch, config, info)
+    seed_everything(rank_seed(conf.seed, info.rank))
+    resumed_from = resume(state, conf, rundir, info)
     start_run_dir(rundir, config, parts, info, resumed_from, state.progress.step)
 
     if info.enabled:
         state.model = DistributedDataParallel(
             model,
             device_ids=[info.device.index] if info.device.type == "cuda" else None,
-            find_unused_parameters=bool(tcfg.get("find_unused_parameters", False)),
+            find_unused_parameters=tcfg.find_unused_parameters,
         )
     loggers = build_loggers(
-        cfg.get("logger"),
+        conf.logger,
         rundir,
-        local_dir=local_dir_for(rundir.root),
-        run_name=str(cfg.get("name", "saltx")),
+        local_dir=local_dir(rundir.root),
+        run_name=conf.name,
         is_main=info.is_main,
     )
     loggers.log_hyperparams(config)
-    pw_cfg = tcfg.get("performance_writer") or {}
-    writer = None
-    if info.is_main and pw_cfg.get("enabled", True):
-        writer = PerformanceWriter(
-            rundir,
-            dir_path=pw_cfg.get("dir_path"),
-            add_metrics=pw_cfg.get("add_metrics") or [],
-            std_out=bool(pw_cfg.get("std_out", True)),
-            truncate=resumed_from is None,
-        )
+    for callback in callbacks:
+        callback.on_fit_start(FitStart(rundir, info, resumed_from))
     loop = _Loop(
-        cfg,
+        tcfg,
         info,
         rundir,
         state,
         parts,
         loggers,
-        writer,
+        callbacks,
         total_steps,
         batches_per_epoch,
         resumed_from,
@@ -530,36 +533,35 @@ class _Loop:
 
     def __init__(
         self,
-        cfg: DictConfig,
+        t: TrainerConfig,
         info: DistInfo,
         rundir: RunDir,
         state: TrainState,
         parts: Components,
         loggers: LoggerGroup,
-        writer: PerformanceWriter | None,
+        callbacks: Sequence[Callback],
         total_steps: int,
         batches_per_epoch: int,
         last_good: str | None,
     ) -> None:
-        t = cfg.trainer
-        self.cfg, self.info, self.rundir, self.state = cfg, info, rundir, state
-        self.parts, self.loggers, self.writer = parts, loggers, writer
+        self.info, self.rundir, self.state = info, rundir, state
+        self.parts, self.loggers, self.callbacks = parts, loggers, list(callbacks)
         self.batches_per_epoch = batches_per_epoch
-        self.max_epochs = int(t.max_epochs) if t.max_epochs and t.max_epochs > 0 else math.inf
-        self.stop_step = int(t.max_steps) if t.max_steps and t.max_steps > 0 else total_steps
-        self.accumulate = max(1, int(t.accumulate_grad_batches))
-        self.clip = t.get("gradient_clip_val")
-        self.log_every = max(1, int(t.log_every_n_steps))
-        self.val_every = int(t.val_check_interval) if t.get("val_check_interval") else None
-        self.ckpt_every = int(t.checkpoint_every_n_steps or 0)
-        self.limit_val = int(t.get("limit_val_batches", -1))
-        self.monitor, self.mode = str(t.monitor), str(t.monitor_mode)
-        self.save_every_epoch = bool(t.get("save_every_epoch", False))
+        self.max_epochs = t.max_epochs if t.max_epochs > 0 else math.inf  # -1: no limit
+        self.stop_step = t.max_steps if t.max_steps > 0 else total_steps
+        self.accumulate = t.accumulate_grad_batches
+        self.clip = t.gradient_clip_val
+        self.log_every = t.log_every_n_steps
+        self.val_every = t.val_check_interval  # None: at each epoch end
+        self.ckpt_every = t.checkpoint_every_n_steps
+        self.limit_val = t.limit_val_batches
+        self.monitor, self.mode = t.monitor, t.monitor_mode
+        self.save_every_epoch = t.save_every_epoch
         self.guard = NonFiniteGuard(info.device)
         self.meter = LossMeter()
-        self.peak_flops = peak_flops(info.device, state.precision.name, t.get("peak_tflops"))
+        self.peak_flops = peak_flops(info.device, state.precision.name, t.peak_tflops)
         self.flops_per_batch: int | None = None
-        self.count_flops = self.peak_flops is not None and not t.get("compile", False)
+        self.count_flops = self.peak_flops is not None and not t.compile
         self.task_names: list[str] = []
         self.metrics: dict[str, float] = {}
         self.last_good = last_good
@@ -568,9 +570,9 @@ class _Loop:
             self.stop_step,
             enabled=info.is_main,
             start_step=state.progress.step,
-            bar=bool(t.get("progress_bar", True)),
-            every_n_steps=int(t.get("progress_every_n_steps") or 0),
-            every_s=float(t.get("progress_every_s") or 0.0),
+            bar=t.progress_bar,
+            every_n_steps=t.progress_every_n_steps,
+            every_s=float(t.progress_every_s),
         )
 
     # -- the loop ----------------------------------------------------------------------------
@@ -727,28 +729,16 @@ class _Loop:
         vals["epoch"] = float(p.epoch if epoch is None else epoch)
         self.metrics.update(vals)
         self.loggers.log_metrics(vals, p.step)
-        if self.writer is not None:
-            self.writer.on_validation_end(int(vals["epoch"]), self.metrics)
         value = self.metrics.get(self.monitor)
         if value is not None and p.is_better(value, self.mode):
             p.best, p.best_step = float(value), p.step
             self._save([ckpt_io.BEST], update_last_good=False)
-        self._report_pruning(p.step)
-
-    def _report_pruning(self, step: int) -> None:
-        """Report to a running Optuna trial (``saltx.hpo.pruning``); may raise TrialPruned."""
-        try:
-            from saltx.hpo import pruning
-        except ImportError:
-            return
-        value = self.metrics.get(str(self.cfg.get("optimized_metric", "val/loss")))
-        if value is None:
-            return
-        try:
-            pruning.report(value, step)
-        except BaseException:
-            self._save([ckpt_io.LAST])
-            raise
+        for callback in self.callbacks:
+            try:
+                callback.on_validation_end(p.step, int(vals["epoch"]), self.metrics)
+            except BaseException:  # e.g. Optuna's TrialPruned: keep the step, then stop
+                self._save([ckpt_io.LAST])
+                raise
 
     def _save(self, names: list[str], update_last_good: bool = True) -> None:
         p = self.state.progress

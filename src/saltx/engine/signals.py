@@ -52,11 +52,6 @@ class StopSignals:
         self._previous: dict[int, Any] = {}
 
     @property
-    def received(self) -> bool:
-        """Whether a stop signal arrived."""
-        return self.signum is not None
-
-    @property
     def name(self) -> str:
         """Name of the signal received (``SIGTERM``), or ``""``."""
         return signal_name(self.signum) if self.signum is not None else ""

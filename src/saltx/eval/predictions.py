@@ -81,7 +81,7 @@ def prediction_target(run: Any, test_file: str, ecfg: Any) -> tuple[RunDir, str,
     suffix = ecfg.get("test_suff")
     name = prediction_file_name(run.ckpt_stem, test_file, suffix)
     report = f"predictions/{suffix}" if suffix not in (None, "") else "predictions"
-    if ecfg.get("beside_ckpt", False):
+    if ecfg.beside_ckpt:
         return RunDir(posixpath.dirname(str(run.ckpt_path).rstrip("/"))), name, report
     return run.rundir, f"predictions/{name}", report
 
@@ -371,7 +371,7 @@ def write_predictions(
         The running metric sums over the test set.
     """
     test_file = str(cfg.data.test_file)
-    g = str(cfg.data.get("global_object", "jets"))
+    g = str(cfg.data.global_object)
     writer = H5Appender(out_path, chunk_rows=min(int(cfg.data.batch_size), 10_000))
     state = MetricState()
     try:
@@ -384,7 +384,7 @@ def write_predictions(
                 f"jet_fields ({test_file}:{jets_ds.name})",
             )
             const_ds = {}
-            if ecfg.get("write_tracks", False):
+            if ecfg.write_tracks:
                 for inp in spec.constituent_fields:
                     ds = f[dataset_name(cfg, inp)]
                     fields = select_fields(

@@ -177,7 +177,7 @@ def read_reference_taggers(
     """``{prefix: {bjets: pb, cjets: pc, ujets: pu}}`` of the test file's reference taggers."""
     out: dict[str, dict[str, np.ndarray]] = {}
     with open_h5(str(cfg.data.test_file)) as f:
-        jets_ds = f[dataset_name(cfg, str(cfg.data.get("global_object", "jets")))]
+        jets_ds = f[dataset_name(cfg, str(cfg.data.global_object))]
         for ref in reference_taggers(list(jets_ds.dtype.names or []), model_name):
             cols = jets_ds.fields([f"{ref}_pb", f"{ref}_pc", f"{ref}_pu"])[:n_jets]
             out[ref] = {c: cols[f"{ref}_{M.prob_suffix(c)}"] for c in ("bjets", "cjets", "ujets")}

@@ -3,6 +3,8 @@ labels to read, and the check that the file's classes are the model's."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from omegaconf import DictConfig, open_dict
 from torch import nn
 
@@ -10,7 +12,17 @@ from saltx.data.h5 import open_h5
 from saltx.data.labels import _to_names
 from saltx.io.fs import exists
 from saltx.models.build import required_labels
-from saltx.run import LoadedRun, jet_classification_task
+
+if TYPE_CHECKING:  # run.py loads runs with this module's helpers; only the type is needed
+    from saltx.run import LoadedRun
+
+
+def jet_classification_task(model: nn.Module, global_object: str) -> nn.Module | None:
+    """The model's classification task on the global object (the jet flavour), if any."""
+    for task in model.tasks.values():
+        if task.input_name == global_object and getattr(task, "kind", "") == "classification":
+            return task
+    return None
 
 
 def dataset_name(cfg: DictConfig, input_name: str) -> str:
@@ -35,7 +47,7 @@ def metric_labels(model: nn.Module, cfg: DictConfig, test_file: str) -> dict[str
 
 def check_class_names(model: nn.Module, cfg: DictConfig, test_file: str) -> None:
     """The test file's ``flavour_label`` names must be the model's jet classes."""
-    g = str(cfg.data.get("global_object", "jets"))
+    g = str(cfg.data.global_object)
     task = jet_classification_task(model, g)
     if task is None or getattr(task, "label_map", None) is not None:
         return

@@ -7,7 +7,7 @@ writes a ``kubeflow.org/v1beta1`` Experiment (YAML, to ``out`` or stdout). Each 
 is a ``batch/v1`` Job running ``python -m saltx.train`` with the preset in RUN mode and one
 ``key=${trialParameters.x}`` override per searched key, quoted for ``sh -c`` (how Katib's
 StdOut collector runs it). Katib's StdOut collector reads the
-``val_loss=0.12345`` lines of saltx's performance writer (``saltx.engine.callbacks``).
+``val_loss=0.12345`` lines of saltx's performance writer (``saltx.hpo.katib_writer``).
 """
 
 from __future__ import annotations
@@ -23,14 +23,13 @@ from typing import Any
 import yaml
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
+from saltx.hpo.katib_writer import katib_name
 from saltx.hpo.space import Param, format_value, parse_search_space
 
 API_VERSION = "kubeflow.org/v1beta1"
 CONTAINER = "training-container"
 DEFAULT_IMAGE = "saltx:latest"
 DEFAULT_NAMESPACE = "kubeflow"
-# Katib StdOut collector's default metric regex (name=value)
-KATIB_DEFAULT_REGEX = r"([\w|-]+)\s*=\s*([+-]?\d*(\.\d+)?([Ee][+-]?\d+)?)"
 # Optuna sampler class -> Katib algorithm name
 ALGORITHMS = {
     "TPESampler": "tpe",
@@ -47,12 +46,6 @@ ALGORITHM_SETTINGS = {
     "grid": {},
 }  # fmt: skip
 OPTIONS = ("image", "namespace", "name", "out")
-_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
-
-
-def katib_name(name: str) -> str:
-    """A metric or parameter name Katib's regex accepts: ``val/loss`` -> ``val_loss``."""
-    return _UNSAFE.sub("_", name)
 
 
 def _dns_name(name: str) -> str:
@@ -175,17 +168,20 @@ def build_experiment(
     ValueError
         For several objectives, a custom search space, or a sampler Katib lacks.
     """
-    if sweeper.get("custom_search_space"):
+    from saltx.hpo.sweeper import sweeper_settings
+
+    sweeper = sweeper_settings(sweeper)  # the schema's defaults for keys not given
+    if sweeper["custom_search_space"]:
         raise ValueError(
             "custom_search_space (conditional parameters) cannot be written as a Katib "
             "search space; declare the parameters in hydra.sweeper.params"
         )
-    direction = sweeper.get("direction", "minimize")
+    direction = sweeper["direction"]
     if isinstance(direction, Sequence) and not isinstance(direction, str):
         if len(direction) != 1:
             raise ValueError(f"Katib optimises one objective; direction is {list(direction)}")
         direction = direction[0]
-    space = parse_search_space(sweeper.get("params"), train_overrides)
+    space = parse_search_space(sweeper["params"], train_overrides)
     if not space.params:
         raise ValueError("the search space is empty: set hydra.sweeper.params")
     objective = katib_name(optimized_metric)
@@ -208,16 +204,16 @@ def build_experiment(
         argv.append("paths.output_dir=${paths.log_dir}/katib/${trialParameters.trialName}")
     command = shell_command(argv)
 
-    n_trials = int(sweeper.get("n_trials", 20))
-    rate = float(sweeper.get("max_failure_rate", 0.2))
+    n_trials = int(sweeper["n_trials"])
+    rate = float(sweeper["max_failure_rate"])
     spec: dict[str, Any] = {
         "objective": {
             "type": str(direction).lower(),
             "objectiveMetricName": objective,
             "additionalMetricNames": extra,
         },
-        "algorithm": katib_algorithm(sweeper.get("sampler")),
-        "parallelTrialCount": int(sweeper.get("n_jobs", 1)),
+        "algorithm": katib_algorithm(sweeper["sampler"]),
+        "parallelTrialCount": int(sweeper["n_jobs"]),
         "maxTrialCount": n_trials,
         "maxFailedTrialCount": math.floor(rate * n_trials) + 1,
         "parameters": [katib_parameter(p) for p in space.params.values()],
@@ -240,7 +236,7 @@ def build_experiment(
             },
         },
     }
-    early = katib_early_stopping(sweeper.get("pruner"))
+    early = katib_early_stopping(sweeper["pruner"])
     if early is not None:
         spec["earlyStopping"] = early
     return {

@@ -1,20 +1,24 @@
 """Report intermediate values to the running Optuna trial, and stop when it is pruned.
 
-The training loop calls :func:`report` after every validation. When the job runs inside
-the saltx Optuna sweeper (``python -m saltx.train -m hparams_search=...``), the sweeper has
-registered the job's trial with :func:`active_trial`; the value is reported to it and
-:class:`optuna.TrialPruned` is raised when the study's pruner says so. The engine lets that
-exception leave the job and the sweeper records the trial as PRUNED. Outside a sweep (or
-for a multi-objective study, where Optuna has no pruning) :func:`report` does nothing.
+:class:`PruneTrial` is a training-loop callback (registered by
+:func:`saltx.assemble.training_callbacks`) that calls :func:`report` after every
+validation. When the job runs inside the saltx Optuna sweeper (``python -m saltx.train -m
+hparams_search=...``), the sweeper has registered the job's trial with
+:func:`active_trial`; the value is reported to it and :class:`optuna.TrialPruned` is raised
+when the study's pruner says so. The loop saves ``last.pt``, lets that exception leave the
+job and the sweeper records the trial as PRUNED. Outside a sweep (or for a
+multi-objective study, where Optuna has no pruning) :func:`report` does nothing.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING
+
+from saltx.engine.callbacks import Callback
 
 if TYPE_CHECKING:
     import optuna
@@ -23,11 +27,6 @@ if TYPE_CHECKING:
 _CURRENT_TRIAL: ContextVar[optuna.trial.Trial | None] = ContextVar(
     "saltx_optuna_trial", default=None
 )
-
-
-def current_trial() -> optuna.trial.Trial | None:
-    """The Optuna trial of the job running now, or None outside a sweep."""
-    return _CURRENT_TRIAL.get()
 
 
 @contextmanager
@@ -67,3 +66,23 @@ def report(value: float, step: int) -> None:
     trial.report(value, int(step))
     if trial.should_prune():
         raise optuna.TrialPruned(f"trial {trial.number} pruned at step {step} (value {value:.6g})")
+
+
+class PruneTrial(Callback):
+    """After each validation, report ``metric`` to the running Optuna trial (:func:`report`).
+
+    Parameters
+    ----------
+    metric
+        The optimised metric (``optimized_metric``, e.g. ``val/loss``); a validation that
+        did not log it reports nothing.
+    """
+
+    def __init__(self, metric: str) -> None:
+        self.metric = str(metric)
+
+    def on_validation_end(self, step: int, epoch: int, metrics: Mapping[str, float]) -> None:
+        """Report; raises :class:`optuna.TrialPruned` when the trial should stop."""
+        value = metrics.get(self.metric)
+        if value is not None:
+            report(value, step)

@@ -92,27 +92,49 @@ class TrialRunner:
         return {"task_function": self.task_function, "trials": {}, "outcomes": {}}
 
 
+def sweeper_settings(node: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``hydra.sweeper`` settings: ``node`` on top of the defaults of the sweeper's schema
+    (``SaltxOptunaSweeperConf``, the one place they live), without Hydra's ``_target_`` and
+    ``_recursive_``; the keyword arguments of :class:`OptunaSweeperImpl`.
+
+    Raises
+    ------
+    ValueError
+        A key the schema does not declare.
+    """
+    from hydra_plugins.saltx_optuna_sweeper.saltx_optuna_sweeper import SaltxOptunaSweeperConf
+
+    base = OmegaConf.structured(SaltxOptunaSweeperConf)
+    try:
+        merged = OmegaConf.merge(base, OmegaConf.create(dict(node or {})))
+    except Exception as err:  # an unknown key (omegaconf's error names it)
+        raise ValueError(f"hydra.sweeper: {err}") from None
+    out = OmegaConf.to_container(merged)
+    assert isinstance(out, dict)
+    return {k: v for k, v in out.items() if k not in ("_target_", "_recursive_")}
+
+
 class OptunaSweeperImpl:
     """Hydra sweeper that fills an Optuna study (arguments: see ``SaltxOptunaSweeperConf``)."""
 
     def __init__(
         self,
         *,
-        sampler: Any = None,
-        pruner: Any = None,
-        direction: Any = "minimize",
-        storage: Any = None,
-        study_name: str | None = None,
-        load_if_exists: bool = True,
-        n_trials: int = 20,
-        n_jobs: int = 1,
-        max_failure_rate: float = 0.2,
-        params: Mapping[str, Any] | None = None,
-        custom_search_space: str | None = None,
-        plots: bool = True,
-        heartbeat_interval: int | None = 60,
-        grace_period: int | None = None,
-        failed_trial_callback: Any = None,
+        sampler: Any,
+        pruner: Any,
+        direction: Any,
+        storage: Any,
+        study_name: str | None,
+        load_if_exists: bool,
+        n_trials: int,
+        n_jobs: int,
+        max_failure_rate: float,
+        params: Mapping[str, Any] | None,
+        custom_search_space: str | None,
+        plots: bool,
+        heartbeat_interval: int | None,
+        grace_period: int | None,
+        failed_trial_callback: Any,
     ) -> None:
         if heartbeat_interval is not None and int(heartbeat_interval) < 1:
             raise ValueError(

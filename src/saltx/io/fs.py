@@ -36,7 +36,7 @@ from typing import IO, Any
 import fsspec
 
 from saltx.errors import RemoteError
-from saltx.secrets import redact_text
+from saltx.secrets import redact_text, strip_url_credentials
 
 DEFAULT_BLOCK_SIZE = 8 * 2**20
 DEFAULT_CACHE_TYPE = "blockcache"
@@ -52,6 +52,20 @@ def is_remote(path: str | os.PathLike | None) -> bool:
         return False
     text = os.fspath(path) if isinstance(path, os.PathLike) else str(path)
     return "://" in text and not text.startswith("file://")
+
+
+def local_dir(path: str) -> str:
+    """A local folder for a run directory: itself, or for a URL a local cache folder
+    (``$SALTX_CACHE_DIR`` or ``~/.cache``, then ``saltx/runs/<scheme>/<bucket/key>``), where
+    Hydra and the loggers may write.
+
+    Credentials inside the URL (``s3://KEY:SECRET@bucket/...``) never become folder names.
+    """
+    if "://" in str(path):
+        scheme, rest = strip_url_credentials(str(path)).split("://", 1)
+        cache = os.environ.get("SALTX_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache"))
+        return os.path.join(cache, "saltx", "runs", scheme, rest)
+    return str(path)
 
 
 def endpoint_url() -> str | None:

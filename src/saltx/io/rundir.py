@@ -20,7 +20,7 @@ import shutil
 import socket
 import stat
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -175,10 +175,6 @@ class RunDir:
         """Atomically write UTF-8 ``text`` to ``rel``, secrets masked (:mod:`saltx.secrets`)."""
         return self.write_bytes(rel, redact_text(text).encode("utf-8"))
 
-    def save_torch(self, rel: str, obj: Any) -> str:
-        """Atomically ``torch.save`` ``obj`` to ``rel``."""
-        return self.write_with(rel, lambda f: torch.save(obj, f))
-
     def append_text(self, rel: str, text: str) -> None:
         """Append ``text`` to ``rel`` (``metrics.jsonl``, ``performance_metric.json``).
 
@@ -204,19 +200,6 @@ class RunDir:
             data = f.read()
         return self.write_bytes(rel, data)
 
-    def upload_tree(self, local_dir: str | os.PathLike, rel: str) -> None:
-        """Copy every file under the local folder ``local_dir`` to ``rel/...``.
-
-        For loggers that can only write to a local folder (TensorBoard, W&B offline) when
-        the run directory is remote; a local run directory needs no copy.
-        """
-        base = Path(local_dir)
-        if not self.remote or not base.is_dir():
-            return
-        for file in sorted(p for p in base.rglob("*") if p.is_file()):
-            dest = f"{rel}/{file.relative_to(base).as_posix()}"
-            self.fs.put_file(str(file), self._fs_path(dest))
-
     # -- reading ---------------------------------------------------------------------------
     def read_bytes(self, rel: str) -> bytes:
         """Bytes of ``rel``."""
@@ -228,13 +211,6 @@ class RunDir:
         """UTF-8 text of ``rel``."""
         return self.read_bytes(rel).decode("utf-8")
 
-    @contextlib.contextmanager
-    def open_read(self, rel: str) -> Iterator[IO[bytes]]:
-        """Open ``rel`` for binary reading."""
-        require_regular_file(self.path(rel))
-        with self.fs.open(self._fs_path(rel), "rb") as f:
-            yield f
-
 
 def load_torch(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
     """``torch.load(path, weights_only=True)`` for a local path or URL (regular files only)."""
@@ -244,6 +220,39 @@ def load_torch(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     with open_any(str(path), "rb") as f:
         data = io.BytesIO(f.read())
     return torch.load(data, map_location=map_location, weights_only=True)
+
+
+def load_checkpoint_dict(
+    path: str | os.PathLike,
+    key: str,
+    kind: str,
+    map_location: str | torch.device = "cpu",
+    hints: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """:func:`load_torch` of a checkpoint file that must hold a dict with ``key``.
+
+    ``hints`` ``{other key: advice}`` add advice when the dict has another known key.
+
+    Raises
+    ------
+    ValueError
+        When ``torch.load(weights_only=True)`` fails, or the object is not a dict with
+        ``key`` (the message names the file, ``kind`` and the keys found).
+    """
+    try:
+        obj = load_torch(path, map_location=map_location)
+    except Exception as err:
+        raise ValueError(
+            f"could not load checkpoint {path} with torch.load(weights_only=True): {err}"
+        ) from err
+    if not isinstance(obj, dict) or key not in obj:
+        keys = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
+        advice = [h for k, h in (hints or {}).items() if isinstance(obj, dict) and k in obj]
+        raise ValueError(
+            f"{path} is not a {kind}: expected a dict with {key!r}, got {keys}"
+            + "".join(f": {a}" for a in advice)
+        )
+    return obj
 
 
 def _fsync_dir(folder: Path) -> None:

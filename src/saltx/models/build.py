@@ -363,10 +363,6 @@ def build_model(
         use_global=bool(variables.get("GLOBAL")),
     )
     model.name = str(cfg.get("name", "salt"))
-    if bool(mcfg.get("muP", False)):
-        from saltx.mup.setup import apply_mup  # muP base shapes, before any optimizer
-
-        apply_mup(model, cfg)
     return model
 
 

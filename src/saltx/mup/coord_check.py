@@ -30,7 +30,7 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from saltx.mup.setup import apply_mup
+from saltx.assemble import fit_datasets, model_from_config, shape_model
 from saltx.mup.shapes import (
     SHAPE_FILE,
     base_shapes_from_config,
@@ -109,11 +109,7 @@ def width_config(cfg: DictConfig, width: int, muP: bool) -> DictConfig:
 
 def load_batches(cfg: DictConfig, n: int, batch_size: int) -> list[Any]:
     """The first ``n`` training batches of ``batch_size`` jets (the same for every width)."""
-    from saltx.data.loader import build_datasets
-    from saltx.models.build import required_labels
-
-    train = build_datasets(cfg.data, required_labels(cfg, "fit"), "fit", seed=int(cfg.seed))
-    train = train["train"]
+    train = fit_datasets(cfg)["train"]
     if len(train) < batch_size:
         raise ValueError(
             f"coordinate check: the training file {cfg.data.train_file} has {len(train)} jets, "
@@ -121,19 +117,6 @@ def load_batches(cfg: DictConfig, n: int, batch_size: int) -> list[Any]:
         )
     starts = [(i * batch_size) % (len(train) - batch_size + 1) for i in range(n)]
     return [train[s : s + batch_size] for s in starts]
-
-
-def build_from_config(cfg: DictConfig) -> nn.Module:
-    """``build_model`` with the norm dict, class dict and class names of ``cfg.data``."""
-    from saltx.data.class_weights import load_class_dict
-    from saltx.data.labels import read_class_names
-    from saltx.data.norm import load_norm_dict
-    from saltx.models.build import build_model
-
-    data = cfg.data
-    class_dict = load_class_dict(data.class_dict) if data.get("class_dict") else None
-    class_names = read_class_names(data.train_file, data.global_object)
-    return build_model(cfg, load_norm_dict(data.norm_dict), class_dict, class_names)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -157,9 +140,7 @@ def model_and_optimizer(
     """
     wcfg = width_config(cfg, width, muP)
     torch.manual_seed(seed)
-    model = build_from_config(wcfg)
-    if muP and not getattr(model, "mup_applied", False):
-        apply_mup(model, wcfg)
+    model = model_from_config(wcfg)  # muP's base shapes set under muP
     model.to(resolve_device(device))  # in place: the parameters keep their infshape
     if muP:
         return model, mup.MuAdamW(model.parameters(), lr=lr, weight_decay=0.0)
@@ -208,7 +189,8 @@ def with_fresh_shapes(cfg: DictConfig, folder: str | Path) -> DictConfig:
     Keeps width scans independent of any (possibly stale) shape file at ``mup.shape_path``.
     """
     out = with_assignments(cfg, {"mup.shape_path": str(folder)})
-    mup.save_base_shapes(base_shapes_from_config(out), str(Path(folder) / SHAPE_FILE))
+    shapes = base_shapes_from_config(out, shape_model)
+    mup.save_base_shapes(shapes, str(Path(folder) / SHAPE_FILE))
     return out
 
 
@@ -277,16 +259,6 @@ def coord_check(
         "layers": layers,
         "sizes": sizes,
     }
-
-
-def width_spread(result: Mapping[str, Any], param: str, step: int = -1) -> dict[str, float]:
-    """``{layer: max/min over widths}`` of the activation size at ``step`` (default: last)."""
-    out = {}
-    for layer, by_width in result["sizes"][param].items():
-        values = [v[step] for v in by_width.values()]
-        lo = min(values)
-        out[layer] = float("inf") if lo <= 0 else max(values) / lo
-    return out
 
 
 def width_growth(result: Mapping[str, Any], param: str, step: int = -1) -> dict[str, float]:
@@ -391,7 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         lr=float(cc.lr),
         batch_size=int(cc.batch_size),
         seeds=int(cc.seeds),
-        device=str(cc.get("device", "auto")),
+        device=str(cc.device),
     )
     json_path, png_path = write_results(result, cc.out_dir)
     print(summary_table(result))

@@ -1,35 +1,31 @@
 """muP step 2: give a freshly built model its base shapes (Salt's ``instantiate_mup``).
 
 :func:`apply_mup` is called once, right after the model is constructed and before the
-optimizer is built (``saltx.models.build.build_model`` calls it when ``model.muP`` is true).
-It
+optimizer is built, by the composition step (:func:`saltx.assemble.build_model` when
+``model.muP`` is true; ``saltx.models`` knows nothing of muP). It
 
 * checks the config (a ``mup:`` block, a muP optimizer such as ``mup.MuAdamW``);
-* calls ``mup.set_base_shapes(model, <shape_path>/storeshapes, rescale_params=...)``, so
-  every parameter gets an ``infshape`` (``MuAdamW`` divides the learning rate of
-  matrix-like groups by their width multiplier);
+* calls ``mup.set_base_shapes(model, <base shapes>, rescale_params=...)``, so every
+  parameter gets an ``infshape`` (``MuAdamW`` divides the learning rate of matrix-like
+  groups by their width multiplier);
 * turns every ``mup.MuReadout`` into :class:`CachedMuReadout`, whose forward uses the width
   multiplier cached as a Python float (``torch.compile`` then sees a constant instead of
   reading ``weight.infshape`` in forward).
 
 Checkpoints: build the model (this runs ``apply_mup`` with ``rescale_params=True`` on fresh
-weights), then ``load_state_dict``. To re-apply base shapes to a model whose weights were
-already loaded, pass ``rescale_params=False``.
+weights), then ``load_state_dict``. To give base shapes to a model whose weights were
+already loaded, pass ``rescale_params=False`` (rescaling is not idempotent).
 """
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
 import mup
-import torch
 from torch import Tensor, nn
 
-from saltx.mup.shapes import MupConfigError, base_shapes_from_config, cfg_get, shape_file
-
-log = logging.getLogger(__name__)
+from saltx.mup.shapes import MupConfigError, cfg_get
 
 #: optimizers that apply muP's per-group learning-rate scaling
 MUP_OPTIMIZERS = ("mup.MuAdamW", "mup.MuAdam", "mup.MuSGD", "mup.optim.MuAdamW")
@@ -95,8 +91,8 @@ def check_optimizer(cfg: Any) -> None:
 def apply_mup(
     model: nn.Module,
     cfg: Any,
+    base_shapes: str | Path | dict,
     rescale_params: bool = True,
-    base_shapes: str | Path | dict | None = None,
 ) -> nn.Module:
     """Set muP base shapes on ``model`` (in place) and cache the readout width multipliers.
 
@@ -105,14 +101,14 @@ def apply_mup(
     model
         The model built from ``cfg`` with ``model.muP: true``; not yet wrapped in DDP.
     cfg
-        The root config; reads ``mup.shape_path`` (and ``optimizer._target_`` if set).
+        The root config; reads ``optimizer._target_`` if set.
+    base_shapes
+        The shape file (a path), or a dict of ``InfShape``
+        (:func:`saltx.mup.shapes.base_shapes`: the file of ``mup.shape_path`` when written,
+        else the shapes computed from the ``mup`` block).
     rescale_params
         ``mup.set_base_shapes``'s flag: True for freshly initialised weights, False when
-        the weights come from a checkpoint already (rescaling is not idempotent). Always
-        False when ``apply_mup`` already ran on this model.
-    base_shapes
-        Overrides the shape file: a path, or a dict of ``InfShape`` from
-        :func:`saltx.mup.shapes.base_shapes_from_config`.
+        the weights come from a checkpoint already (rescaling is not idempotent).
 
     Returns
     -------
@@ -122,24 +118,11 @@ def apply_mup(
     Raises
     ------
     MupConfigError
-        Missing ``mup:`` block, a non-muP optimizer, or a model that muP cannot
-        parametrise (a layer from the width to a fixed size that is not a MuReadout).
+        A non-muP optimizer, or a model that muP cannot parametrise (a layer from the
+        width to a fixed size that is not a MuReadout).
     """
     check_optimizer(cfg)
-    if getattr(model, "mup_applied", False):
-        rescale_params = False  # second call (e.g. build_model already applied it)
-    if base_shapes is None:
-        path = shape_file(cfg)
-        if path.is_file():
-            base_shapes = str(path)
-        else:
-            log.warning(
-                "muP base-shape file %s not found: computing the base shapes from the mup block "
-                "(run `make mup-shapes` / python -m saltx.mup.shapes to write it)",
-                path,
-            )
-            base_shapes = base_shapes_from_config(cfg)
-    elif isinstance(base_shapes, Path):
+    if isinstance(base_shapes, Path):
         base_shapes = str(base_shapes)
     try:
         mup.set_base_shapes(model, base_shapes, rescale_params=rescale_params)
@@ -155,18 +138,4 @@ def apply_mup(
             "model.muP is true but the model has no MuReadout: the encoder's output projection "
             "(model.out_dim > 0) must be the muP readout"
         )
-    model.mup_applied = True
     return model
-
-
-def width_mults(optimizer: torch.optim.Optimizer) -> list[float]:
-    """Per-group width multiplier of a muP optimizer (1.0 for vector-like groups)."""
-    out = []
-    for group in optimizer.param_groups:
-        mults = {
-            float(p.infshape.width_mult()) if p.infshape.ninf() == 2 else 1.0
-            for p in group["params"]
-            if hasattr(p, "infshape")
-        }
-        out.append(mults.pop() if len(mults) == 1 else 1.0)
-    return out

@@ -12,6 +12,11 @@ the two models and writes
 
 The same functions give the base shapes in memory (:func:`base_shapes_from_config`) for the
 coordinate check and for runs whose shape file has not been written yet.
+
+This module builds no model itself: every function that needs the base and delta models
+takes a ``build`` function (``cfg -> nn.Module``, the model's parameter shapes; the
+composition step :func:`saltx.assemble.shape_model` is the one saltx uses), so ``mup``
+never imports ``saltx.models``.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -28,6 +33,9 @@ from omegaconf import DictConfig, ListConfig, MissingMandatoryValue, OmegaConf
 from torch import nn
 
 log = logging.getLogger(__name__)
+
+#: builds a model of a config for its parameter shapes (:func:`saltx.assemble.shape_model`)
+ShapeBuildFn = Callable[[DictConfig], nn.Module]
 
 #: the dimensions a ``mup:`` block may scale (Salt supports the same two)
 DIMENSIONS = ("embed_dim", "num_heads")
@@ -245,60 +253,12 @@ def base_delta_assignments(cfg: DictConfig) -> dict[str, dict[str, Any]]:
     }
 
 
-# -- building the shape models ------------------------------------------------------------
-def _unit_norm_dict(cfg: Any) -> dict[str, dict[str, dict[str, float]]]:
-    """A norm dict with mean 0, std 1 for every variable (shapes do not depend on it)."""
-    from saltx.models.inputnorm import UNNORMALISED, norm_dataset_name
-
-    data = cfg.data
-    variables = OmegaConf.to_container(data.variables, resolve=True)
-    input_map = cfg_get(data, "input_map")
-    input_map = OmegaConf.to_container(input_map) if OmegaConf.is_config(input_map) else input_map
-    global_object = str(cfg_get(data, "global_object", "jets"))
-    out: dict[str, dict[str, dict[str, float]]] = {}
-    for name, names in variables.items():
-        if name in UNNORMALISED:
-            continue
-        dataset = norm_dataset_name(name, global_object, input_map)
-        out.setdefault(dataset, {}).update({v: {"mean": 0.0, "std": 1.0} for v in names})
-    return out
-
-
-def shape_model(cfg: Any) -> nn.Module:
-    """Build the model of ``cfg`` for its parameter shapes only (no data files needed).
-
-    muP is switched off (it changes initial values, not shapes, and would need the base
-    shapes this model is built to produce) and class weights are not read.
-    """
-    from saltx.models.build import build_model
-
-    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    OmegaConf.set_struct(cfg, False)
-    cfg.model.muP = False
-    for task in (cfg.model.get("tasks") or {}).values():
-        if isinstance(task, DictConfig):
-            task.pop("use_class_dict", None)
-            task.pop("class_weights", None)
-    return build_model(cfg, _unit_norm_dict(cfg), class_names=_class_names(cfg))
-
-
-def _class_names(cfg: Any) -> list[str]:
-    """Jet class names from the training file, else placeholders.
-
-    Class counts are fixed (non-width) dimensions, so they do not enter the base shapes.
-    """
-    from saltx.data.labels import read_class_names
-
-    try:
-        return list(read_class_names(str(cfg.data.train_file), str(cfg.data.global_object)))
-    except Exception:  # no file here: any names will do for shapes
-        return ["b", "c", "u"]
-
-
-def base_shapes_from_config(cfg: DictConfig) -> dict[str, Any]:
+# -- the base shapes -----------------------------------------------------------------------
+def base_shapes_from_config(cfg: DictConfig, build: ShapeBuildFn) -> dict[str, Any]:
     """Base shapes (``{param name: InfShape}``) from the base and delta models of ``cfg.mup``.
 
     Equivalent to reading the file :func:`write_shapes` writes for the same config.
+    ``build`` builds each model (:data:`ShapeBuildFn`).
     """
     import mup
 
@@ -306,11 +266,34 @@ def base_shapes_from_config(cfg: DictConfig) -> dict[str, Any]:
     for which, assign in base_delta_assignments(cfg).items():
         configs[which] = with_assignments(cfg, assign)
         check_widths(configs[which], f"the {which} model")
-    return mup.make_base_shapes(shape_model(configs["base"]), shape_model(configs["delta"]))
+    return mup.make_base_shapes(build(configs["base"]), build(configs["delta"]))
 
 
-def write_shapes(base_cfg: DictConfig, delta_cfg: DictConfig, out_dir: str | Path) -> Path:
-    """Build both models, write ``storeshapes`` and the two configs into ``out_dir``.
+def base_shapes(cfg: DictConfig, build: ShapeBuildFn) -> str | dict[str, Any]:
+    """The base shapes of ``cfg``: its shape file when written, else computed in memory.
+
+    Returns
+    -------
+    str or dict
+        The path of ``<mup.shape_path>/storeshapes``, or (with a warning that the file is
+        missing) :func:`base_shapes_from_config` of ``cfg``.
+    """
+    path = shape_file(cfg)
+    if path.is_file():
+        return str(path)
+    log.warning(
+        "muP base-shape file %s not found: computing the base shapes from the mup block "
+        "(run `make mup-shapes` / python -m saltx.mup.shapes to write it)",
+        path,
+    )
+    return base_shapes_from_config(cfg, build)
+
+
+def write_shapes(
+    base_cfg: DictConfig, delta_cfg: DictConfig, out_dir: str | Path, build: ShapeBuildFn
+) -> Path:
+    """Build both models with ``build``, write ``storeshapes`` and the two configs into
+    ``out_dir``.
 
     Returns
     -------
@@ -321,7 +304,7 @@ def write_shapes(base_cfg: DictConfig, delta_cfg: DictConfig, out_dir: str | Pat
 
     check_widths(base_cfg, "the base model")
     check_widths(delta_cfg, "the delta model")
-    base, delta = shape_model(base_cfg), shape_model(delta_cfg)
+    base, delta = build(base_cfg), build(delta_cfg)
     if {k: tuple(p.shape) for k, p in base.named_parameters()} == {
         k: tuple(p.shape) for k, p in delta.named_parameters()
     }:
@@ -382,13 +365,15 @@ def compose_train(overrides: Sequence[str]) -> DictConfig:
         return compose("train", overrides=normalise_overrides(overrides))
 
 
-def make_shapes(overrides: Sequence[str]) -> Path:
+def make_shapes(overrides: Sequence[str], build: ShapeBuildFn) -> Path:
     """Compose the config, its base and delta variants, and write the shape files.
 
     Parameters
     ----------
     overrides
         Hydra overrides of the training config (``experiment=gn2_mup``, ...).
+    build
+        Builds each model (:data:`ShapeBuildFn`).
 
     Returns
     -------
@@ -400,11 +385,15 @@ def make_shapes(overrides: Sequence[str]) -> Path:
     assign = base_delta_assignments(cfg)
     base_cfg = compose_train([*overrides, *as_overrides(assign["base"])])
     delta_cfg = compose_train([*overrides, *as_overrides(assign["delta"])])
-    return write_shapes(base_cfg, delta_cfg, shape_file(cfg).parent)
+    return write_shapes(base_cfg, delta_cfg, shape_file(cfg).parent, build)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m saltx.mup.shapes +experiment=gn2_mup [key=value ...]``."""
+def main(argv: Sequence[str] | None = None, *, build: ShapeBuildFn) -> int:
+    """``python -m saltx.mup.shapes +experiment=gn2_mup [key=value ...]``.
+
+    ``build`` builds the base and delta models (the command line passes
+    :func:`saltx.assemble.shape_model`).
+    """
     parser = argparse.ArgumentParser(
         prog="python -m saltx.mup.shapes",
         description="Write muP base shapes (<mup.shape_path>/storeshapes) for a config.",
@@ -412,7 +401,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. +experiment=gn2_mup")
     args = parser.parse_args(argv)
     try:
-        path = make_shapes(args.overrides)
+        path = make_shapes(args.overrides, build)
     except MupConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -421,4 +410,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # The command line is an entry point: the composition step supplies the model builder
+    # (this guard is not part of the module saltx.mup.shapes that other code imports).
+    from saltx.assemble import shape_model
+    from saltx.mup.shapes import main as shapes_main
+
+    raise SystemExit(shapes_main(build=shape_model))

@@ -17,13 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import onnx
 
+from saltx.engine.run_setup import git_hash
 from saltx.onnx.export import ExportLayout
 from saltx.onnx.outputs import OutputPlan
 
@@ -46,22 +46,6 @@ def _identity_vars(names: Sequence[str], strip_suffix: str = "") -> list[dict[st
             n = n[: -len(strip_suffix)]
         out.append({"name": n, "offset": 0.0, "scale": 1.0})
     return out
-
-
-def git_hash() -> str:
-    """The saltx checkout's commit hash, or ``"unknown"`` (installed package, no git)."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def sequence_name(input_name: str, track_selection: str) -> str:
@@ -119,7 +103,7 @@ def build_gnn_config(
         "nodes": [],
         "config.yaml": dict(config),
         "metadata.yaml": dict(metadata),
-        "salt_export_hash": git_hash(),
+        "salt_export_hash": git_hash() or "unknown",
         "onnx_model_version": "v1",
         "output_names": plan.names,
         "model_name": plan.model_name,

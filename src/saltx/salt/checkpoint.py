@@ -33,7 +33,7 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
-from saltx.io.rundir import RunDir, load_torch
+from saltx.io.rundir import RunDir, load_checkpoint_dict
 from saltx.salt.config import (
     SPECIAL,
     Converted,
@@ -58,19 +58,12 @@ def read_salt_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Salt checkpoint not found: '{path}'")
-    try:
-        ckpt = load_torch(str(path))
-    except Exception as err:
-        raise ValueError(
-            f"could not read '{path}' with torch.load(weights_only=True): {err}"
-        ) from err
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        keys = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise ValueError(
-            f"'{path}' is not a Salt checkpoint (a Lightning dict with 'state_dict'); it has "
-            f"{keys}" + (": a saltx checkpoint needs no conversion" if "model" in keys else "")
-        )
-    return ckpt
+    return load_checkpoint_dict(
+        str(path),
+        "state_dict",
+        "Salt checkpoint (a Lightning dict)",
+        hints={"model": "a saltx checkpoint needs no conversion"},
+    )
 
 
 def _split_qkv(value: torch.Tensor, prefix: str, suffix: str) -> Tensors:
@@ -155,31 +148,15 @@ def map_weights(
     return out
 
 
-def _check_fit(model: torch.nn.Module, weights: Tensors, where: str) -> None:
-    own = model.state_dict()
-    missing = sorted(set(own) - set(weights))
-    unexpected = sorted(set(weights) - set(own))
-    shapes = [
-        f"{k}: saltx {tuple(own[k].shape)} vs Salt {tuple(weights[k].shape)}"
-        for k in own
-        if k in weights and own[k].shape != weights[k].shape
-    ]
-    if missing or unexpected or shapes:
-        raise ValueError(
-            f"the weights of {where} do not fit the model converted from the Salt config: "
-            f"missing {missing[:5]}, unexpected {unexpected[:5]}, shape mismatches {shapes[:5]}"
-        )
-
-
 def norm_dict_from(weights: Tensors, variables: Mapping[str, list[str]], cfg: Any) -> dict:
     """The norm dict the checkpoint's InputNorm buffers hold, keyed by h5 dataset."""
-    from saltx.models.inputnorm import norm_dataset_name
+    from saltx.data.norm import NORM_SKIPPED, norm_dataset_name
 
     global_object = str(cfg.data.global_object)
     input_map = OmegaConf.to_container(cfg.data.input_map) if cfg.data.input_map else None
     out: dict[str, dict[str, dict[str, float]]] = {}
     for name, fields in variables.items():
-        if name in ("PARAMETERS", "EDGE"):
+        if name in NORM_SKIPPED:
             continue
         means, stds = weights[f"input_norm.{name}_means"], weights[f"input_norm.{name}_stds"]
         dataset = norm_dataset_name(name, global_object, input_map)
@@ -249,8 +226,10 @@ def convert_checkpoint(
     FileExistsError
         ``out_dir`` exists (pass ``force``).
     """
-    from saltx.engine.runfiles import dump_yaml, environment_metadata, plain_config
-    from saltx.models.build import build_model
+    from saltx.assemble import build_model
+    from saltx.engine.checkpoint import BEST, save_checkpoint
+    from saltx.engine.run_setup import dump_yaml, environment_metadata, plain_config
+    from saltx.run import fit_weights
 
     salt_config, out = Path(salt_config), Path(out_dir)
     salt = load_salt_config(salt_config)
@@ -293,9 +272,8 @@ def convert_checkpoint(
     norm_dict = norm_dict_from(weights, variables, cfg)
     class_dict = class_dict_from(ckpt["state_dict"], salt, cfg)
     model = build_model(cfg, norm_dict, class_dict, class_names)
-    transient = {n for n, _ in model.named_buffers()} - set(model.state_dict())
-    weights = {k: v for k, v in weights.items() if k not in transient}
-    _check_fit(model, weights, str(salt_ckpt))
+    problem = f"the weights of {salt_ckpt} do not fit the model converted from the Salt config"
+    weights = fit_weights(model, weights, problem, ("saltx", "Salt"))
     model.load_state_dict(weights)  # the run loads exactly these
     config = plain_config(cfg, str(out.resolve()))
     for secret in ("pubKey", "secKey", "pub_key", "sec_key"):
@@ -321,5 +299,5 @@ def convert_checkpoint(
     rundir.write_text("norm_dict.yaml", dump_yaml(norm_dict))
     rundir.write_text("class_dict.yaml", dump_yaml(class_dict))
     rundir.write_text("metadata.yaml", dump_yaml(metadata))
-    rundir.save_torch("checkpoints/best.pt", {"model": weights})
+    save_checkpoint(rundir, BEST, {"model": weights})
     return str(out)

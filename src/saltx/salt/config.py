@@ -33,7 +33,6 @@ SPECIAL |= {"parameters": "PARAMETERS", "EDGE": "EDGE"}
 EDGE_FEATURES = ("dR", "z", "kt", "subjetIndex", "isSelfLoop")
 TASK_OPTIONS = ("jet_classification", "track_origin", "track_vertexing", "jet_regression")
 VARIABLE_OPTIONS = ("gn2", "gn1", "gn2emu")
-EDGE_PREFIX = "_edge_features_"
 
 # Lightning Trainer arguments that change nothing in saltx at these values
 LIGHTNING_DEFAULTS: dict[str, tuple[Any, ...]] = {

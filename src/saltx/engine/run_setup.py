@@ -1,4 +1,5 @@
-"""The run directory's own files: where it is, ``config.yaml``, ``metadata.yaml``, dict copies."""
+"""Run setup: which run directory, and its own files (``config.yaml``, ``metadata.yaml``,
+dict copies). The storage itself is :class:`saltx.io.rundir.RunDir`."""
 
 from __future__ import annotations
 
@@ -61,15 +62,8 @@ def resolve_run_dir(cfg: DictConfig, info: DistInfo) -> str:
     return str(broadcast_object(root, info))
 
 
-def local_dir_for(root: str) -> str:
-    """A local folder for a run directory (itself, or a local cache for ``s3://`` URLs)."""
-    from saltx.config import _local_dir
-
-    return _local_dir(root)
-
-
 def git_hash() -> str | None:
-    """The commit of the saltx source tree, when it is a git checkout."""
+    """The commit of the saltx source tree, or None (an installed package, no git)."""
     here = Path(__file__).resolve().parent
     try:
         out = subprocess.run(
@@ -77,7 +71,7 @@ def git_hash() -> str | None:
             cwd=here,
             capture_output=True,
             text=True,
-            timeout=5,
+            timeout=10,
             check=False,
         )
     except (OSError, subprocess.SubprocessError):

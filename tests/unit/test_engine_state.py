@@ -1,61 +1,17 @@
-"""Katib performance writer, secret redaction, RNG state round trip, precision."""
+"""Secret redaction, RNG state round trip, precision, clipping."""
 
 from __future__ import annotations
 
-import json
 import random
-import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from saltx.engine.callbacks import PerformanceWriter, katib_name
 from saltx.engine.precision import Precision, normalise_precision
-from saltx.engine.runfiles import REDACTED, redact
+from saltx.engine.run_setup import REDACTED, redact
 from saltx.engine.state import capture_rng, preserve_rng, restore_rng
-from saltx.io.rundir import RunDir
-
-KATIB_REGEX = r"([\w|-]+)\s*=\s*([+-]?\d*(\.\d+)?([Ee][+-]?\d+)?)"
-
-
-def test_katib_names() -> None:
-    assert katib_name("val/loss") == "val_loss"
-    assert katib_name("val/jets_classification_loss") == "val_jets_classification_loss"
-    assert katib_name("a b.c-d") == "a_b_c-d"
-
-
-def test_performance_writer(tmp_path: Path, capsys) -> None:
-    writer = PerformanceWriter(RunDir(tmp_path), add_metrics=["train/lr", "absent"])
-    logged = {
-        "train/loss": 1.25,
-        "train/lr": 3e-4,
-        "val/loss": 0.5,
-        "val/jets_classification_loss": 0.375,
-        "train/jets_per_s": 1000.0,
-    }
-    writer.on_validation_end(3, logged)
-    out = capsys.readouterr().out
-    parsed = {m[0]: float(m[1]) for m in re.findall(KATIB_REGEX, out)}
-    assert parsed == {
-        "train_loss": 1.25,
-        "val_loss": 0.5,
-        "val_jets_classification_loss": 0.375,
-        "train_lr": 0.0003,
-    }
-    record = json.loads((tmp_path / "performance_metric.json").read_text().splitlines()[0])
-    assert record["epoch"] == 3 and record["val_loss"] == "0.50000" and "timestamp" in record
-
-
-def test_performance_writer_dir_path_and_truncation(tmp_path: Path) -> None:
-    other = tmp_path / "katib"
-    (other).mkdir()
-    (other / "performance_metric.json").write_text("old run\n")
-    writer = PerformanceWriter(RunDir(tmp_path / "run"), dir_path=str(other), std_out=False)
-    writer.on_validation_end(0, {"val/loss": 1.0})
-    lines = (other / "performance_metric.json").read_text().splitlines()
-    assert len(lines) == 1 and json.loads(lines[0])["val_loss"] == "1.00000"
 
 
 def test_redact() -> None:
