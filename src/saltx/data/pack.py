@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import h5py
@@ -382,6 +383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--input-map", nargs="*", help="with --variables: INPUT=DATASET")
     p.add_argument("--global-object", default="jets", help="with --variables (default jets)")
     p.add_argument("--block", type=int, default=BLOCK_JETS, help="jets per read")
+    p.add_argument("--json", help="also write what was done (PackStats) to this JSON file")
     p.add_argument("overrides", nargs="*", help="Hydra overrides of the train config")
     args = p.parse_intermixed_args(argv)
     if args.variables and args.config:
@@ -404,6 +406,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         slots = stats.jets * stats.slots[ds_name]
         print(f"  {ds_name}: {n:,} valid of {slots:,} slots ({n / max(slots, 1):.1%}) kept")
     print(f"  {stats.bytes_in / 2**20:,.1f} MiB stored -> {stats.bytes_out / 2**20:,.1f} MiB")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"out": str(dest), **asdict(stats)}, indent=1))
     return 0
 
 
