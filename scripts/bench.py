@@ -432,7 +432,8 @@ def section_markdown(mode: str, sec: dict[str, Any]) -> list[str]:
         lines += [
             f"GN2 training, {sec.get('steps_per_run')} steps per run ({sec.get('warmup')} "
             "warm-up), next to K background processes: busy loops, or 2-thread torch jobs "
-            "doing small matrix products. Fair share = idle jets/s / (1 + K).",
+            "doing small matrix products. Fair share = idle jets/s / (1 + K). saltx's "
+            f"extra environment: {sec.get('saltx_env') or 'none (its defaults)'}.",
             "",
             *contention_rows(sec),
             "",
@@ -1351,6 +1352,7 @@ def run_contention(args: argparse.Namespace, r: Runner, data: Path) -> dict[str,
         peak_size=0,
     )
     conditions = [("none", 0)] + [(kind, k) for kind in args.loads for k in args.k]
+    saltx_env = dict(x.split("=", 1) for x in args.saltx_env or [])
     rows, failed = [], []
     figs, sfigs = Figures(), Figures()
     for kind, k in conditions:
@@ -1359,7 +1361,16 @@ def run_contention(args: argparse.Namespace, r: Runner, data: Path) -> dict[str,
         row: dict[str, Any] = {"load": kind, "k": k}
         with Background(r, kind, k, f"sx_{tag}") as bg:
             m = saltx_train(
-                r, data, "gn2", False, "32", plan, args.workers, f"_{tag}", args.profile_steps
+                r,
+                data,
+                "gn2",
+                False,
+                "32",
+                plan,
+                args.workers,
+                f"_{tag}",
+                args.profile_steps,
+                saltx_env,
             )
         row["saltx"] = m.data.get("jets_per_s") if m.ok else None
         row["profile"] = m.data.get("profile")
@@ -1412,7 +1423,7 @@ def run_contention(args: argparse.Namespace, r: Runner, data: Path) -> dict[str,
         "failed": failed,
         "steps_per_run": args.steps,
         "warmup": args.warmup,
-        "openmp": {k: os.environ.get(k) for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")},
+        "saltx_env": saltx_env,  # e.g. OMP_WAIT_POLICY= (libgomp's default) to compare
     }
 
 
@@ -1565,6 +1576,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--k", type=int, nargs="+", default=[1, 2], help="background processes")
     p.add_argument(
         "--profile-steps", type=int, default=1, help="--contention: saltx steps profiled per load"
+    )
+    p.add_argument(
+        "--saltx-env",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="--contention: environment of saltx's runs, e.g. OMP_WAIT_POLICY= (empty: "
+        "libgomp's spinning default instead of saltx's PASSIVE) to compare",
     )
     p.add_argument("--pairs", type=int, default=3, help="A B pairs with --peer")
     p.add_argument("--steps", type=int, default=7, help="train steps per run (incl. warm-up)")
