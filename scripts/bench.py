@@ -467,8 +467,15 @@ def doc_block(mode: str, sec: dict[str, Any]) -> list[str]:
     lines += [run_line(sec), ""]
     if sec.get("failed"):
         lines += [f"**Failed steps**: {', '.join(sec['failed'])}.", ""]
-    if mode == "contention":
-        lines += [*contention_rows(sec), ""]
+    if mode.startswith("contention"):
+        env = sec.get("saltx_env") or {}
+        lines += [
+            f"saltx's extra environment: {env or 'none (its defaults)'}; "
+            f"{sec.get('steps_per_run')} steps per run ({sec.get('warmup')} warm-up).",
+            "",
+            *contention_rows(sec),
+            "",
+        ]
         if sec.get("slowdown"):
             lines += [*slowdown_rows(sec["slowdown"]), ""]
         return lines
@@ -537,7 +544,7 @@ def write_results(out_dir: Path, mode: str, section: dict[str, Any]) -> dict[str
         "docs/performance.md for what each figure means.",
         "",
     ]
-    for m in ("peer", "bench", "contention", "quick"):
+    for m in ("peer", "bench", "contention", "contention-env", "quick"):
         if m in current:
             md += section_markdown(m, current[m])
     (out_dir / "results.md").write_text("\n".join(md))
@@ -1596,7 +1603,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bf16-batch-size", type=int, default=250, help="bf16 runs on CPU (0: as fp32)")
     p.add_argument("--no-onnx", action="store_true", help="with --peer: skip ONNX")
     p.add_argument(
-        "--budget-min", type=float, default=20, help="--peer: skip ONNX past this minus 4 min"
+        "--budget-min", type=float, default=40, help="--peer: skip ONNX past this minus 4 min"
     )
     p.add_argument("--wait-idle", type=float, default=0, help="--peer: wait up to S s for idle")
     p.add_argument("--out", type=Path, help="results dir (default bench/, quick: cache)")
@@ -1612,8 +1619,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     mode = "peer" if args.peer else ("quick" if args.quick else "bench")
-    if args.contention:
-        mode = "contention"
+    if args.contention:  # a run with --saltx-env (an A/B of a setting) keeps its own section
+        mode = "contention-env" if args.saltx_env else "contention"
     out = args.out or (CACHE / "quick" if args.quick else ROOT / "bench")
     work = args.work or CACHE / "runs" / f"{mode}-{dt.datetime.now():%Y%m%d-%H%M%S}"
     work.mkdir(parents=True, exist_ok=True)
