@@ -212,8 +212,8 @@ def test_docs_blocks_are_rewritten_from_the_results(tmp_path: Path):
     text = doc.read_text()
     assert "old table" not in text and "old peer" in text  # only the bench block changed
     assert "commit `abc1234`" in text and "| data loading, packed | 250,000 |" in text
-    assert text.startswith("intro\n") and text.endswith("middle\n<!-- bench:peer -->\nold peer"
-                                                          "\n<!-- /bench:peer -->\nend\n")  # fmt: skip
+    tail = "middle\n<!-- bench:peer -->\nold peer\n<!-- /bench:peer -->\nend\n"
+    assert text.startswith("intro\n") and text.endswith(tail)
     assert not bench.update_docs({"bench": sec}, doc)  # same results: unchanged
 
 
