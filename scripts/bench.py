@@ -65,7 +65,7 @@ CONTENDED = 0.25  # foreign cores above which a measurement is marked contended
 
 # target: (figure name in "ratios", comparison, threshold, text)
 TARGETS = [
-    ("dataloader", ">=", 3.0, "data loading >= 3x salt-ml"),
+    ("dataloader", ">=", 3.0, "data loading >= 3x salt-ml (saltx: the packed file)"),
     ("train_gn2_eager", ">=", 1.5, "GN2 training, eager fp32 >= 1.5x (issue 4: >= 1.3x)"),
     ("train_gn2_compiled", ">=", 2.0, "GN2 training, compiled >= 2x salt-ml eager"),
     ("eval", ">=", 2.0, "evaluation >= 2x salt-ml"),
@@ -356,15 +356,68 @@ def figure_rows(figs: dict[str, dict[str, Any]], flagged: set[str]) -> list[str]
     return rows
 
 
-def section_markdown(mode: str, sec: dict[str, Any]) -> list[str]:
+def ratio_rows(sec: dict[str, Any]) -> list[str]:
+    """The saltx/salt-ml ratio table with the targets (markdown)."""
+    lines = [
+        "| saltx / salt-ml | median | min | max | pairs | target | met |",
+        "|---|---:|---:|---:|---:|---|---|",
+    ]
+    tmap = {t["key"]: t for t in sec.get("targets", [])}
+    for key, r in sec["ratios"].items():
+        t = tmap.get(key, {})
+        thr = f"{t['op']} {t['threshold']}" if t.get("threshold") is not None else ""
+        met = {True: "yes", False: "**no**", None: ""}[t.get("met")]
+        lines.append(
+            f"| {r['label']} | {r['median']:.2f} | {r['min']:.2f} | {r['max']:.2f} | "
+            f"{r['n']} | {thr} | {met} |"
+        )
+    return lines
+
+
+def run_line(sec: dict[str, Any]) -> str:
+    """Date, commit, machine and settings of a section's run."""
     meta = sec.get("meta", {})
-    lines = [f"## {mode} ({meta.get('date', '?')})", ""]
-    lines.append(
-        f"{meta.get('cpu_model', '?')}, {meta.get('cpus', '?')} CPUs, {meta.get('threads')} "
-        f"threads; torch {meta.get('torch')}; data {meta.get('data')}; batch "
-        f"{meta.get('batch_size')}, loader workers {meta.get('workers')}."
+    return (
+        f"{meta.get('date', '?')}, commit `{meta.get('commit')}`; {meta.get('cpu_model', '?')}, "
+        f"{meta.get('cpus', '?')} CPUs, {meta.get('threads')} threads; torch "
+        f"{meta.get('torch')}; data {meta.get('data')}; batch {meta.get('batch_size')}, loader "
+        f"workers {meta.get('workers')}; {meta.get('wall_s')} s."
     )
-    lines.append("")
+
+
+def profile_rows(profile: dict[str, Any], top: int = 12) -> list[str]:
+    """A training step's operators by share of self CPU time (markdown)."""
+    lines = [
+        f"Profile of {profile['steps']} step(s), {profile['wall_s_per_step']:.2f} s per step "
+        "(torch.profiler, self CPU time of each operator):",
+        "",
+        "| operator | share of step time | ms per step | calls per step |",
+        "|---|---:|---:|---:|",
+    ]
+    for r in profile["ops"][:top]:
+        lines.append(
+            f"| `{r['op']}` | {100 * r['share']:.1f}% | {r['self_ms_per_step']:,.1f} | "
+            f"{r['calls_per_step']:,.0f} |"
+        )
+    return lines
+
+
+def loader_profile_rows(profile: dict[str, Any], top: int = 8) -> list[str]:
+    """Where a batch's loading time goes (cProfile self time, markdown)."""
+    lines = [
+        f"{profile['ms_per_batch']:.1f} ms per batch of 1000 (cProfile, {profile['batches']} "
+        "batches, one process):",
+        "",
+        "| function | ms per batch | share |",
+        "|---|---:|---:|",
+    ]
+    for r in profile["functions"][:top]:
+        lines.append(f"| `{r['function']}` | {r['ms_per_batch']:.2f} | {100 * r['share']:.0f}% |")
+    return lines
+
+
+def section_markdown(mode: str, sec: dict[str, Any]) -> list[str]:
+    lines = [f"## {mode}", "", run_line(sec), ""]
     if "pairs" in sec:
         fc = sec.get("foreign_cores")
         load = f"mean {fc['mean']:.2f}, max {fc['max']:.2f} cores" if fc else "not logged"
@@ -375,21 +428,18 @@ def section_markdown(mode: str, sec: dict[str, Any]) -> list[str]:
             "",
         ]
     flagged = {r["figure"] for r in sec.get("regressions", [])}
-    if "ratios" in sec:
+    if "contention" in sec:
         lines += [
-            "| saltx / salt-ml | median | min | max | pairs | target | met |",
-            "|---|---:|---:|---:|---:|---|---|",
+            f"GN2 training, {sec.get('steps_per_run')} steps per run ({sec.get('warmup')} "
+            "warm-up), next to K background processes: busy loops, or 2-thread torch jobs "
+            "doing small matrix products. Fair share = idle jets/s / (1 + K). saltx's "
+            f"extra environment: {sec.get('saltx_env') or 'none (its defaults)'}.",
+            "",
+            *contention_rows(sec),
+            "",
         ]
-        tmap = {t["key"]: t for t in sec.get("targets", [])}
-        for key, r in sec["ratios"].items():
-            t = tmap.get(key, {})
-            thr = f"{t['op']} {t['threshold']}" if t.get("threshold") is not None else ""
-            met = {True: "yes", False: "**no**", None: ""}[t.get("met")]
-            lines.append(
-                f"| {r['label']} | {r['median']:.2f} | {r['min']:.2f} | {r['max']:.2f} | "
-                f"{r['n']} | {thr} | {met} |"
-            )
-        lines += ["", "### saltx", ""]
+    if "ratios" in sec:
+        lines += [*ratio_rows(sec), "", "### saltx", ""]
     lines += figure_rows(sec.get("figures", {}), flagged)
     if sec.get("salt_figures"):
         lines += ["", "### salt-ml (same files and settings)", ""]
@@ -406,6 +456,73 @@ def section_markdown(mode: str, sec: dict[str, Any]) -> list[str]:
         lines += ["", f"Skipped: {', '.join(sec['skipped'])}"]
     lines.append("")
     return lines
+
+
+DOCS = ROOT / "docs" / "performance.md"
+
+
+def doc_block(mode: str, sec: dict[str, Any]) -> list[str]:
+    """What docs/performance.md shows of a mode's results (between its markers)."""
+    lines = [f"Generated by `scripts/bench.py` from `bench/results.json` ({mode}):", ""]
+    lines += [run_line(sec), ""]
+    if sec.get("failed"):
+        lines += [f"**Failed steps**: {', '.join(sec['failed'])}.", ""]
+    if mode.startswith("contention"):
+        env = sec.get("saltx_env") or {}
+        lines += [
+            f"saltx's extra environment: {env or 'none (its defaults)'}; "
+            f"{sec.get('steps_per_run')} steps per run ({sec.get('warmup')} warm-up).",
+            "",
+            *contention_rows(sec),
+            "",
+        ]
+        if sec.get("slowdown"):
+            lines += [*slowdown_rows(sec["slowdown"]), ""]
+        return lines
+    if "ratios" in sec:
+        fc = sec.get("foreign_cores")
+        load = f"mean {fc['mean']:.2f}, max {fc['max']:.2f} cores" if fc else "not logged"
+        lines += [
+            f"{sec['pairs']} A B pairs; other processes' load during the runs: {load}.",
+            "",
+            *ratio_rows(sec),
+            "",
+        ]
+    figs = sec.get("figures", {})
+    keys = [k for k in figs if k.startswith(("pack.", "achieved.", "peak.", "flops."))]
+    if mode != "peer":
+        keys = list(figs)
+    lines += figure_rows({k: figs[k] for k in keys}, set())
+    lines.append("")
+    for name, prof in (sec.get("loader_profiles") or {}).items():
+        lines += [
+            f"Data loading, {name}: " + loader_profile_rows(prof)[0],
+            *loader_profile_rows(prof)[1:],
+            "",
+        ]
+    if sec.get("profile"):
+        lines += ["GN2 eager fp32 training. " + profile_rows(sec["profile"])[0]]
+        lines += [*profile_rows(sec["profile"])[1:], ""]
+    return lines
+
+
+def update_docs(current: dict[str, Any], path: Path = DOCS) -> bool:
+    """Rewrite the blocks ``<!-- bench:MODE -->`` ... ``<!-- /bench:MODE -->`` of
+    docs/performance.md from the results; True if the file changed."""
+    if not path.exists():
+        return False
+    text = path.read_text()
+    new = text
+    for mode, sec in current.items():
+        start, end = f"<!-- bench:{mode} -->", f"<!-- /bench:{mode} -->"
+        if start not in new or end not in new:
+            continue
+        head, rest = new.split(start, 1)
+        _, tail = rest.split(end, 1)
+        new = head + start + "\n" + "\n".join(doc_block(mode, sec)) + "\n" + end + tail
+    if new != text:
+        path.write_text(new)
+    return new != text
 
 
 def write_results(out_dir: Path, mode: str, section: dict[str, Any]) -> dict[str, Any]:
@@ -427,10 +544,12 @@ def write_results(out_dir: Path, mode: str, section: dict[str, Any]) -> dict[str
         "docs/performance.md for what each figure means.",
         "",
     ]
-    for m in ("peer", "bench", "quick"):
+    for m in ("peer", "bench", "contention", "contention-env", "quick"):
         if m in current:
             md += section_markdown(m, current[m])
     (out_dir / "results.md").write_text("\n".join(md))
+    if out_dir.resolve() == (ROOT / "bench").resolve():
+        update_docs(current)
     return current
 
 
@@ -479,6 +598,8 @@ class Plan:
     # here), so its runs use a smaller batch and fewer steps (0 = same as fp32)
     bf16_batch_size: int = 0
     bf16_steps: int = 0
+    peak_size: int = 2048  # torch.mm size of the peak each fp32 training run measures
+    profile_steps: int = 0  # steps of the main experiment's eager fp32 run to profile
 
 
 def plan_for(args: argparse.Namespace) -> Plan:
@@ -495,6 +616,7 @@ def plan_for(args: argparse.Namespace) -> Plan:
             onnx_jets=100,
             onnx_reps=1,
             main_experiment="demo",
+            peak_size=1024,
         )
     variants = [(c, p) for c in (False, True) for p in ("32", "bf16")]
     if args.no_compile:
@@ -508,14 +630,67 @@ def plan_for(args: argparse.Namespace) -> Plan:
         eval_jets=args.eval_jets,
         bf16_batch_size=args.bf16_batch_size,
         bf16_steps=2,
+        profile_steps=2,
     )
 
 
-def saltx_dataloader(r: Runner, data: Path, bs: int, workers: int, batches: int, reps: int, tag=""):
-    j = r.work / f"sx_dataloader_w{workers}{tag}.json"
-    cmd = [sys.executable, SCRIPTS / "bench_dataloader.py", "--file", data / "train.h5"]
+def saltx_dataloader(
+    r: Runner,
+    data: Path,
+    bs: int,
+    workers: int,
+    batches: int,
+    reps: int,
+    tag: str = "",
+    file: Path | None = None,
+    profile: int = 0,
+) -> Measured:
+    """``bench_dataloader.py`` on ``file`` (default ``data/train.h5``); ``profile``: then
+    that many batches under cProfile."""
+    name = f"sx_dataloader{'_packed' if file else ''}_w{workers}{tag}"
+    j = r.work / f"{name}.json"
+    cmd = [sys.executable, SCRIPTS / "bench_dataloader.py", "--file", file or data / "train.h5"]
     cmd += ["--batch-size", bs, "--workers", workers, "--num-batches", batches, "--reps", reps]
-    return r.run(f"sx_dataloader_w{workers}{tag}", [*cmd, "--json", j], j)
+    if profile:
+        cmd += ["--profile", profile]
+    return r.run(name, [*cmd, "--json", j], j)
+
+
+def salt_loader_profile(r: Runner, data: Path, cfg: Path, batches: int = 100) -> Measured:
+    """``profile_salt_loader.py`` in the salt-ml venv: where its batches' time goes."""
+    j = r.work / "salt_loader_profile.json"
+    script = (
+        f'cd "{r.work}" && python "{SCRIPTS}/profile_salt_loader.py" --config "{cfg}" '
+        f'--batches {batches} --json "{j}"'
+    )
+    return r.run("salt_loader_profile", salt_bash(r, data, script), j, env=salt_env(r, data))
+
+
+def pack_train_file(r: Runner, data: Path) -> tuple[Path | None, Measured]:
+    """``python -m saltx.data.pack`` of ``data/train.h5`` with GN2's variables and labels
+    (what ``bench_dataloader.py`` reads), into the work dir; the one-time cost is timed."""
+    out = r.work / "packed" / "train.h5"
+    if out.exists():
+        out.unlink()
+    j = r.work / "pack.json"
+    cmd = [sys.executable, "-m", "saltx.data.pack", data / "train.h5", out, "+experiment=gn2"]
+    m = r.run("sx_pack_train", [*cmd, "--json", j], j)
+    return (out if m.ok else None), m
+
+
+def pack_figures(figs: Figures, m: Measured) -> None:
+    """The packing's one-time cost and sizes."""
+    if not m.ok:
+        return
+    d = m.data
+    add_measured(
+        figs, "pack.train.seconds", d.get("seconds"), "s", "packing train.h5 (one-time)", m
+    )
+    add_measured(figs, "pack.train.command_s", m.wall_s, "s", "packing train.h5, whole command", m)
+    figs.add("pack.train.mib_in", d["bytes_in"] / 2**20, "MiB", "train.h5 stored (read) size",
+             better="none")  # fmt: skip
+    figs.add("pack.train.mib_out", d["bytes_out"] / 2**20, "MiB", "packed train.h5 size",
+             better="none")  # fmt: skip
 
 
 def saltx_train(
@@ -527,6 +702,8 @@ def saltx_train(
     plan: Plan,
     workers: int,
     tag: str = "",
+    profile: int = 0,
+    extra_env: dict[str, str] | None = None,
 ) -> Measured:
     name = f"sx_train_{exp}_{'compiled' if compile_ else 'eager'}_{precision}{tag}"
     j = r.work / f"{name}.json"
@@ -539,7 +716,11 @@ def saltx_train(
     cmd += ["--num-workers", workers, "--accelerator", "cpu", "--json", j]
     if compile_:
         cmd.append("--compile")
-    return r.run(name, cmd, j)
+    if precision == "32" and plan.peak_size:
+        cmd += ["--peak", plan.peak_size]  # MFU against a peak measured in the same run
+    if profile:
+        cmd += ["--profile", profile]
+    return r.run(name, cmd, j, env=r.env(extra_env) if extra_env else None)
 
 
 def make_run_dir(r: Runner, data: Path, exp: str, batch_size: int) -> Path | None:
@@ -563,12 +744,40 @@ def saltx_eval(r: Runner, run_dir: Path, data: Path, n: int, bs: int, tag: str =
     return r.run(name, cmd, j)
 
 
-def saltx_onnx(r: Runner, run_dir: Path, data: Path, njets: int, reps: int) -> Measured:
+def saltx_onnx(
+    r: Runner,
+    run_dir: Path,
+    data: Path,
+    njets: int,
+    reps: int,
+    peer: Path | None = None,
+    peer_aux: Path | None = None,
+    pairs: int = 3,
+) -> Measured:
+    """``bench_onnx.py --export`` (plain and aux graphs exported and timed); with salt-ml's
+    graphs, interleaved A B pairs in one process (``variants.<v>.ort[*].ratio``)."""
     j = r.work / "sx_onnx.json"
     cmd = [sys.executable, SCRIPTS / "bench_onnx.py", "--run-dir", run_dir, "--export"]
     cmd += ["--test-file", data / "test.h5", "--njets", njets, "--reps", reps]
     cmd += ["--threads", "2", "1", "--json", j]
+    if peer is not None:
+        cmd += ["--peer", peer, "--pairs", pairs]
+    if peer_aux is not None:
+        cmd += ["--peer-aux", peer_aux]
     return r.run("sx_onnx", cmd, j)
+
+
+def onnx_ratios(m: Measured) -> dict[str, dict[str, Any]]:
+    """saltx/salt-ml ONNX Runtime ratios per variant and thread count (A B pairs)."""
+    out = {}
+    for variant, entry in (m.data.get("variants") or {}).items():
+        for res in entry.get("ort", []):
+            ratio = res.get("ratio")
+            if ratio:
+                e = stats(ratio["values"])
+                e["label"] = f"ONNX Runtime, {variant} graph, {res['threads']} thread(s)"
+                out[f"onnx_{variant}_t{res['threads']}"] = e
+    return out
 
 
 def saltx_flops(r: Runner, data: Path, exp: str, bs: int, size: int = 2048) -> Measured:
@@ -586,10 +795,10 @@ def flops_figures(figs: Figures, fl: Measured, train: dict[str, Measured], exp: 
     m, peak = fl.data["model"], fl.data["peak"]["gflops_best"]
     size, threads = fl.data["peak"]["size"], fl.data["peak"]["threads"]
     figs.add(
-        "peak.mm_fp32_gflops",
+        f"peak.{exp}.flops_run.mm_fp32_gflops",
         peak,
         "GFLOP/s",
-        f"torch.mm {size}x{size} fp32 peak, {threads} threads",
+        f"torch.mm {size}x{size} fp32 peak, {threads} threads (in {exp}'s FLOP count run)",
         contended=contended(fl.foreign_cores, fl.load),
     )
     for k in ("train", "forward"):
@@ -605,14 +814,27 @@ def flops_figures(figs: Figures, fl: Measured, train: dict[str, Measured], exp: 
         rate = t.data.get("jets_per_s") if t.ok else None
         if not rate:
             continue
+        own = t.data.get("peak_gflops")  # measured by the training run itself, after its steps
+        ref = own or peak
+        if own:
+            figs.add(
+                f"peak.{exp}.{variant}.mm_fp32_gflops",
+                own,
+                "GFLOP/s",
+                f"torch.mm fp32 peak in {exp} {variant}'s run (its MFU reference)",
+                contended=contended(t.foreign_cores, t.load),
+            )
+        where = "its own run's" if own else "the FLOP run's"
         for kind in ("useful", "padded"):
             g = m[f"train_{kind}_flops_per_jet"] * rate / 1e9
             figs.add(
                 f"achieved.{exp}.{variant}.{kind}_gflops",
                 g,
                 "GFLOP/s",
-                f"{exp} {variant} training, {kind} GFLOP/s ({100 * g / peak:.0f}% of mm peak)",
-                fraction_of_peak=g / peak,
+                f"{exp} {variant} training, {kind} GFLOP/s ({100 * g / ref:.0f}% of {where} "
+                "mm peak)",
+                fraction_of_peak=g / ref,
+                peak_gflops=ref,
             )
 
 
@@ -635,16 +857,49 @@ def run_saltx_bench(args: argparse.Namespace, r: Runner, data: Path) -> dict[str
             failed.append(m.name)
         return m
 
+    packed, pm = pack_train_file(r, data)
+    run(pm)
+    pack_figures(figs, pm)
+    loader_profiles = {}
     for w in sorted({0, args.workers}):
-        m = run(saltx_dataloader(r, data, plan.batch_size, w, plan.dl_batches, plan.dl_reps))
+        prof = 0 if w else 100
+        m = run(
+            saltx_dataloader(
+                r, data, plan.batch_size, w, plan.dl_batches, plan.dl_reps, profile=prof
+            )
+        )
+        if m.data.get("profile"):
+            loader_profiles["original file"] = m.data["profile"]
         label = f"data loading, {w} workers"
         add_measured(
             figs, f"dataloader.w{w}.jets_per_s", m.data.get("jets_per_s"), "jets/s", label, m
         )
+        if packed is not None:
+            m = run(
+                saltx_dataloader(
+                    r,
+                    data,
+                    plan.batch_size,
+                    w,
+                    plan.dl_batches,
+                    plan.dl_reps,
+                    file=packed,
+                    profile=prof,
+                )
+            )
+            if m.data.get("profile"):
+                loader_profiles["packed file"] = m.data["profile"]
+            label = f"data loading, packed file, {w} workers"
+            rate = m.data.get("jets_per_s")
+            add_measured(figs, f"dataloader.packed.w{w}.jets_per_s", rate, "jets/s", label, m)
     train: dict[str, dict[str, Measured]] = {}
+    profile = None
     for exp in plan.experiments:
         for compile_, prec in plan.variants:
-            m = run(saltx_train(r, data, exp, compile_, prec, plan, args.workers))
+            prof = plan.profile_steps if (exp, compile_, prec) == ("gn2", False, "32") else 0
+            m = run(saltx_train(r, data, exp, compile_, prec, plan, args.workers, profile=prof))
+            if prof and m.ok:
+                profile = m.data.get("profile")
             variant = f"{'compiled' if compile_ else 'eager'}_{'fp32' if prec == '32' else prec}"
             train.setdefault(exp, {})[variant] = m
             label = f"{exp} training, {variant.replace('_', ' ')}"
@@ -673,7 +928,13 @@ def run_saltx_bench(args: argparse.Namespace, r: Runner, data: Path) -> dict[str
     for e in plan.experiments:
         fl = run(saltx_flops(r, data, e, plan.batch_size, 1024 if args.quick else 2048))
         flops_figures(figs, fl, train.get(e, {}), e)
-    return {"figures": figs.items, "failed": failed, "plan": plan.__dict__}
+    return {
+        "figures": figs.items,
+        "failed": failed,
+        "plan": plan.__dict__,
+        "profile": profile,
+        "loader_profiles": loader_profiles,
+    }
 
 
 # ------------------------------------------------------------------------------- peer
@@ -757,6 +1018,28 @@ def salt_onnx(r: Runner, data: Path, train_dir: Path, njets: int, reps: int) -> 
     return m
 
 
+def salt_onnx_graphs(r: Runner, data: Path, train_dir: Path) -> tuple[Path | None, Path | None]:
+    """salt-ml's plain graph (written by the kit's ``bench_onnx.py``) and an aux graph
+    (``to_onnx --tasks`` with track origin and vertexing), copied into the work dir."""
+    plain = next(iter(sorted(train_dir.glob("logs/*/network.onnx"))), None)
+    ckpt = next(iter(sorted(train_dir.glob("logs/*/ckpts/*.ckpt"))), None)
+    if plain is None or ckpt is None:
+        return None, None
+    keep = r.work / "salt_network.onnx"
+    shutil.copyfile(plain, keep)
+    aux = r.work / "salt_network_aux.onnx"
+    tasks = "jets_classification track_origin track_vertexing"
+    script = (
+        f'cd "{train_dir}" && to_onnx --ckpt_path="{ckpt}" --track_selection=dipsLoose202102 '
+        f"--force --overwrite --tasks {tasks}"
+    )
+    m = r.run("salt_onnx_aux_export", salt_bash(r, data, script), env=salt_env(r, data))
+    if m.ok and plain.exists():
+        shutil.copyfile(plain, aux)
+    shutil.copyfile(keep, plain)  # the plain graph back where the kit wrote it
+    return keep, (aux if m.ok else None)
+
+
 def ratio_entry(label: str, a: Sequence[float | None], b: Sequence[float | None]) -> dict | None:
     """Pairwise ``a_i / b_i`` (pairs with a missing side are skipped)."""
     vals = [x / y for x, y in zip(a, b) if x is not None and y]
@@ -800,8 +1083,9 @@ def run_peer(args: argparse.Namespace, r: Runner, data: Path) -> dict[str, Any]:
             ],
             check=False,
         )
-    sx: dict[str, list] = {k: [] for k in ("dl", "dl0", "train", "train_rss", "eval", "eval_rss")}
-    sa: dict[str, list] = {k: [] for k in ("dl", "dl0", "train", "train_rss", "eval", "eval_rss")}
+    keys = ("dl", "dl0", "dlp", "dlp0", "train", "train_rss", "eval", "eval_rss", "peak")
+    sx: dict[str, list] = {k: [] for k in keys}
+    sa: dict[str, list] = {k: [] for k in keys}
     fcs: dict[str, list] = {}  # "sx:train" -> foreign cores of each run
 
     def put(side: dict[str, list], key: str, value: float | None, m: Measured | None) -> None:
@@ -826,11 +1110,15 @@ def run_peer(args: argparse.Namespace, r: Runner, data: Path) -> dict[str, Any]:
     run_dir = make_run_dir(r, data, "gn2", 100)
     if run_dir is None:
         failed.append("sx_make_run_gn2")
+    packed, pack_m = pack_train_file(r, data)  # the one-time conversion, timed
+    ok(pack_m)
+    loader_profiles: dict[str, Any] = {}
     salt_cfg: Path | None = None
     for i in range(1, pairs + 1):
         print(f"== pair {i}/{pairs}", flush=True)
         m = ok(saltx_train(r, data, "gn2", False, "32", plan, workers, tag=f"_{i}"))
         put(sx, "train", m.data.get("jets_per_s"), m)
+        put(sx, "peak", m.data.get("peak_gflops"), m)
         put(sx, "train_rss", m.peak_rss_mb if m.ok else None, m)
         out = r.work / f"full_{i}"
         m = ok(salt_train(r, data, out, steps, args.warmup, workers, bs))
@@ -850,8 +1138,16 @@ def run_peer(args: argparse.Namespace, r: Runner, data: Path) -> dict[str, Any]:
             put(sa, "eval", None, None)
             put(sa, "eval_rss", None, None)
         for w, key in ((workers, "dl"), (0, "dl0")):
-            m = ok(saltx_dataloader(r, data, bs, w, 40, 3, tag=f"_{i}"))
+            prof = 100 if i == 1 and w == 0 else 0  # where the time goes, once
+            m = ok(saltx_dataloader(r, data, bs, w, 40, 3, tag=f"_{i}", profile=prof))
             put(sx, key, m.data.get("jets_per_s"), m)
+            if m.data.get("profile"):
+                loader_profiles["saltx, original file"] = m.data["profile"]
+            if packed is not None:
+                m = ok(saltx_dataloader(r, data, bs, w, 40, 3, f"_{i}", packed, prof))
+                put(sx, key.replace("dl", "dlp"), m.data.get("jets_per_s"), m)
+                if m.data.get("profile"):
+                    loader_profiles["saltx, packed file"] = m.data["profile"]
         if salt_cfg is not None:
             m = ok(salt_dataloader(r, data, salt_cfg, sorted({0, workers}), bs, f"_{i}"))
             put(sa, "dl", m.data["jets_per_s"].get(str(workers)), m)
@@ -859,7 +1155,11 @@ def run_peer(args: argparse.Namespace, r: Runner, data: Path) -> dict[str, Any]:
         else:
             put(sa, "dl", None, None)
             put(sa, "dl0", None, None)
-    print("== once: saltx compiled training, FLOPs, ONNX", flush=True)
+    print("== once: salt-ml loader profile, saltx compiled training, FLOPs, ONNX", flush=True)
+    if salt_cfg is not None:
+        m = ok(salt_loader_profile(r, data, salt_cfg))
+        if m.ok:
+            loader_profiles["salt-ml, original file"] = m.data
     compiled = None
     if not args.no_compile:
         compiled = ok(saltx_train(r, data, "gn2", True, "32", plan, workers))
@@ -871,15 +1171,31 @@ def run_peer(args: argparse.Namespace, r: Runner, data: Path) -> dict[str, Any]:
         print(f"skipping ONNX: {minutes:.1f} min used of the {args.budget_min} min budget")
         skipped.append("onnx (time budget)")
     elif not args.no_onnx:
-        if run_dir is not None:
-            sx_onnx = ok(saltx_onnx(r, run_dir, data, 1000, 3))
-        if (r.work / "full_1" / "logs").exists():
+        salt_plain = salt_aux = None
+        if (r.work / "full_1" / "logs").exists():  # first: it exports salt-ml's graph
             salt_onnx_m = ok(salt_onnx(r, data, r.work / "full_1", 1000, 3))
+            if salt_onnx_m.ok:
+                salt_plain, salt_aux = salt_onnx_graphs(r, data, r.work / "full_1")
+        if run_dir is not None:
+            sx_onnx = ok(saltx_onnx(r, run_dir, data, 1000, 3, salt_plain, salt_aux, pairs))
 
     figs, sfigs = Figures(), Figures()
+    pack_figures(figs, pack_m)
     rows = [  # (key in sx/sa, figure, unit, label, better)
         ("dl", f"dataloader.w{workers}.jets_per_s", "jets/s", f"data loading, {workers} worker(s)"),
         ("dl0", "dataloader.w0.jets_per_s", "jets/s", "data loading, 0 workers"),
+        (
+            "dlp",
+            f"dataloader.packed.w{workers}.jets_per_s",
+            "jets/s",
+            f"data loading, packed file, {workers} worker(s)",
+        ),
+        (
+            "dlp0",
+            "dataloader.packed.w0.jets_per_s",
+            "jets/s",
+            "data loading, packed file, 0 workers",
+        ),
         ("train", "train.gn2.eager_fp32.jets_per_s", "jets/s", "GN2 training, eager fp32"),
         ("train_rss", "train.gn2.eager_fp32.peak_rss_mb", "MB", "GN2 training, peak RSS"),
         ("eval", "eval.gn2.jets_per_s", "jets/s", "GN2 evaluation (predictions h5)"),
@@ -905,7 +1221,11 @@ def run_peer(args: argparse.Namespace, r: Runner, data: Path) -> dict[str, Any]:
         add_measured(f, "onnx.gn2.export_s", m.data.get("export_s"), "s", label, m)
     eager = stats(sx["train"])
     eager_one = Measured("eager", 0, 0.0, 0.0, 0.0, 0.0, 0.0, "")
-    eager_one.data = {"jets_per_s": eager["median"] if eager else None}
+    peaks = stats(sx["peak"])  # each eager run timed torch.mm after its steps
+    eager_one.data = {
+        "jets_per_s": eager["median"] if eager else None,
+        "peak_gflops": peaks["median"] if peaks else None,
+    }
     train_for_flops = {"eager_fp32": eager_one, "compiled_fp32": compiled, "compiled_bf16": bf16}
     train_for_flops = {k: v for k, v in train_for_flops.items() if v is not None}
     flops_figures(figs, fl, train_for_flops, "gn2")
@@ -913,8 +1233,15 @@ def run_peer(args: argparse.Namespace, r: Runner, data: Path) -> dict[str, Any]:
     ratios: dict[str, Any] = {}
     salt_train_med = (stats(sa["train"]) or {}).get("median")
     entries = [
-        ("dataloader", f"data loading, {workers} worker", sx["dl"], sa["dl"]),
-        ("dataloader_w0", "data loading, 0 workers", sx["dl0"], sa["dl0"]),
+        ("dataloader", f"data loading, packed file, {workers} worker", sx["dlp"], sa["dl"]),
+        ("dataloader_w0", "data loading, packed file, 0 workers", sx["dlp0"], sa["dl0"]),
+        (
+            "dataloader_original",
+            f"data loading, original file, {workers} worker",
+            sx["dl"],
+            sa["dl"],
+        ),
+        ("dataloader_original_w0", "data loading, original file, 0 workers", sx["dl0"], sa["dl0"]),
         ("train_gn2_eager", "GN2 training, eager fp32", sx["train"], sa["train"]),
         ("eval", "GN2 evaluation", sx["eval"], sa["eval"]),
         ("train_peak_rss", "training peak RSS", sx["train_rss"], sa["train_rss"]),
@@ -932,13 +1259,17 @@ def run_peer(args: argparse.Namespace, r: Runner, data: Path) -> dict[str, Any]:
             e = ratio_entry(label, [m.data.get("jets_per_s")] * len(sa["train"]), sa["train"])
             if e is not None:
                 ratios[key] = e
-    if sx_onnx is not None and salt_onnx_m is not None and sx_onnx.ok and salt_onnx_m.ok:
-        for t in ("2", "1"):
-            a = sx_onnx.data.get("jets_per_s", {}).get(t)
-            b = salt_onnx_m.data["jets_per_s"].get(t)
-            e = ratio_entry(f"ONNX Runtime, {t} thread(s)", [a], [b])
-            if e is not None:
-                ratios[f"onnx_t{t}"] = e
+    if sx_onnx is not None and sx_onnx.ok:
+        ratios.update(onnx_ratios(sx_onnx))  # interleaved pairs in one process
+        for variant, entry in (sx_onnx.data.get("variants") or {}).items():
+            for res in entry.get("ort", []):
+                if "salt" in res:
+                    label = (
+                        f"GN2 ONNX Runtime, {variant} graph, 1 jet/call, {res['threads']} thread(s)"
+                    )
+                    key = f"onnx.gn2.{variant}.t{res['threads']}.jets_per_s"
+                    add_measured(sfigs, key, res["salt"]["median"], "jets/s", label, sx_onnx)
+                    add_measured(figs, key, res["saltx"]["median"], "jets/s", label, sx_onnx)
     fc = [c for c in contention if c is not None]
     return {
         "figures": figs.items,
@@ -955,7 +1286,208 @@ def run_peer(args: argparse.Namespace, r: Runner, data: Path) -> dict[str, Any]:
         if fc
         else None,
         "raw": {"saltx": sx, "salt": sa},
+        "loader_profiles": loader_profiles,
     }
+
+
+# ------------------------------------------------------------------------------- contention
+class Background:
+    """``k`` background loads of one kind (``bench_background.py``) while a block runs.
+
+    ``busy``: plain busy loops (one core each); ``torch``: 2-thread torch jobs doing small
+    matrix products, with torch's own OpenMP settings (saltx's defaults removed from their
+    environment: they stand for someone else's job). Their throughput (ops/s, from their
+    logs) is kept, so one can see whether saltx also leaves them their share.
+    """
+
+    def __init__(self, r: Runner, kind: str, k: int, tag: str, threads: int = 2) -> None:
+        self.r, self.kind, self.k, self.tag, self.threads = r, kind, k, tag, threads
+        self.procs: list[subprocess.Popen] = []
+        self.logs: list[Path] = []
+
+    def __enter__(self) -> Background:
+        env = self.r.env({"OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": "1"})
+        for key in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
+            env.pop(key, None)
+        for i in range(self.k):
+            log = self.r.work / f"background_{self.tag}_{i}.log"
+            cmd = [sys.executable, SCRIPTS / "bench_background.py", self.kind]
+            cmd += ["--threads", str(self.threads)]
+            with log.open("w") as fo:
+                self.procs.append(
+                    subprocess.Popen(list(map(str, cmd)), stdout=fo, stderr=fo, env=env)
+                )
+            self.logs.append(log)
+        if self.procs:
+            time.sleep(3)  # started and spinning
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def ops_per_s(self) -> float | None:
+        """Mean ops/s of the torch jobs over their logged 5 s windows (None for busy loops)."""
+        rates = []
+        for log in self.logs:
+            for line in log.read_text().splitlines():
+                if line.endswith(" ops/s"):
+                    rates.append(float(line.split()[0]))
+        return statistics.mean(rates) if rates else None
+
+
+def run_contention(args: argparse.Namespace, r: Runner, data: Path) -> dict[str, Any]:
+    """GN2 training next to K background loads (busy loops, 2-thread torch jobs).
+
+    For each condition (idle, then each load kind and K): saltx's training, then with
+    ``--peer`` salt-ml's, under the same load. Figures: jets/s, the fraction of the idle
+    rate, the fraction of the fair share (``idle / (1 + K)``), and saltx/salt-ml.
+    """
+    plan = Plan(
+        experiments=["gn2"],
+        variants=[(False, "32")],
+        batch_size=args.batch_size,
+        train_steps=args.steps - args.warmup,
+        train_warmup=args.warmup,
+        eval_jets=0,
+        peak_size=0,
+    )
+    conditions = [("none", 0)] + [(kind, k) for kind in args.loads for k in args.k]
+    saltx_env = dict(x.split("=", 1) for x in args.saltx_env or [])
+    rows, failed = [], []
+    figs, sfigs = Figures(), Figures()
+    for kind, k in conditions:
+        tag = f"{kind}{k}" if k else "idle"
+        print(f"== {tag}: GN2 training next to {k} background {kind} load(s)", flush=True)
+        row: dict[str, Any] = {"load": kind, "k": k}
+        with Background(r, kind, k, f"sx_{tag}") as bg:
+            m = saltx_train(
+                r,
+                data,
+                "gn2",
+                False,
+                "32",
+                plan,
+                args.workers,
+                f"_{tag}",
+                args.profile_steps,
+                saltx_env,
+            )
+        row["saltx"] = m.data.get("jets_per_s") if m.ok else None
+        row["profile"] = m.data.get("profile")
+        row["background_ops_per_s_saltx"] = bg.ops_per_s()
+        if not m.ok:
+            failed.append(m.name)
+        if args.peer:
+            out = r.work / f"salt_{tag}"
+            with Background(r, kind, k, f"salt_{tag}") as bg:
+                m = salt_train(r, data, out, args.steps, args.warmup, args.workers, args.batch_size)
+            row["salt"] = m.data.get("jets_per_s") if m.ok else None
+            row["background_ops_per_s_salt"] = bg.ops_per_s()
+            if not m.ok:
+                failed.append(m.name)
+        rows.append(row)
+    idle = rows[0]
+    targets = []
+    for row in rows:
+        k, tag = row["k"], f"{row['load']}{row['k']}" if row["k"] else "idle"
+        for side, f in (("saltx", figs), ("salt", sfigs)):
+            v, base = row.get(side), idle.get(side)
+            if v is None:
+                continue
+            label = f"GN2 training next to {k} {row['load']} load(s)" if k else "GN2 training, idle"
+            f.add(f"contention.{tag}.jets_per_s", v, "jets/s", label)
+            if base:
+                row[f"{side}_of_idle"] = v / base
+                row[f"{side}_of_fair_share"] = v / (base / (1 + k))
+        if row.get("saltx") and row.get("salt"):
+            row["ratio"] = row["saltx"] / row["salt"]
+        if k:
+            fair, ratio = row.get("saltx_of_fair_share"), row.get("ratio")
+            targets.append(
+                {
+                    "target": f"next to {k} {row['load']} load(s): >= 0.5 of fair share, "
+                    ">= 3x salt-ml",
+                    "fair_share": fair,
+                    "ratio": ratio,
+                    "met": None
+                    if fair is None or (args.peer and ratio is None)
+                    else fair >= 0.5 and (not args.peer or ratio >= 3.0),
+                }
+            )
+    return {
+        "figures": figs.items,
+        "salt_figures": sfigs.items,
+        "contention": rows,
+        "contention_targets": targets,
+        "slowdown": slowdown(rows),
+        "failed": failed,
+        "steps_per_run": args.steps,
+        "warmup": args.warmup,
+        "saltx_env": saltx_env,  # e.g. OMP_WAIT_POLICY= (libgomp's default) to compare
+    }
+
+
+def slowdown(rows: list[dict[str, Any]], top: int = 12) -> list[dict[str, Any]]:
+    """Per operator: ms per step idle and under each load (saltx's profiles)."""
+    idle = {r["op"]: r["self_ms_per_step"] for r in (rows[0].get("profile") or {}).get("ops", [])}
+    if not idle:
+        return []
+    out = []
+    for op in sorted(idle, key=lambda o: -idle[o])[:top]:
+        entry = {"op": op, "idle": idle[op]}
+        for row in rows[1:]:
+            ops = {
+                r["op"]: r["self_ms_per_step"] for r in (row.get("profile") or {}).get("ops", [])
+            }
+            entry[f"{row['load']}{row['k']}"] = ops.get(op)
+        out.append(entry)
+    return out
+
+
+def slowdown_rows(table: list[dict[str, Any]]) -> list[str]:
+    """Which operators contention slows down (markdown): ms per step and factor vs idle."""
+    cols = [k for k in table[0] if k not in ("op", "idle")]
+    lines = [
+        "saltx's operators, self CPU ms per step idle and under each load (× idle):",
+        "",
+        "| operator | idle | " + " | ".join(cols) + " |",
+        "|---|---:|" + "---:|" * len(cols),
+    ]
+    for e in table:
+        cells = []
+        for c in cols:
+            v = e.get(c)
+            cells.append("" if v is None else f"{v:,.0f} ({v / e['idle']:.1f}×)")
+        lines.append(f"| `{e['op']}` | {e['idle']:,.0f} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def contention_rows(sec: dict[str, Any]) -> list[str]:
+    """The contention table (markdown)."""
+    out = [
+        "| background load | saltx jets/s | of idle | of fair share | salt-ml jets/s | of idle "
+        "| of fair share | saltx / salt-ml |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in sec["contention"]:
+        load = f"{row['k']} × {row['load']}" if row["k"] else "none"
+
+        def pct(key: str, row: dict[str, Any] = row) -> str:
+            return "" if row.get(key) is None else f"{row[key]:.2f}"
+
+        out.append(
+            f"| {load} | {fmt(row.get('saltx'), 0)} | {pct('saltx_of_idle')} | "
+            f"{pct('saltx_of_fair_share')} | {fmt(row.get('salt'), 1)} | {pct('salt_of_idle')} | "
+            f"{pct('salt_of_fair_share')} | {pct('ratio')} |"
+        )
+    return out
 
 
 def print_peer(sec: dict[str, Any]) -> None:
@@ -979,6 +1511,26 @@ def print_peer(sec: dict[str, Any]) -> None:
 
 
 # ------------------------------------------------------------------------------- main
+def git_commit() -> str | None:
+    """The checkout's commit (short hash), with ``+dirty`` when tracked files differ."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
 def meta(args: argparse.Namespace, data: Path, work: Path, mode: str) -> dict[str, Any]:
     import importlib.metadata as md
 
@@ -1000,6 +1552,7 @@ def meta(args: argparse.Namespace, data: Path, work: Path, mode: str) -> dict[st
             versions[pkg] = None
     return {
         "date": dt.datetime.now().isoformat(timespec="seconds"),
+        "commit": git_commit(),
         "mode": mode,
         "host": platform.node(),
         "cpu_model": cpu,
@@ -1021,6 +1574,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n-jets", type=int, default=200_000, help="synthetic jets without --data")
     p.add_argument("--quick", action="store_true", help="short functional run (~2-3 min)")
     p.add_argument("--peer", action="store_true", help="compare with salt-ml (A B A B)")
+    p.add_argument(
+        "--contention",
+        action="store_true",
+        help="GN2 training next to background loads (--loads, --k); with --peer salt-ml too",
+    )
+    p.add_argument("--loads", nargs="+", default=["busy", "torch"], choices=["busy", "torch"])
+    p.add_argument("--k", type=int, nargs="+", default=[1, 2], help="background processes")
+    p.add_argument(
+        "--profile-steps", type=int, default=1, help="--contention: saltx steps profiled per load"
+    )
+    p.add_argument(
+        "--saltx-env",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="--contention: environment of saltx's runs, e.g. OMP_WAIT_POLICY= (empty: "
+        "libgomp's spinning default instead of saltx's PASSIVE) to compare",
+    )
     p.add_argument("--pairs", type=int, default=3, help="A B pairs with --peer")
     p.add_argument("--steps", type=int, default=7, help="train steps per run (incl. warm-up)")
     p.add_argument("--warmup", type=int, default=2, help="untimed warm-up steps")
@@ -1033,7 +1603,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bf16-batch-size", type=int, default=250, help="bf16 runs on CPU (0: as fp32)")
     p.add_argument("--no-onnx", action="store_true", help="with --peer: skip ONNX")
     p.add_argument(
-        "--budget-min", type=float, default=20, help="--peer: skip ONNX past this minus 4 min"
+        "--budget-min", type=float, default=40, help="--peer: skip ONNX past this minus 4 min"
     )
     p.add_argument("--wait-idle", type=float, default=0, help="--peer: wait up to S s for idle")
     p.add_argument("--out", type=Path, help="results dir (default bench/, quick: cache)")
@@ -1049,6 +1619,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     mode = "peer" if args.peer else ("quick" if args.quick else "bench")
+    if args.contention:  # a run with --saltx-env (an A/B of a setting) keeps its own section
+        mode = "contention-env" if args.saltx_env else "contention"
     out = args.out or (CACHE / "quick" if args.quick else ROOT / "bench")
     work = args.work or CACHE / "runs" / f"{mode}-{dt.datetime.now():%Y%m%d-%H%M%S}"
     work.mkdir(parents=True, exist_ok=True)
@@ -1062,7 +1634,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         data = ensure_data(data, args.n_jets, args.quick, runner)
         info = meta(args, data, work, mode)
         print(f"saltx bench ({mode}): data {data}, work dir {work}", flush=True)
-        sec = run_peer(args, runner, data) if args.peer else run_saltx_bench(args, runner, data)
+        if args.contention:
+            sec = run_contention(args, runner, data)
+        elif args.peer:
+            sec = run_peer(args, runner, data)
+        else:
+            sec = run_saltx_bench(args, runner, data)
     finally:
         monitor.stop()
     sec["meta"] = {**info, "wall_s": round(time.perf_counter() - t0, 1)}
@@ -1070,7 +1647,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sec["runs"] = runner.records
     prev = previous_results(out).get(mode, {})
     sec["regressions"] = compare(sec["figures"], prev.get("figures"))
-    if args.peer:
+    if "salt_figures" in sec:
         sec["regressions"] += [
             {**x, "figure": "salt:" + x["figure"]}
             for x in compare(sec.get("salt_figures", {}), prev.get("salt_figures"))
@@ -1078,8 +1655,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_results(out, mode, sec)
     print()
     print("\n".join(figure_rows(sec["figures"], {x["figure"] for x in sec["regressions"]})))
-    if args.peer:
+    if args.peer and not args.contention:
         print_peer(sec)
+    if args.contention:
+        print("\n".join(contention_rows(sec)))
     for x in sec["regressions"]:
         print(f"WORSE by >10%: {x['figure']}: {x['old']:.4g} -> {x['new']:.4g}")
     if sec["failed"]:

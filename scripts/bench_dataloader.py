@@ -1,10 +1,12 @@
 """Benchmark the training DataLoader (GN2 inputs and labels) in jets per second.
 
     python scripts/bench_dataloader.py --file train.h5 --batch-size 1000 --workers 4 \
-        [--num-batches 200] [--reps 5] [--json out.json] [--conversion]
+        [--num-batches 200] [--reps 5] [--json out.json] [--conversion] [--profile 100]
 
 ``--make N`` writes a synthetic file of N jets first (when ``--file`` does not exist).
 ``--conversion`` also times ways of turning the structured track records into float32.
+``--profile N`` then reads N batches under cProfile in this process: where a batch's time
+goes (self time per function). The file may be a packed one (``python -m saltx.data.pack``).
 Prints the median jets/s over the reps; ``--json`` writes ``jets_per_s`` and the details.
 """
 
@@ -164,6 +166,39 @@ def time_conversions(path: str, batch_size: int, repeats: int = 5) -> dict[str, 
     return results
 
 
+def profile_batches(args: argparse.Namespace, top: int = 12) -> dict:
+    """cProfile of ``args.profile`` shuffled batches read in this process (no workers):
+    where a batch's time goes, by function (self time), as ms per batch and share."""
+    import cProfile
+    import pstats
+
+    dataset = JetDataset(
+        args.file, GN2_VARIABLES, labels=GN2_LABELS, seed=0, read_threads=args.read_threads
+    )
+    loader = build_dataloader(
+        dataset, batch_size=args.batch_size, shuffle=True, drop_last=True, seed=1
+    )
+    it = iter(loader)
+    next(it)  # open the file, first reads
+    n = min(args.profile, len(loader) - 1)
+    prof = cProfile.Profile()
+    t0 = time.perf_counter()
+    prof.enable()
+    for _ in range(n):
+        next(it)
+    prof.disable()
+    wall = time.perf_counter() - t0
+    st = pstats.Stats(prof)
+    rows = []
+    for (path, line, name), (_, _, tottime, _, _) in st.stats.items():
+        where = f"{Path(path).name}:{name}" if line else name
+        rows.append({"function": where, "ms_per_batch": 1e3 * tottime / n})
+    rows.sort(key=lambda r: -r["ms_per_batch"])
+    for r in rows:
+        r["share"] = r["ms_per_batch"] / (1e3 * wall / n)
+    return {"batches": n, "ms_per_batch": 1e3 * wall / n, "functions": rows[:top]}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--file", required=True)
@@ -188,6 +223,9 @@ def main(argv: list[str] | None = None) -> dict:
         "--compression", default="none", help="filter of the --make file: none (like Salt) or lzf"
     )
     parser.add_argument("--conversion", action="store_true", help="time conversion strategies")
+    parser.add_argument(
+        "--profile", type=int, default=0, help="then cProfile this many batches (no workers)"
+    )
     args = parser.parse_args(argv)
 
     if args.make and not Path(args.file).exists():
@@ -217,6 +255,11 @@ def main(argv: list[str] | None = None) -> dict:
         f"median: {result['jets_per_s']:,.0f} jets/s, {result['jets_per_cpu_s']:,.0f} jets per "
         f"CPU-s (batch {args.batch_size}, {args.workers} workers, load {load:.1f})"
     )
+    if args.profile:
+        result["profile"] = prof = profile_batches(args)
+        print(f"profile: {prof['ms_per_batch']:.2f} ms per batch (cProfile), self time:")
+        for r in prof["functions"]:
+            print(f"  {r['function']:<40} {r['ms_per_batch']:7.2f} ms  {100 * r['share']:5.1f}%")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return result

@@ -47,6 +47,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--precision", default="32", choices=["32", "bf16", "fp16"])
     p.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu"])
     p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument(
+        "--peak",
+        type=int,
+        default=0,
+        help="after the steps, time a torch.mm of two PEAK x PEAK fp32 matrices at the same "
+        "threads in this process (the peak MFU is measured against; 0 = off)",
+    )
+    p.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        help="then profile this many more steps (torch.profiler): share of step time per op",
+    )
     p.add_argument("--json", help="write the results to this JSON file")
     p.add_argument("overrides", nargs="*", help="extra Hydra overrides (key=value)")
     return p.parse_args(argv)
@@ -81,6 +94,52 @@ def compile_stats() -> dict[str, int]:
         "recompiles": len(recompiles),
         "compile_s": sum((m.duration_us or 0) for m in metrics) / 1e6,
     }
+
+
+def profile_steps(model, loader, precision, optimizer, args) -> dict:
+    """Profile ``args.profile`` training steps: self CPU time per operator, as a share of
+    the profiled wall time (what bounds a step; elementwise work included)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    steps = []
+    for batch in loader:
+        steps.append(batch)
+        if len(steps) == args.profile:
+            break
+    device = next(model.parameters()).device
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        for batch in steps:
+            batch = batch.to(device)
+            train_step(model, batch, precision, accumulate=1, sync=True)
+            precision.step(optimizer, model.parameters(), clip_val=None)
+            optimizer.zero_grad(set_to_none=True)
+        wall = time.perf_counter() - t0
+    rows = []
+    for e in prof.key_averages():
+        if e.self_cpu_time_total <= 0:
+            continue
+        rows.append(
+            {
+                "op": e.key,
+                "calls_per_step": e.count / len(steps),
+                "self_ms_per_step": e.self_cpu_time_total / 1e3 / len(steps),
+            }
+        )
+    rows.sort(key=lambda r: -r["self_ms_per_step"])
+    total = sum(r["self_ms_per_step"] for r in rows)
+    for r in rows:
+        r["share"] = r["self_ms_per_step"] / total if total else 0.0
+    return {"steps": len(steps), "wall_s_per_step": wall / len(steps), "ops": rows[:40]}
+
+
+def print_profile(prof: dict, top: int = 15) -> None:
+    print(f"profile of {prof['steps']} steps ({prof['wall_s_per_step']:.2f} s/step), self CPU:")
+    for r in prof["ops"][:top]:
+        print(
+            f"  {r['op']:<45} {100 * r['share']:5.1f}%  {r['self_ms_per_step']:8.1f} ms/step"
+            f"  {r['calls_per_step']:7.0f} calls/step"
+        )
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -142,6 +201,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 step += 1
                 if step == args.warmup:
                     warmup_s = time.perf_counter() - t_start
+        if args.profile:
+            result_profile = profile_steps(model, parts.train_loader, precision, optimizer, args)
     if not times:
         raise SystemExit("no timed steps: raise --steps or provide more jets")
     median = statistics.median(times)
@@ -160,6 +221,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     }
     if args.compile:
         result.update(compile_stats())
+    if args.peak:
+        from flops import matmul_peak  # scripts/flops.py
+
+        result["peak"] = matmul_peak(args.peak, torch.get_num_threads())
+        result["peak_gflops"] = result["peak"]["gflops_best"]
+        print(f"torch.mm {args.peak}^2 peak: {result['peak_gflops']:.1f} GFLOP/s (same process)")
+    if args.profile:
+        result["profile"] = result_profile
+        print_profile(result_profile)
     if device.type == "cuda":
         result["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     print(f"training: {result['jets_per_s']:.1f} jets/s (median of {len(times)} steps)")

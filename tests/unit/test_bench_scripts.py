@@ -167,3 +167,71 @@ def test_steady_rate_leaves_out_warmup():
     assert r["jets_per_s"] == pytest.approx(200 / 2.0)
     assert r["jets_per_s_all"] == pytest.approx(300 / 7.0)
     assert bench_eval.steady_rate(marks[:2], [100], warmup=1)["jets_per_s"] == pytest.approx(20.0)
+
+
+def _measured(data: dict, name: str = "m") -> object:
+    m = bench.Measured(name, 0, 1.0, 1.0, 1.0, 0.0, 1.0, "")
+    m.data = data
+    return m
+
+
+def test_each_experiment_keeps_its_peak_and_mfu_uses_the_runs_own():
+    """Two experiments' FLOP runs no longer overwrite one peak key; a training run that
+    timed torch.mm itself is compared with that peak."""
+    figs = bench.Figures()
+    model = {f"{k}_{kind}_flops_per_jet": 1e8 for k in ("train", "forward") for kind in
+             ("useful", "padded")}  # fmt: skip
+    for exp, peak in (("gn2", 160.0), ("demo", 120.0)):
+        fl = _measured({"model": model, "peak": {"gflops_best": peak, "size": 2048, "threads": 2}})
+        train = {"eager_fp32": _measured({"jets_per_s": 500.0, "peak_gflops": 100.0})}
+        if exp == "demo":
+            train = {"eager_fp32": _measured({"jets_per_s": 500.0})}  # no own peak
+        bench.flops_figures(figs, fl, train, exp)
+    f = figs.items
+    assert f["peak.gn2.flops_run.mm_fp32_gflops"]["value"] == 160.0
+    assert f["peak.demo.flops_run.mm_fp32_gflops"]["value"] == 120.0
+    assert "peak.mm_fp32_gflops" not in f
+    assert f["peak.gn2.eager_fp32.mm_fp32_gflops"]["value"] == 100.0
+    # 1e8 FLOP/jet x 500 jets/s = 50 GFLOP/s: 50% of gn2's own 100, 42% of demo's 120
+    assert f["achieved.gn2.eager_fp32.useful_gflops"]["fraction_of_peak"] == pytest.approx(0.5)
+    assert f["achieved.demo.eager_fp32.useful_gflops"]["fraction_of_peak"] == pytest.approx(
+        50 / 120
+    )
+
+
+def test_docs_blocks_are_rewritten_from_the_results(tmp_path: Path):
+    doc = tmp_path / "performance.md"
+    doc.write_text(
+        "intro\n<!-- bench:bench -->\nold table\n<!-- /bench:bench -->\nmiddle\n"
+        "<!-- bench:peer -->\nold peer\n<!-- /bench:peer -->\nend\n"
+    )
+    figs = bench.Figures()
+    figs.add("dataloader.packed.w1.jets_per_s", 250000.0, "jets/s", "data loading, packed")
+    sec = {"meta": {"commit": "abc1234", "date": "today"}, "figures": figs.items}
+    assert bench.update_docs({"bench": sec}, doc)
+    text = doc.read_text()
+    assert "old table" not in text and "old peer" in text  # only the bench block changed
+    assert "commit `abc1234`" in text and "| data loading, packed | 250,000 |" in text
+    tail = "middle\n<!-- bench:peer -->\nold peer\n<!-- /bench:peer -->\nend\n"
+    assert text.startswith("intro\n") and text.endswith(tail)
+    assert not bench.update_docs({"bench": sec}, doc)  # same results: unchanged
+
+
+def test_contention_tables():
+    prof = {"ops": [{"op": "aten::addmm", "self_ms_per_step": 100.0},
+                    {"op": "aten::add", "self_ms_per_step": 10.0}]}  # fmt: skip
+    slow = {"ops": [{"op": "aten::addmm", "self_ms_per_step": 150.0},
+                    {"op": "aten::add", "self_ms_per_step": 80.0}]}  # fmt: skip
+    rows = [
+        {"load": "none", "k": 0, "saltx": 400.0, "salt": 80.0, "profile": prof},
+        {"load": "torch", "k": 1, "saltx": 150.0, "salt": 40.0, "profile": slow},
+    ]
+    table = bench.slowdown(rows)
+    assert table == [
+        {"op": "aten::addmm", "idle": 100.0, "torch1": 150.0},
+        {"op": "aten::add", "idle": 10.0, "torch1": 80.0},
+    ]
+    assert "| `aten::add` | 10 | 80 (8.0×) |" in bench.slowdown_rows(table)
+    for row in rows:  # what run_contention adds before the table is printed
+        row["saltx_of_fair_share"] = row["saltx"] / (400.0 / (1 + row["k"]))
+    assert "| 1 × torch | 150 | " in "\n".join(bench.contention_rows({"contention": rows}))

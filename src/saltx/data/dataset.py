@@ -6,7 +6,10 @@ several times faster than asking HDF5 for a subset of fields): the compressed ch
 hold them are decoded in place, side by side in one reused buffer, by ``read_threads``
 threads (:class:`saltx.data.h5.RowReader`; HDF5 reads them where that is not possible).
 Then a view-based gather: runs of requested fields that sit next to each other in the
-record with one dtype are copied to float32 in one numpy call.
+record with one dtype are copied to float32 in one numpy call. A file written by
+``python -m saltx.data.pack`` reads the same way: its constituents are stored packed and
+uncompressed, and :class:`saltx.data.h5.PackedReader` rebuilds the padded records (no
+decoding), so batches are bit-identical to those of the original file.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from numpy.lib.stride_tricks import as_strided
 from torch.utils.data import Dataset
 
 from saltx.data.batch import Batch
-from saltx.data.h5 import H5Source, LazyH5, check_links, check_storage
+from saltx.data.h5 import H5Source, LazyH5, PackedReader, check_links, check_storage
 from saltx.data.sampler import BatchIndex, BufferIndex
 from saltx.errors import DataError
 
@@ -307,7 +310,9 @@ class JetDataset(Dataset):
             self.file.close()
 
     # ------------------------------------------------------------------ setup
-    def _dataset(self, f: h5py.File, name: str, needed_by: str) -> h5py.Dataset:
+    def _dataset(self, f: h5py.File, name: str, needed_by: str) -> h5py.Dataset | PackedReader:
+        """The dataset ``name`` (checked once): an h5py dataset, or for a dataset of a packed
+        file (``saltx.data.pack``) its :class:`PackedReader`, which has the padded shape."""
         if name in f and name not in self._checked:
             check_links(f, name, self.file.source)
         if name not in f or not isinstance(f[name], h5py.Dataset):
@@ -315,20 +320,29 @@ class JetDataset(Dataset):
                 f"no dataset '{name}' (needed by input '{needed_by}') in '{self.file.name}'; "
                 f"available datasets: {sorted(k for k in f if isinstance(f[k], h5py.Dataset))}"
             )
-        ds = f[name]
+        ds = self.file.reader(name) if name.lstrip("/") in self.file.packed else f[name]
         if ds.dtype.names is None:
             raise DataError(f"dataset '{name}' in '{self.file.name}' is not a structured array")
         if name not in self._checked:
-            check_storage(ds, self.file.source, name == self.global_object)
+            if isinstance(ds, PackedReader):
+                ds.check()
+            else:
+                check_storage(ds, self.file.source, name == self.global_object)
             self._checked.add(name)
         return ds
 
     def _check_fields(self, ds: h5py.Dataset, fields: Sequence[str], what: str) -> None:
         missing = [v for v in fields if v not in ds.dtype.names]
         if missing:
+            hint = ""
+            if self.file.packed:
+                hint = (
+                    " (a file written by saltx.data.pack holds only the variables it was "
+                    "packed with: pack the original file again with these)"
+                )
             raise DataError(
                 f"{what} {missing} not found in dataset '{ds.name.lstrip('/')}' of "
-                f"'{self.file.name}'; available fields: {list(ds.dtype.names)}"
+                f"'{self.file.name}'; available fields: {list(ds.dtype.names)}{hint}"
             )
         odd = {v: str(ds.dtype[v]) for v in fields if ds.dtype[v].kind not in "biuf"}
         if odd:
@@ -341,6 +355,8 @@ class JetDataset(Dataset):
         """``field`` of the first :data:`SAMPLE_JETS` rows (a few chunk decodes)."""
         rows = min(ds.shape[0], SAMPLE_JETS)
         try:
+            if isinstance(ds, PackedReader):
+                return ds.read_rows(0, rows)[field].copy()
             return ds.fields(field)[:rows]
         except (OSError, RuntimeError, ValueError) as err:
             raise DataError(
@@ -460,6 +476,8 @@ class JetDataset(Dataset):
             ds = self._dataset(f, ds_name, name)
             self._datasets[ds_name] = (ds.shape, ds.dtype)
             self._check_fields(ds, fields, f"label fields of input '{name}'")
+            if isinstance(ds, PackedReader):
+                ds.check_exact(fields, f"label fields of input '{name}'")
             self._check_unsigned_labels(ds, fields)
             num = self.num_inputs.get(name)
             self._label_plan[name] = (ds_name, None if num is None else self._truncation(name, ds))
@@ -501,7 +519,7 @@ class JetDataset(Dataset):
         cols = self._read_cols.get(ds_name)
         try:
             reader = self.file.reader(ds_name)
-            if reader.chunked and stop > start:  # decoded in place: a view, no copy
+            if reader.returns_views and stop > start:  # decoded or unpacked in place: a view
                 return reader.read_rows(start, stop, cols)
             want = (stop - start, *shape[1:]) if cols is None else (stop - start, cols)
             buf = self._buffers.get(ds_name)

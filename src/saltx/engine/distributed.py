@@ -152,7 +152,12 @@ def free_port() -> int:
 
 def _spawned_entry(local_rank: int, world: int, fn: Callable[..., Any], args: tuple) -> None:
     os.environ.update(
-        {"RANK": str(local_rank), "LOCAL_RANK": str(local_rank), "WORLD_SIZE": str(world)}
+        {
+            "RANK": str(local_rank),
+            "LOCAL_RANK": str(local_rank),
+            "WORLD_SIZE": str(world),
+            "LOCAL_WORLD_SIZE": str(world),
+        }
     )
     fn(*args)
 
@@ -197,6 +202,35 @@ def spawn(fn: Callable[..., Any], nprocs: int, args: tuple = ()) -> None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def check_resume_world_size(ckpt: dict[str, Any], path: str, world_size: int) -> None:
+    """Refuse to resume a checkpoint written by a different number of ranks.
+
+    A checkpoint holds one RNG state per rank that wrote it (``ckpt["rng"]``). Its epoch
+    position counts batches per rank, its learning-rate schedule spans the optimizer steps
+    of that many ranks, and each rank's random stream is its own: none of these carries
+    over to another world size exactly, so saltx stops instead of resuming approximately.
+    A weights-only checkpoint (no optimizer, e.g. converted from Salt) starts a new run
+    and is always accepted.
+
+    Raises
+    ------
+    RuntimeError
+        Naming both world sizes and the two ways to go on.
+    """
+    saved = len(ckpt.get("rng") or [])
+    if "optimizer" not in ckpt or saved in (0, world_size):
+        return
+    raise RuntimeError(
+        f"{path} was written by a run with world size {saved} ({saved} ranks), but this run "
+        f"has world size {world_size}: its position in the epoch, learning-rate schedule and "
+        f"per-rank random states do not carry over to {world_size} ranks. Resume it with "
+        f"{saved} ranks (e.g. torchrun --nnodes and --nproc_per_node giving {saved} processes "
+        "in all), or start a new run from its weights: save "
+        "{'model': torch.load(path, weights_only=True)['model']} to a file and pass it as "
+        "ckpt_path with a new paths.output_dir (docs/training.md, 'Multi-node')"
+    )
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

@@ -40,6 +40,7 @@ from saltx.engine.distributed import (
     all_reduce_sum,
     barrier,
     broadcast_object,
+    check_resume_world_size,
     cleanup,
     setup_distributed,
     unwrap,
@@ -56,6 +57,7 @@ from saltx.engine.run_setup import (
 from saltx.engine.schedule import OneCycleSchedule, build_optimizer, total_optimizer_steps
 from saltx.engine.signals import StopSignals, exit_code, signal_name
 from saltx.engine.state import TrainState, preserve_rng, rank_seed, seed_everything
+from saltx.engine.threads import configure_threads
 from saltx.io.fs import local_dir
 from saltx.io.rundir import RunDir
 
@@ -116,12 +118,12 @@ BuildFn = Callable[[DictConfig, DistInfo], Components]
 
 
 # -- small helpers ---------------------------------------------------------------------------
-def configure_torch(tcfg: DictConfig, info: DistInfo) -> None:
-    """Threads, determinism, TF32 and the host allocator for this process."""
+def configure_torch(tcfg: DictConfig, info: DistInfo, workers: int = 0) -> None:
+    """Threads (from the usable CPUs, ``saltx.engine.threads``), determinism, TF32 and the
+    host allocator for this process; ``workers``: its loader worker processes."""
     if tcfg.get("reuse_freed_memory", True):
         reuse_freed_memory()
-    if tcfg.get("num_threads"):
-        torch.set_num_threads(int(tcfg.num_threads))
+    configure_threads(tcfg.get("num_threads"), workers=workers, gpu=info.device.type == "cuda")
     if tcfg.get("deterministic", False):
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
@@ -413,6 +415,7 @@ def resume(state: TrainState, conf: TrainConfig, rundir: RunDir, info: DistInfo)
         raise RuntimeError(f"rank 0 could not choose the checkpoint to start from: {error}")
     if path is not None:
         ckpt = ckpt_io.load_checkpoint(path, map_location=info.device)
+        check_resume_world_size(ckpt, path, info.world_size)
         # weights only (e.g. converted from Salt): a new run starting from those weights
         weights_only = "optimizer" not in ckpt
         state.load_state_dict(ckpt, rank=info.rank, weights_only=weights_only)
@@ -467,7 +470,7 @@ def run(
         holds the step the ranks agreed on.
     """
     tcfg = conf.trainer
-    configure_torch(cfg.trainer, info)
+    configure_torch(cfg.trainer, info, conf.data.num_workers or 0)
     rundir = RunDir(resolve_run_dir(cfg, info))
     config = plain_config(cfg, rundir.root)
 
