@@ -17,6 +17,7 @@ from saltx.data.h5 import PACK_GROUP, LazyH5, PackedReader
 from saltx.data.loader import build_dataloader
 from saltx.data.pack import main, output_path, pack_file, select
 from saltx.errors import DataError
+from saltx.models.build import required_labels
 
 VARIABLES = {
     "jets": ["pt_btagJes", "eta_btagJes"],
@@ -228,7 +229,8 @@ def test_command_line_reads_a_train_config(tmp_path):
     src = tmp_path / "train.h5"
     write_split(src, 300, seed=1, n_tracks=12, n_electrons=2)
     dest = tmp_path / "p.h5"
-    assert main([str(src), str(dest), "+experiment=gn2", "data.num_inputs.tracks=8"]) == 0
+    args = [str(src), str(dest), "+experiment=gn2", "data.num_inputs.tracks=8"]
+    assert main(args, required_labels=required_labels) == 0
     with h5py.File(dest) as f:
         assert set(f["jets"].dtype.names) == {"pt_btagJes", "eta_btagJes", "flavour_label"}
         assert {"ftagTruthOriginLabel", "ftagTruthVertexIndex", "valid"} < set(

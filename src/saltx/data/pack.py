@@ -31,9 +31,10 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -50,6 +51,9 @@ from saltx.data.h5 import (
     packed_datasets,
 )
 from saltx.errors import DataError
+
+#: ``required_labels(cfg, stage) -> {input: [label field, ...]}`` (the model's rule)
+LabelRule = Callable[[Any, str], dict[str, list[str]]]
 
 BLOCK_JETS = 16384
 """Jets read and written at a time (rounded to whole chunks of the source)."""
@@ -308,12 +312,10 @@ def pack_file(
 
 
 # -- command line ---------------------------------------------------------------------------
-def _selection_from_config(args: argparse.Namespace) -> Selection:
-    """Variables, input map and labels (fit and test) of a saltx training config."""
+def _selection_from_config(args: argparse.Namespace, required_labels: LabelRule) -> Selection:
+    """Variables, input map and labels (fit and test) of a saltx training config;
+    ``required_labels(cfg, stage)`` reads the tasks' label fields from the model config."""
     from omegaconf import OmegaConf
-
-    # the tasks' labels come from the model config: this command line is an entry point
-    from saltx.models.build import required_labels
 
     if args.config:
         cfg = OmegaConf.load(args.config)
@@ -366,8 +368,13 @@ def output_path(source: str, out: str) -> Path:
     return Path(out) / Path(source.rstrip("/")).name
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: see the module docstring."""
+def main(argv: Sequence[str] | None = None, required_labels: LabelRule | None = None) -> int:
+    """Command line: see the module docstring.
+
+    ``required_labels`` is ``saltx.models.build.required_labels`` (the tasks' label
+    fields), passed in by ``python -m saltx.data.pack``: data never imports models; only
+    ``--config``/overrides need it.
+    """
     p = argparse.ArgumentParser(
         prog="python -m saltx.data.pack",
         description=__doc__.split("\n")[0],
@@ -392,7 +399,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("--labels and --input-map go with --variables (a config has its own)")
     dest = output_path(args.source, args.out)
     try:
-        selection = _selection_from_args(args) if args.variables else _selection_from_config(args)
+        if args.variables:
+            selection = _selection_from_args(args)
+        elif required_labels is None:
+            raise ValueError("saltx.data.pack.main: a config selection needs required_labels")
+        else:
+            selection = _selection_from_config(args, required_labels)
         dest.parent.mkdir(parents=True, exist_ok=True)
         stats = pack_file(args.source, dest, selection, args.block)
     except DataError as err:
@@ -412,4 +424,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from saltx.models.build import required_labels as _required_labels
+
+    raise SystemExit(main(required_labels=_required_labels))
