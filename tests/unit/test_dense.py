@@ -54,8 +54,10 @@ def test_layer_order_norm_dropout_linear_activation():
 
 
 def test_unknown_activation_error():
-    with pytest.raises(ValueError, match="Relu"):
+    with pytest.raises(ValueError, match=r"'Relu': expected one of .*ReLU"):
         Dense(4, 2, activation="Relu")
+    with pytest.raises(ValueError, match="'Linear'"):  # a torch.nn class, not an activation
+        Dense(4, 2, final_activation="Linear")
 
 
 def test_mup_init():

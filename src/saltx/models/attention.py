@@ -34,13 +34,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from saltx.models.activations import get_activation
 from saltx.models.masking import (
     build_attn_mask,
     exact_mode,
     exact_sum,
     masked_softmax,
     stable_sigmoid,
-    stable_silu,
 )
 
 __all__ = [
@@ -49,7 +49,6 @@ __all__ = [
     "GATv2Attention",
     "MultiheadAttention",
     "ScaledDotProductAttention",
-    "get_activation",
     "rowwise_linear",
 ]
 
@@ -58,50 +57,6 @@ BLOCK = 16
 
 QKV_INITS = ("linear_default", "xavier_packed")
 """Initialisations of the q/k/v projections (see :class:`MultiheadAttention`)."""
-
-
-# --------------------------------------------------------------------------------------
-# activations
-
-
-class _StableSiLU(nn.Module):
-    def forward(self, x: Tensor) -> Tensor:
-        return stable_silu(x)
-
-
-class _StableSigmoid(nn.Module):
-    def forward(self, x: Tensor) -> Tensor:
-        return stable_sigmoid(x)
-
-
-class _StableMish(nn.Module):
-    def forward(self, x: Tensor) -> Tensor:
-        softplus = torch.relu(x) + torch.log(1.0 + torch.exp(-x.abs()))
-        return x * torch.tanh(softplus)
-
-
-_STABLE_ACTIVATIONS: dict[str, type[nn.Module]] = {
-    "SiLU": _StableSiLU,
-    "Sigmoid": _StableSigmoid,
-    "Mish": _StableMish,
-}
-
-
-def get_activation(name: str) -> nn.Module:
-    """An activation module by its ``torch.nn`` class name (ReLU, SiLU, GELU, Mish, ...).
-
-    SiLU, Sigmoid and Mish are replaced by position-independent equivalents (see
-    :mod:`saltx.models.masking`); the others are the ``torch.nn`` classes.
-    """
-    if name in _STABLE_ACTIVATIONS:
-        return _STABLE_ACTIVATIONS[name]()
-    cls = getattr(nn, name, None)
-    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise ValueError(
-            f"Unknown activation {name!r}: expected the name of a torch.nn activation "
-            "class such as 'ReLU', 'SiLU', 'GELU' or 'Mish'."
-        )
-    return cls()
 
 
 def rowwise_linear(layer: nn.Linear, x: Tensor) -> Tensor:
@@ -411,7 +366,7 @@ class GATv2Attention(nn.Module):
     num_heads, head_dim : int
         H and Dh; must match the attention module that calls the kernel.
     activation : str
-        A ``torch.nn`` activation name (see :func:`get_activation`); Salt's default SiLU.
+        An activation name (:data:`saltx.models.activations.ACTIVATIONS`); Salt's default SiLU.
     dropout : float
         Dropout on the attention probabilities (Salt had none).
     scale : float, optional
@@ -429,7 +384,7 @@ class GATv2Attention(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = head_dim
-        self.act = get_activation(activation)
+        self.act = get_activation(activation, position_independent=True)
         self.dropout = nn.Dropout(dropout)
         self.a = nn.Parameter(torch.empty(num_heads, head_dim))
         nn.init.xavier_uniform_(self.a)

@@ -8,29 +8,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
-
-def get_activation(name: str | None) -> nn.Module | None:
-    """Instantiate a ``torch.nn`` activation by its class name (``"ReLU"``, ``"SiLU"``, ...).
-
-    Parameters
-    ----------
-    name
-        Name of a class in ``torch.nn``; ``None`` gives ``None``.
-
-    Returns
-    -------
-    nn.Module or None
-        A fresh activation module.
-    """
-    if name is None:
-        return None
-    cls = getattr(nn, str(name), None)
-    if not isinstance(cls, type) or not issubclass(cls, nn.Module):
-        raise ValueError(
-            f"Unknown activation {name!r}: expected the name of a torch.nn module class "
-            "such as 'ReLU', 'SiLU', 'GELU' or 'Mish'."
-        )
-    return cls()
+from saltx.models.activations import get_activation
 
 
 def attach_context(x: Tensor, context: Tensor) -> Tensor:
@@ -97,7 +75,7 @@ class Dense(nn.Module):
     hidden_dim_scale
         Hidden width multiplier used when ``hidden_layers`` is None.
     activation
-        Name of a ``torch.nn`` activation class.
+        Name of a ``torch.nn`` activation class (:data:`saltx.models.activations.ACTIVATIONS`).
     final_activation
         Name of a ``torch.nn`` activation applied to the output, or None.
     norm_layer
@@ -149,9 +127,9 @@ class Dense(nn.Module):
                 layers.append(nn.Dropout(self.dropout))
             layers.append(nn.Linear(n_in, n_out))
             last = i == len(nodes) - 2
-            act = get_activation(final_activation if last else activation)
+            act = final_activation if last else activation
             if act is not None:
-                layers.append(act)
+                layers.append(get_activation(act, position_independent=False))
         self.net = nn.Sequential(*layers)
         if muP:
             self.reset_parameters()

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from saltx.models.attention import MultiheadAttention, ScaledDotProductAttention, get_activation
+from saltx.models.activations import get_activation
+from saltx.models.attention import MultiheadAttention, ScaledDotProductAttention
 from saltx.models.masking import (
     build_attn_mask,
     compact_valid,
@@ -76,7 +77,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.context_dim = context_dim
         self.fc1 = nn.Linear(context_dim + dim, hidden_dim)
-        self.act = get_activation(activation)
+        self.act = get_activation(activation, position_independent=True)
         self.dropout = nn.Dropout(dropout)
         self.fc2 = nn.Linear(hidden_dim, dim)
         if muP:
