@@ -23,8 +23,8 @@ def losses_and_grads(model, batch, plain: bool, monkeypatch) -> tuple[dict, dict
         if plain:  # every slot through every head, dense pair logits, no trimming
             m.setattr(model, "trim_padding", False)
             m.setattr(model, "group_by_length", False)
-            m.setattr(tasks, "trimming_enabled", lambda: False)
-            m.setattr(vertexing, "trimming_enabled", lambda: False)
+            m.setattr(tasks, "is_eager", lambda: False)
+            m.setattr(vertexing, "is_eager", lambda: False)
         model.zero_grad(set_to_none=True)
         _, losses = model(batch.inputs, batch.masks, batch.labels)
         torch.stack(list(losses.values())).sum().backward()

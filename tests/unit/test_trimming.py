@@ -8,7 +8,7 @@ from test_saltmodel import JET_VARS, TRACK_VARS, build, make_batch, small_cfg
 
 from saltx.data.batch import Batch
 from saltx.models import trimming
-from saltx.models.trimming import length_groups, trim_batch, trim_lengths, trimming_enabled
+from saltx.models.trimming import length_groups, trim_batch, trim_lengths
 from saltx.models.vertexing import INVALID_PAIR_LOGIT, VertexingTask, valid_pairs
 
 
@@ -134,15 +134,3 @@ def test_sparse_pair_logits_equal_dense():
     dense = task.pair_logits(x, ctx).masked_fill(~valid_pairs(mask), INVALID_PAIR_LOGIT)
     torch.testing.assert_close(sparse, dense)
     assert torch.all(sparse[~valid_pairs(mask)] == INVALID_PAIR_LOGIT)
-
-
-def test_trimming_disabled_while_tracing():
-    seen = []
-
-    def f(x):
-        seen.append(trimming_enabled())
-        return x + 1
-
-    assert trimming_enabled()
-    torch.jit.trace(f, torch.zeros(2), check_trace=False)
-    assert seen == [False]

@@ -27,6 +27,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from saltx.models.eager import is_eager
+
 __all__ = [
     "build_attn_mask",
     "compact_valid",
@@ -40,21 +42,17 @@ __all__ = [
 ]
 
 
-def _exporting() -> bool:
-    """Whether a graph is being exported (ONNX or ``torch.export``)."""
-    return torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting()
-
-
 def exact_mode(x: Tensor) -> bool:
     """Whether the padding-exact (order-preserving) formulations should be used for ``x``.
 
-    True on CPU in eager mode; False on accelerators, while exporting and inside
-    ``torch.compile`` regions, where the plain fused operations are used instead.
+    True on CPU in eager mode (:func:`saltx.models.eager.is_eager`); False on accelerators,
+    while tracing or exporting and inside ``torch.compile`` regions, where the plain fused
+    operations are used instead.
     Compiled code gives no bitwise padding invariance anyway (inductor generates its own
     kernels), and the tiled formulation costs about 3.5x the compile time of the fused
     one (a GN2 block, forward and backward, on 2 CPU cores) and runs slower.
     """
-    return x.device.type == "cpu" and not _exporting() and not torch.compiler.is_compiling()
+    return x.device.type == "cpu" and is_eager()
 
 
 def exact_sum(x: Tensor, dim: int, keepdim: bool = False) -> Tensor:

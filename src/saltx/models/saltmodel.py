@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from saltx.models.eager import is_eager
 from saltx.models.inputnorm import InputNorm
-from saltx.models.trimming import length_groups, trim_batch, trim_lengths, trimming_enabled
+from saltx.models.trimming import length_groups, trim_batch, trim_lengths
 
 
 class SaltModel(nn.Module):
@@ -198,7 +199,7 @@ class SaltModel(nn.Module):
             (scalars already multiplied by the task weight; empty without labels).
         """
         full_n = {}
-        if self.trim_padding and self.encoder is not None and trimming_enabled():
+        if self.trim_padding and self.encoder is not None and is_eager():
             lengths = trim_lengths(masks)
             if lengths:
                 full_n = {name: masks[name].shape[1] for name in lengths}

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from saltx.models.dense import Dense
-from saltx.models.trimming import trimming_enabled
+from saltx.models.eager import is_eager
 
 # default class names of well-known integer labels (Salt's CLASS_NAMES)
 CLASS_NAMES: dict[str, list[str]] = {
@@ -128,7 +128,7 @@ class TaskBase(nn.Module):
         :meth:`~saltx.models.dense.Dense.forward_packed` (padded slots get zeros);
         while tracing, exporting or compiling every slot is computed (static shapes).
         """
-        if mask is not None and x.dim() == 3 and trimming_enabled():
+        if mask is not None and x.dim() == 3 and is_eager():
             return self.net.forward_packed(x, mask, context)
         return self.net(x, context)
 

@@ -24,7 +24,6 @@ __all__ = [
     "length_groups",
     "trim_batch",
     "trim_lengths",
-    "trimming_enabled",
 ]
 
 TRIM_MULTIPLE = 8
@@ -36,16 +35,6 @@ GROUP_MULTIPLE = 2
 
 GROUP_MIN_JETS = 32
 """Smallest group of jets :func:`length_groups` forms (short buckets are merged upwards)."""
-
-
-def trimming_enabled() -> bool:
-    """Whether padded slots may be trimmed now (eager mode: not tracing/exporting/compiling)."""
-    return not (
-        torch.jit.is_tracing()
-        or torch.onnx.is_in_onnx_export()
-        or torch.compiler.is_exporting()
-        or torch.compiler.is_compiling()
-    )
 
 
 def _trimmed_length(mask: Tensor, multiple: int) -> int:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from saltx.models.eager import is_eager
+
 
 def pair_adjacency(edge_logits: Tensor, mask: Tensor, threshold: float = 0.5) -> Tensor:
     """Symmetrised adjacency of valid tracks.
@@ -131,16 +133,12 @@ def edge_components(edge_logits: Tensor, mask: Tensor, threshold: float = 0.5) -
     return local.masked_fill(mask, -1)
 
 
-def _static_shapes_needed() -> bool:
-    """True while tracing, compiling or exporting (no data-dependent shapes there)."""
-    return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()
-
-
 def get_node_assignment(edge_logits: Tensor, mask: Tensor, threshold: float = 0.5) -> Tensor:
     """Vertex index per track from pair logits (Salt's union-find result, dense layout).
 
-    Eager calls take the edge-list form (:func:`edge_components`); traced, compiled and
-    exported graphs the dense one. Both give the same indices.
+    Eager calls (:func:`saltx.models.eager.is_eager`) take the edge-list form
+    (:func:`edge_components`); traced, compiled and exported graphs the dense one. Both
+    give the same indices.
 
     Parameters
     ----------
@@ -157,6 +155,6 @@ def get_node_assignment(edge_logits: Tensor, mask: Tensor, threshold: float = 0.
         ``(B, N)`` long: the smallest valid track index of the track's component,
         ``-1`` in padded slots.
     """
-    if _static_shapes_needed():
-        return connected_components(pair_adjacency(edge_logits, mask, threshold), mask)
-    return edge_components(edge_logits, mask, threshold)
+    if is_eager():
+        return edge_components(edge_logits, mask, threshold)
+    return connected_components(pair_adjacency(edge_logits, mask, threshold), mask)

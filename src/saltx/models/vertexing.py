@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from saltx.models.dense import run_layers
+from saltx.models.eager import is_eager
 from saltx.models.tasks import TaskBase, _batch_part, _field, _task_preds, stage_has_labels
-from saltx.models.trimming import trimming_enabled
 from saltx.models.union_find import get_node_assignment
 
 # ftagTruthOriginLabel values: 1 Fake; 3 FromB, 4 FromBC, 5 FromC (heavy flavour)
@@ -294,7 +294,7 @@ class VertexingTask(TaskBase):
         """
         if mask is None:
             mask = torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device)
-        if trimming_enabled():  # eager: the pair MLP on the valid pairs only
+        if is_eager():  # eager: the pair MLP on the valid pairs only
             logits = self.sparse_pair_logits(x, mask, context)
         else:  # static shapes for torch.compile / tracing / ONNX
             logits = self.pair_logits(x, context)
