@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from saltx.models.union_find import connected_components
+from saltx.models.pair_components import connected_components
 from saltx.onnx.check import session
 from saltx.onnx.export import export_layout, feature_input_name, set_min_ir_version, vertex_index
 from saltx.onnx.metadata import add_metadata, build_gnn_config, main, read_metadata, sequence_name
@@ -70,7 +70,7 @@ def test_names():
 
 
 @pytest.mark.parametrize("seed", range(5))
-def test_vertex_index_matches_union_find(seed):
+def test_vertex_index_matches_pair_components(seed):
     g = torch.Generator().manual_seed(seed)
     n = 12
     adj = torch.rand(3, n, n, generator=g) > 0.85

@@ -1,11 +1,11 @@
-"""Vectorised union-find against a naive BFS reference."""
+"""Connected components of the pair graph (min-label propagation) against a naive BFS."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from saltx.models.union_find import (
+from saltx.models.pair_components import (
     connected_components,
     edge_components,
     get_node_assignment,
@@ -146,7 +146,7 @@ def test_edge_list_form_long_chain_and_shape_error():
 
 def test_static_shape_graphs_take_the_dense_form(monkeypatch):
     """While compiling/tracing/exporting, no data-dependent shapes: the dense form runs."""
-    import saltx.models.union_find as uf
+    import saltx.models.pair_components as pc
 
     gen = torch.Generator().manual_seed(5)
     logits = torch.randn(4, 6, 6, generator=gen) * 3
@@ -156,6 +156,6 @@ def test_static_shape_graphs_take_the_dense_form(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("edge-list form used while compiling")
 
-    monkeypatch.setattr(uf, "edge_components", refuse)
+    monkeypatch.setattr(pc, "edge_components", refuse)
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
-    assert torch.equal(uf.get_node_assignment(logits, mask), eager)
+    assert torch.equal(pc.get_node_assignment(logits, mask), eager)

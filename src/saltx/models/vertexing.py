@@ -17,8 +17,8 @@ from torch import Tensor
 
 from saltx.models.dense import run_layers
 from saltx.models.eager import is_eager
+from saltx.models.pair_components import get_node_assignment
 from saltx.models.tasks import TaskBase, _batch_part, _field, _task_preds, stage_has_labels
-from saltx.models.union_find import get_node_assignment
 
 # ftagTruthOriginLabel values: 1 Fake; 3 FromB, 4 FromBC, 5 FromC (heavy flavour)
 FAKE_ORIGIN = 1
@@ -307,7 +307,7 @@ class VertexingTask(TaskBase):
         return logits, loss
 
     def predict(self, preds: Tensor | Mapping[str, Tensor], batch: Any = None) -> dict[str, Tensor]:
-        """Union-find vertex assignment: ``{"vertex_index": (B, N) long}``, -1 when padded."""
+        """Vertex assignment (as Salt's union-find): ``{"vertex_index": (B, N) long}``, -1 = pad."""
         logits = _task_preds(preds, self.name)
         mask = _batch_part(batch, "masks").get(self.input_name)
         if mask is None:

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from saltx.models.union_find import pair_adjacency
+from saltx.models.pair_components import pair_adjacency
 from saltx.mup.fold import fold_mureadout
 from saltx.onnx.outputs import OutputPlan
 from saltx.onnx.singlejet import (
