@@ -14,14 +14,57 @@ from saltx.models.tasks import ClassificationTask, RegressionTask, remap_labels
 
 def test_label_map_swap_is_not_sequential():
     y = torch.tensor([0, 1, 1, 0, 2])
-    torch.testing.assert_close(remap_labels(y, {0: 1, 1: 0}), torch.tensor([1, 0, 0, 1, 2]))
+    out = remap_labels(y, {0: 1, 1: 0, 2: 2})
+    torch.testing.assert_close(out, torch.tensor([1, 0, 0, 1, 2]))
     assert y.tolist() == [0, 1, 1, 0, 2]  # not modified in place
 
 
-def test_label_map_raw_values():
-    y = torch.tensor([5, 4, 0, 15, 5])
+def test_label_map_raw_values_2d_and_padding():
+    y = torch.tensor([[5, 4, 0], [15, 5, -1]])
     out = remap_labels(y, {5: 0, 4: 1, 0: 2, 15: 3})
-    assert out.tolist() == [0, 1, 2, 3, 0]
+    assert out.tolist() == [[0, 1, 2], [3, 0, -1]]
+    assert remap_labels(torch.tensor([-2, -1, 15]), {15: 3}).tolist() == [-2, -1, 3]
+    assert remap_labels(torch.tensor([-1]), {-1: 4}).tolist() == [4]  # mapped explicitly
+
+
+def test_label_map_matches_naive_reference():
+    gen = torch.Generator().manual_seed(0)
+    keys = torch.randperm(50, generator=gen)[:10]
+    mapping = {int(k): int(v) for k, v in zip(keys, torch.randperm(10, generator=gen))}
+    pool = torch.cat([keys, torch.tensor([-1, -2])])
+    values = pool[torch.randint(0, len(pool), (200,), generator=gen)]
+    expected = [mapping.get(v, v) for v in values.tolist()]
+    assert remap_labels(values, mapping).tolist() == expected
+
+
+def test_unmapped_label_is_an_error_naming_value_task_and_key():
+    task = ClassificationTask(
+        "jc", "jets", 4, label="HadronConeExclTruthLabelID", class_names=["b", "c", "u"],
+        label_map={5: 0, 4: 1, 0: 2},
+    )  # fmt: skip
+    x = torch.randn(4, 4)
+    msg = (
+        r"task 'jc': label 'HadronConeExclTruthLabelID' of 'jets' has values \[1, 15\] that "
+        r"are not in model.tasks.jc.label_map \{5: 0, 4: 1, 0: 2\}"
+    )
+    with pytest.raises(ValueError, match=msg):  # 1 is a valid class index: still an error
+        task(x, {"HadronConeExclTruthLabelID": torch.tensor([5, 15, 1, 0])})
+    with pytest.raises(ValueError, match=r"model\.tasks\.jc\.label_map is empty"):
+        ClassificationTask("jc", "jets", 4, label="l", class_names=["b"], label_map={})
+
+
+def test_unmapped_labels_of_padded_constituents_are_ignored():
+    task = ClassificationTask(
+        "to", "tracks", 5, label="o", class_names=list("ab"), context_size=2,
+        label_map={3: 0, 4: 1},
+    )  # fmt: skip
+    x, ctx = torch.randn(1, 4, 5), torch.randn(1, 2)
+    mask = torch.tensor([[False, False, False, True]])
+    labels = torch.tensor([[3, 4, -2, 99]])  # -2 ignored, 99 in a padded slot
+    assert task.class_targets({"o": labels}, mask).tolist() == [[0, 1, -1, -1]]
+    task(x, {"o": labels}, mask, ctx)
+    with pytest.raises(ValueError, match=r"has values \[99\]"):
+        task.class_targets({"o": labels}, torch.zeros_like(mask))
 
 
 def test_label_map_requires_class_names():

@@ -1,70 +1,14 @@
-"""Label helpers: vectorised ``label_map`` and class names from the file attributes."""
+"""Class names of a label from the file attributes.
+
+A task's ``label_map`` is applied by the task (:func:`saltx.models.tasks.remap_labels`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TypeVar
-
 import numpy as np
-import torch
 
 from saltx.data.h5 import H5Source, describe_source, open_h5
 from saltx.errors import DataError
-
-PAD_VALUES = (-1, -2)
-"""Label values used for padding/invalid entries; unmapped, they pass through as -1."""
-
-ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
-
-
-def apply_label_map(labels: ArrayT, mapping: Mapping[int, int], name: str = "label") -> ArrayT:
-    """Map raw label values to class indices in one vectorised lookup.
-
-    Unlike Salt's sequential in-place replacement, swaps such as ``{0: 1, 1: 0}`` work and
-    the input is never modified.
-
-    Parameters
-    ----------
-    labels
-        Integer labels, any shape (e.g. ``(B,)`` or ``(B, N)``); numpy array or tensor.
-    mapping
-        ``{raw_value: class_index}``.
-    name
-        Label name used in error messages.
-
-    Returns
-    -------
-    Same type, shape and (for tensors) device as ``labels``; values are ``mapping[v]``,
-    and -1 for the padding values -1 and -2 when the map does not list them.
-
-    Raises
-    ------
-    DataError
-        If a value is neither in ``mapping`` nor a padding value.
-    """
-    if not mapping:
-        raise DataError(f"label_map for '{name}' is empty")
-    is_tensor = isinstance(labels, torch.Tensor)
-    values = labels.detach().cpu().numpy() if is_tensor else np.asarray(labels)
-    if values.dtype.kind not in "iu":
-        raise DataError(f"label_map for '{name}' needs integer labels, got dtype {values.dtype}")
-    keys = np.array([int(k) for k in mapping], dtype=np.int64)
-    targets = np.array([int(v) for v in mapping.values()], dtype=np.int64)
-    order = np.argsort(keys)
-    keys, targets = keys[order], targets[order]
-    pos = np.clip(np.searchsorted(keys, values), 0, len(keys) - 1)
-    found = keys[pos] == values
-    out = np.where(found, targets[pos], -1)
-    missing = ~found & ~np.isin(values, PAD_VALUES)
-    if missing.any():
-        bad = np.unique(values[missing]).tolist()
-        raise DataError(
-            f"label '{name}' has values {bad} that are not in label_map {dict(mapping)} "
-            f"(padding values {list(PAD_VALUES)} pass through as -1)"
-        )
-    if is_tensor:
-        return torch.from_numpy(out).to(device=labels.device, dtype=torch.long)
-    return out.astype(values.dtype if values.dtype.kind == "i" else np.int64, copy=False)
 
 
 class MissingClassNames(DataError):

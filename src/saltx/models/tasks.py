@@ -144,28 +144,61 @@ class TaskBase(nn.Module):
         return F.pad(preds, [0, 0] * (preds.dim() - 2) + [0, extra])
 
 
-def remap_labels(labels: Tensor, label_map: Mapping[int, int]) -> Tensor:
+PAD_LABELS = (-1, -2)
+"""Label values of padded or invalid entries: a ``label_map`` need not list them."""
+
+
+def remap_labels(
+    labels: Tensor,
+    label_map: Mapping[int, int],
+    ignore: Tensor | None = None,
+    what: str = "labels",
+    where: str = "label_map",
+) -> Tensor:
     """Apply ``{raw: class}`` in one vectorised lookup (chained maps such as swaps work).
 
-    Values not in the map are kept. The input tensor is not modified.
+    Every value must be in the map, except the padding values :data:`PAD_LABELS` (kept
+    as they are unless mapped) and entries flagged in ``ignore``. The input tensor is not
+    modified.
 
     Parameters
     ----------
     labels
-        Integer labels of any shape.
+        Integer labels of any shape, e.g. ``(B,)`` or ``(B, N)``.
     label_map
         ``{raw_value: class_index}``.
+    ignore
+        Bool, shape of ``labels``: entries whose value does not matter (padded
+        constituents); None = none.
+    what, where
+        The labels and the map (its config key), as the error message names them.
 
     Returns
     -------
     Tensor
         Remapped labels, same shape and dtype.
+
+    Raises
+    ------
+    ValueError
+        If a value that is not ignored is neither in ``label_map`` nor a padding value;
+        the message names ``what``, the values, ``where`` and the map.
     """
     keys = torch.tensor(list(label_map.keys()), dtype=labels.dtype, device=labels.device)
     vals = torch.tensor(list(label_map.values()), dtype=labels.dtype, device=labels.device)
     match = labels[..., None] == keys  # (..., M)
+    found = match.any(-1)
+    missing = ~found & (labels != PAD_LABELS[0]) & (labels != PAD_LABELS[1])
+    if ignore is not None:
+        missing = missing & ~ignore
+    if missing.any():
+        values = torch.unique(labels[missing]).tolist()[:10]
+        raise ValueError(
+            f"{what} has values {values} that are not in {where} {dict(label_map)}; add "
+            f"them to the map (padding values {list(PAD_LABELS)} need not be listed)"
+        )
     mapped = (match.to(labels.dtype) * vals).sum(-1)
-    return torch.where(match.any(-1), mapped, labels)
+    return torch.where(found, mapped, labels)
 
 
 class ClassificationTask(TaskBase):
@@ -182,7 +215,9 @@ class ClassificationTask(TaskBase):
     class_names
         Names of the classes, in class-index order; their number sets the output size.
     label_map
-        ``{raw_value: class_index}`` applied before the loss (requires ``class_names``).
+        ``{raw_value: class_index}`` applied before the loss (requires ``class_names``);
+        every label value of a valid entry must be listed, except the padding values
+        -1 and -2.
     class_weights
         Per-class loss weights (the builder fills them from the class dict when
         ``use_class_dict`` is set).
@@ -240,6 +275,8 @@ class ClassificationTask(TaskBase):
             )
         if label_map is not None:
             label_map = {int(k): int(v) for k, v in dict(label_map).items()}
+            if not label_map:
+                raise ValueError(f"task {name!r}: model.tasks.{name}.label_map is empty")
             bad = {k: v for k, v in label_map.items() if not 0 <= v < len(class_names)}
             if bad:
                 raise ValueError(
@@ -291,7 +328,9 @@ class ClassificationTask(TaskBase):
             )
         y = raw.long()
         if self.label_map is not None:
-            y = remap_labels(y, self.label_map)
+            what = f"task {self.name!r}: label '{self.label}' of '{self.input_name}'"
+            where = f"model.tasks.{self.name}.label_map"
+            y = remap_labels(y, self.label_map, mask, what, where)
         if mask is not None:
             y = torch.where(mask | (y == -2), torch.full_like(y, IGNORE_INDEX), y)
         bad = (y != IGNORE_INDEX) & ((y < 0) | (y >= len(self.class_names)))
