@@ -203,3 +203,21 @@ def test_classification_task_is_built_with_class_names_from_config():
     model = build_model(cfg, NORM, None, class_names=["b", "c", "u"])
     task = model.tasks["jet_classification"]
     assert isinstance(task, ClassificationTask) and task.class_names == ["x", "y"]
+
+
+def test_derived_argument_the_encoder_ignores_is_an_error():
+    """A derived argument that matters must reach the encoder, never be dropped silently."""
+    cfg = make_cfg(muP=True)  # StubEncoder has no muP argument
+    target = f"{__name__}.StubEncoder"
+    msg = rf"model\.encoder: {target} does not accept the argument 'muP'.*model\.muP"
+    with pytest.raises(ValueError, match=msg):
+        build_model(cfg, NORM, CLASS_DICT, class_names=["b", "c", "u"])
+    cfg = make_cfg(
+        variables={**VARS, "EDGE": ["dR", "isSelfLoop"]},
+        edges={"embed_dim": 4, "hidden_layers": [4]},
+        encoder={"_target_": "saltx.models.crossattn.TransformerCrossAttentionEncoder"},
+    )
+    cfg.model.encoder.num_layers = 1
+    msg = r"TransformerCrossAttentionEncoder does not accept the argument 'edge_embed_dim'.*"
+    with pytest.raises(ValueError, match=msg + r"model\.edges\.embed_dim"):
+        build_model(cfg, NORM, CLASS_DICT, class_names=["b", "c", "u"])

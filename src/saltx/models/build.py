@@ -61,12 +61,15 @@ def _construct(
     derived: Mapping[str, Any],
     defaults: Mapping[str, Any] | None = None,
     allowed: tuple[str, ...] = DEFAULT_ALLOWED,
+    required: Mapping[str, str] | None = None,
 ) -> nn.Module:
     """Instantiate a ``_target_`` node with derived sizes and model-level defaults.
 
     ``derived`` keys must not appear in the node (sizes are never written in YAML);
     ``defaults`` are used only where the node does not set the key. Keys the target's
-    constructor does not accept are dropped from both.
+    constructor does not accept are dropped from both, except the keys of ``required``
+    (``{argument: config key it comes from}``): the derived arguments whose values matter,
+    which the target must accept.
     """
     node = _plain(node)
     if not isinstance(node, dict) or "_target_" not in node:
@@ -80,7 +83,15 @@ def _construct(
         )
     kwargs = {k: v for k, v in (defaults or {}).items() if k not in node}
     kwargs.update(derived)
-    return instantiate(node, where, nn.Module, allowed, **_accepted(cls, kwargs))
+    accepted = _accepted(cls, kwargs)
+    for key, source in (required or {}).items():
+        if key not in accepted:
+            raise ValueError(
+                f"{where}: {node['_target_']} does not accept the argument {key!r}, which the "
+                f"builder derives from {source} (value {derived[key]!r}) and which would be "
+                f"ignored; add {key!r} to the target's constructor or change {source}"
+            )
+    return instantiate(node, where, nn.Module, allowed, **accepted)
 
 
 def _class_weights(
@@ -266,10 +277,31 @@ def _build_encoder_pooling(
                 f"model.norm_affine=false, but the encoder {target} has no non-affine "
                 "LayerNorm option"
             )
-    encoder = _construct(mcfg.encoder, "model.encoder", enc_derived, shared, allowed)
+    # the derived arguments whose values matter: an encoder must accept them
+    # (input_names matters only to per-type encoders; model.dropout etc. are defaults)
+    enc_required = {"embed_dim": "model.embed_dim", "num_heads": "model.num_heads"}
+    if attention is not None:
+        enc_required["attention"] = "model.attention"
+    if enc_derived["muP"]:
+        enc_required["muP"] = "model.muP"
+    if out_dim:
+        enc_required["out_dim"] = "model.out_dim"
+    if edge_args.get("edge_embed_dim"):
+        enc_required["edge_embed_dim"] = "model.edges.embed_dim"
+    if edge_args.get("update_edges"):
+        enc_required["update_edges"] = "model.edges.update_edges"
+    encoder = _construct(
+        mcfg.encoder, "model.encoder", enc_derived, shared, allowed, required=enc_required
+    )
     node_size = int(getattr(encoder, "out_size", out_dim or embed_dim))
+    # a pooling without heads (gated sum) takes neither num_heads nor the attention
     pooling = _construct(
-        mcfg.pooling, "model.pooling", {"input_size": node_size, **heads}, shared, allowed
+        mcfg.pooling,
+        "model.pooling",
+        {"input_size": node_size, **heads},
+        shared,
+        allowed,
+        required={"input_size": "the encoder's output size (model.out_dim or model.embed_dim)"},
     )
     return encoder, pooling
 
