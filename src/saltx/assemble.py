@@ -27,13 +27,14 @@ from saltx.data.class_weights import load_class_dict
 from saltx.data.h5 import open_h5
 from saltx.data.labels import MissingClassNames, fit_class_names, read_class_names
 from saltx.data.loader import build_dataloader, build_datasets
-from saltx.data.norm import NORM_SKIPPED, load_norm_dict, norm_dataset_name
+from saltx.data.norm import load_norm_dict
 from saltx.engine.callbacks import Callback
 from saltx.engine.distributed import DistInfo
 from saltx.engine.loop import Components
 from saltx.hpo.katib_writer import PerformanceWriter
 from saltx.hpo.pruning import PruneTrial
 from saltx.models import build as model_build
+from saltx.models.inputnorm import UNNORMALISED, norm_dataset_name
 from saltx.mup.setup import apply_mup
 from saltx.mup.shapes import base_shapes
 
@@ -80,7 +81,7 @@ def _unit_norm_dict(cfg: Any) -> dict[str, dict[str, dict[str, float]]]:
     global_object = str(data.global_object)
     out: dict[str, dict[str, dict[str, float]]] = {}
     for name, names in variables.items():
-        if name in NORM_SKIPPED:
+        if name in UNNORMALISED:
             continue
         dataset = norm_dataset_name(name, global_object, input_map)
         out.setdefault(dataset, {}).update({v: {"mean": 0.0, "std": 1.0} for v in names})

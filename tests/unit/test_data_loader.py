@@ -221,7 +221,8 @@ def test_reads_the_synthetic_generator_files(synthetic_dir):
     """The data layer reads saltx.data.synthetic's files with GN2's inputs, edges and dicts."""
     from saltx.data.class_weights import load_class_dict
     from saltx.data.labels import read_class_names
-    from saltx.data.norm import load_norm_dict, norm_stats
+    from saltx.data.norm import load_norm_dict
+    from saltx.models.inputnorm import norm_stats
 
     conf = Path(__file__).parents[2] / "src" / "saltx" / "conf" / "data" / "variables"
     variables = dict(OmegaConf.to_container(OmegaConf.load(conf / "gn2.yaml")))

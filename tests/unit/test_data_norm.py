@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import yaml
@@ -17,48 +15,6 @@ GOOD = {
     "jets": {"pt_btagJes": {"mean": 1.0, "std": 2.0}, "eta_btagJes": {"mean": 0, "std": 1}},
     "tracks": {"d0": {"mean": 0.0, "std": 1.0}, "pt": {"mean": 5.0, "std": 3.0}},
 }
-
-
-def test_norm_stats_in_variable_order_skipping_special_inputs():
-    variables = {**VARS, "PARAMETERS": ["mass"], "EDGE": ["dR"]}
-    stats = norm.norm_stats(GOOD, variables, global_object="jets")
-    assert stats == {
-        "jets": ([1.0], [2.0]),
-        "tracks": ([0.0, 5.0], [1.0, 3.0]),
-        "GLOBAL": ([0.0], [1.0]),  # the global object's entries
-    }
-
-
-@pytest.mark.parametrize(
-    ("dataset", "var", "entry", "message"),
-    [
-        ("tracks", "pt", None, r"norm_dict\['tracks'\] has no entry for variable 'pt'"),
-        ("tracks", "pt", {"mean": 0.0}, r"\['tracks'\]\['pt'\] must be a mapping with 'mean'"),
-        ("tracks", "pt", {"mean": 0.0, "std": 0.0}, r"\['tracks'\]\['pt'\] has std == 0"),
-        ("tracks", "pt", {"mean": math.nan, "std": 1.0}, r"\['tracks'\]\['pt'\].*mean=nan"),
-        ("jets", "eta_btagJes", {"mean": 0, "std": math.inf}, r"\['jets'\]\['eta_btagJes'\]"),
-    ],
-)
-def test_norm_stats_errors(dataset, var, entry, message):
-    broken = {k: dict(v) for k, v in GOOD.items()}
-    if entry is None:
-        del broken[dataset][var]
-    else:
-        broken[dataset][var] = entry
-    with pytest.raises(DataError, match=message):
-        norm.norm_stats(broken, VARS)
-
-
-def test_norm_stats_missing_dataset_and_input_map():
-    with pytest.raises(DataError, match=r"no entry for dataset 'electrons'.*input 'electrons'"):
-        norm.norm_stats(GOOD, {**VARS, "electrons": ["pt"]})
-    assert norm.norm_stats(GOOD, {"trk": ["d0"]}, input_map={"trk": "tracks"}) == {
-        "trk": ([0.0], [1.0])
-    }
-    # GLOBAL follows the global object through input_map
-    moved = {"jets_v2": GOOD["jets"]}
-    stats = norm.norm_stats(moved, {"GLOBAL": ["eta_btagJes"]}, input_map={"jets": "jets_v2"})
-    assert stats == {"GLOBAL": ([0.0], [1.0])}
 
 
 def test_load_norm_dict(tmp_path):

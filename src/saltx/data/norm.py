@@ -24,9 +24,6 @@ import yaml
 from saltx.data.h5 import H5Source, describe_source, open_h5
 from saltx.errors import DataError
 
-#: ``data.variables`` keys that are never normalised
-NORM_SKIPPED = ("EDGE", "PARAMETERS")
-
 
 def _read_yaml(path: str, what: str) -> Any:
     from saltx.io.fs import open_any  # local paths and s3:// URLs
@@ -113,95 +110,6 @@ def load_norm_dict(path: str) -> dict[str, dict[str, dict[str, float]]]:
             stacklevel=2,
         )
     return norm
-
-
-def norm_dataset_name(
-    input_name: str, global_object: str = "jets", input_map: Mapping[str, str] | None = None
-) -> str:
-    """The norm dict entry (h5 dataset) holding the statistics of ``input_name``.
-
-    ``GLOBAL`` uses the global object's entries; then ``input_map`` (when it lists the
-    input), else the input name itself.
-    """
-    if input_name == "GLOBAL":
-        input_name = global_object
-    if input_map and input_name in input_map:
-        return str(input_map[input_name])
-    return input_name
-
-
-def _input_stats(
-    norm: Mapping, dataset: str, variables: Sequence[str], input_name: str
-) -> tuple[list[float], list[float]]:
-    if dataset not in norm:
-        raise DataError(
-            f"norm_dict has no entry for dataset {dataset!r} (needed by input {input_name!r}); "
-            f"it has: {sorted(norm)}"
-        )
-    entries = norm[dataset] or {}
-    means, stds = [], []
-    for var in variables:
-        if var not in entries:
-            raise DataError(
-                f"norm_dict[{dataset!r}] has no entry for variable {var!r} "
-                f"(input {input_name!r}); add it to the norm dict or remove it from "
-                f"data.variables.{input_name}"
-            )
-        entry = entries[var]
-        try:
-            mean, std = float(entry["mean"]), float(entry["std"])
-        except (KeyError, TypeError, ValueError) as err:
-            raise DataError(
-                f"norm_dict[{dataset!r}][{var!r}] must be a mapping with 'mean' and 'std', "
-                f"got {entry!r}"
-            ) from err
-        if not (math.isfinite(mean) and math.isfinite(std)):
-            raise DataError(
-                f"norm_dict[{dataset!r}][{var!r}] has non-finite values (mean={mean}, std={std})"
-            )
-        if std == 0:
-            raise DataError(f"norm_dict[{dataset!r}][{var!r}] has std == 0 (mean={mean})")
-        means.append(mean)
-        stds.append(std)
-    return means, stds
-
-
-def norm_stats(
-    norm: Mapping[str, Mapping[str, Mapping[str, float]]],
-    variables: Mapping[str, Sequence[str]],
-    global_object: str = "jets",
-    input_map: Mapping[str, str] | None = None,
-) -> dict[str, tuple[list[float], list[float]]]:
-    """Means and stds of every normalised input, checked (the one rule for norm dicts).
-
-    Every ``variables`` key except :data:`NORM_SKIPPED` is normalised, with the entries of
-    its dataset (:func:`norm_dataset_name`).
-
-    Parameters
-    ----------
-    norm
-        ``{dataset: {variable: {mean, std}}}`` (:func:`load_norm_dict`).
-    variables
-        ``{input_name: [variable, ...]}`` (``data.variables``).
-    global_object, input_map
-        ``data.global_object`` and ``data.input_map``.
-
-    Returns
-    -------
-    dict
-        ``{input_name: (means, stds)}``, each a list in variable order (shape ``(F,)``).
-
-    Raises
-    ------
-    DataError
-        A missing dataset or variable, an entry without mean/std, a non-finite value or a
-        zero std (naming the dataset, the variable and the input).
-    """
-    return {
-        name: _input_stats(norm, norm_dataset_name(name, global_object, input_map), names, name)
-        for name, names in variables.items()
-        if name not in NORM_SKIPPED
-    }
 
 
 class RunningStats:

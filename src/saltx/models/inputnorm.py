@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
-# variables keys that are never normalised
+from saltx.errors import DataError
+
 UNNORMALISED = ("EDGE", "PARAMETERS")
+"""``data.variables`` keys that are never normalised."""
 
 
 def norm_dataset_name(
-    input_name: str, global_object: str, input_map: Mapping[str, str] | None = None
+    input_name: str, global_object: str = "jets", input_map: Mapping[str, str] | None = None
 ) -> str:
-    """The norm_dict (h5 dataset) name holding the statistics of ``input_name``.
+    """The norm dict entry (h5 dataset) holding the statistics of ``input_name``.
 
-    ``GLOBAL`` uses the global object's entries; otherwise ``input_map`` (if given and
-    listing the input) and finally the input name itself.
+    ``GLOBAL`` uses the global object's entries; then ``input_map`` (when it lists the
+    input), else the input name itself.
     """
     if input_name == "GLOBAL":
         input_name = global_object
@@ -27,28 +29,19 @@ def norm_dataset_name(
     return input_name
 
 
-def norm_stats(
-    norm_dict: Mapping, dataset: str, variables: list[str], input_name: str
+def _input_stats(
+    norm: Mapping, dataset: str, variables: Sequence[str], input_name: str
 ) -> tuple[list[float], list[float]]:
-    """Means and stds of ``variables`` from ``norm_dict[dataset]``, validated.
-
-    Raises
-    ------
-    KeyError
-        If the dataset or a variable is missing from the norm dict.
-    ValueError
-        If a mean or std is not finite, or a std is zero.
-    """
-    if dataset not in norm_dict:
-        raise KeyError(
+    if dataset not in norm:
+        raise DataError(
             f"norm_dict has no entry for dataset {dataset!r} (needed by input {input_name!r}); "
-            f"it has: {sorted(norm_dict)}"
+            f"it has: {sorted(norm)}"
         )
-    entries = norm_dict[dataset]
+    entries = norm[dataset] or {}
     means, stds = [], []
     for var in variables:
         if var not in entries:
-            raise KeyError(
+            raise DataError(
                 f"norm_dict[{dataset!r}] has no entry for variable {var!r} "
                 f"(input {input_name!r}); add it to the norm dict or remove it from "
                 f"data.variables.{input_name}"
@@ -56,20 +49,58 @@ def norm_stats(
         entry = entries[var]
         try:
             mean, std = float(entry["mean"]), float(entry["std"])
-        except (KeyError, TypeError) as err:
-            raise KeyError(
+        except (KeyError, TypeError, ValueError) as err:
+            raise DataError(
                 f"norm_dict[{dataset!r}][{var!r}] must be a mapping with 'mean' and 'std', "
                 f"got {entry!r}"
             ) from err
         if not (math.isfinite(mean) and math.isfinite(std)):
-            raise ValueError(
+            raise DataError(
                 f"norm_dict[{dataset!r}][{var!r}] has non-finite values (mean={mean}, std={std})"
             )
         if std == 0:
-            raise ValueError(f"norm_dict[{dataset!r}][{var!r}] has std == 0 (mean={mean})")
+            raise DataError(f"norm_dict[{dataset!r}][{var!r}] has std == 0 (mean={mean})")
         means.append(mean)
         stds.append(std)
     return means, stds
+
+
+def norm_stats(
+    norm: Mapping[str, Mapping[str, Mapping[str, float]]],
+    variables: Mapping[str, Sequence[str]],
+    global_object: str = "jets",
+    input_map: Mapping[str, str] | None = None,
+) -> dict[str, tuple[list[float], list[float]]]:
+    """Means and stds of every normalised input, checked (the one rule for norm dicts).
+
+    Every ``variables`` key except :data:`UNNORMALISED` is normalised, with the entries of
+    its dataset (:func:`norm_dataset_name`).
+
+    Parameters
+    ----------
+    norm
+        ``{dataset: {variable: {mean, std}}}`` (:func:`saltx.data.norm.load_norm_dict`).
+    variables
+        ``{input_name: [variable, ...]}`` (``data.variables``).
+    global_object, input_map
+        ``data.global_object`` and ``data.input_map``.
+
+    Returns
+    -------
+    dict
+        ``{input_name: (means, stds)}``, each a list in variable order (shape ``(F,)``).
+
+    Raises
+    ------
+    DataError
+        A missing dataset or variable, an entry without mean/std, a non-finite value or a
+        zero std (naming the dataset, the variable and the input).
+    """
+    return {
+        name: _input_stats(norm, norm_dataset_name(name, global_object, input_map), names, name)
+        for name, names in variables.items()
+        if name not in UNNORMALISED
+    }
 
 
 class InputNorm(nn.Module):
@@ -100,11 +131,9 @@ class InputNorm(nn.Module):
     ) -> None:
         super().__init__()
         self.input_names: list[str] = []
-        for name, names in variables.items():
-            if name in UNNORMALISED:
-                continue
-            dataset = norm_dataset_name(name, global_object, input_map)
-            means, stds = norm_stats(norm_dict, dataset, list(names), name)
+        for name, (means, stds) in norm_stats(
+            norm_dict, variables, global_object, input_map
+        ).items():
             self.register_buffer(f"{name}_means", torch.tensor(means, dtype=torch.float32))
             self.register_buffer(f"{name}_stds", torch.tensor(stds, dtype=torch.float32))
             self.input_names.append(name)

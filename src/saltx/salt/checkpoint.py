@@ -150,13 +150,13 @@ def map_weights(
 
 def norm_dict_from(weights: Tensors, variables: Mapping[str, list[str]], cfg: Any) -> dict:
     """The norm dict the checkpoint's InputNorm buffers hold, keyed by h5 dataset."""
-    from saltx.data.norm import NORM_SKIPPED, norm_dataset_name
+    from saltx.models.inputnorm import UNNORMALISED, norm_dataset_name
 
     global_object = str(cfg.data.global_object)
     input_map = OmegaConf.to_container(cfg.data.input_map) if cfg.data.input_map else None
     out: dict[str, dict[str, dict[str, float]]] = {}
     for name, fields in variables.items():
-        if name in NORM_SKIPPED:
+        if name in UNNORMALISED:
             continue
         means, stds = weights[f"input_norm.{name}_means"], weights[f"input_norm.{name}_stds"]
         dataset = norm_dataset_name(name, global_object, input_map)
