@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from saltx.models.activations import get_activation
+from saltx.models.dense import mup_init_
 from saltx.models.masking import (
     build_attn_mask,
     exact_mode,
@@ -422,12 +423,6 @@ class GATv2Attention(nn.Module):
 # multi-head attention
 
 
-def _normal_(layer: nn.Linear, fan: int) -> None:
-    nn.init.normal_(layer.weight, std=fan**-0.5)
-    if layer.bias is not None:
-        nn.init.zeros_(layer.bias)
-
-
 class MultiheadAttention(nn.Module):
     """Multi-head attention with separate q/k/v projections and optional edges.
 
@@ -523,14 +518,14 @@ class MultiheadAttention(nn.Module):
         """Salt's muP initialisation."""
         nn.init.zeros_(self.linear_q.weight)
         nn.init.zeros_(self.linear_q.bias)
-        _normal_(self.linear_k, self.linear_k.in_features)
-        _normal_(self.linear_v, self.linear_v.in_features)
-        _normal_(self.linear_out, self.embed_dim)
+        mup_init_(self.linear_k)
+        mup_init_(self.linear_v)
+        mup_init_(self.linear_out, self.embed_dim)
         if self.edge_embed_dim:
-            _normal_(self.linear_e, self.edge_embed_dim)
-            _normal_(self.linear_g, self.edge_embed_dim)
+            mup_init_(self.linear_e, self.edge_embed_dim)
+            mup_init_(self.linear_g, self.edge_embed_dim)
             if self.update_edges:
-                _normal_(self.linear_e_out, self.num_heads)
+                mup_init_(self.linear_e_out, self.num_heads)
 
     def _heads(self, x: Tensor) -> Tensor:
         b, n, _ = x.shape

@@ -11,6 +11,21 @@ from torch import Tensor, nn
 from saltx.models.activations import get_activation
 
 
+def mup_init_(layer: nn.Linear, fan: int | None = None) -> None:
+    """muP initialisation of a Linear layer in place: weights from N(0, 1/fan), zero bias.
+
+    Parameters
+    ----------
+    layer
+        The layer; its weight is ``(out, in)``.
+    fan
+        The fan-in that sets the variance; default ``layer.in_features``.
+    """
+    nn.init.normal_(layer.weight, std=(layer.in_features if fan is None else fan) ** -0.5)
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
+
+
 def attach_context(x: Tensor, context: Tensor) -> Tensor:
     """Prepend a per-jet context to every element of ``x`` (Salt's feature order).
 
@@ -138,8 +153,7 @@ class Dense(nn.Module):
         """muP initialisation: Linear weights from N(0, 1/sqrt(fan_in)), biases zero."""
         for module in self.net:
             if isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, mean=0.0, std=module.in_features**-0.5)
-                nn.init.zeros_(module.bias)
+                mup_init_(module)
 
     @property
     def first_linear_index(self) -> int:

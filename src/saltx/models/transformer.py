@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from saltx.models.activations import get_activation
 from saltx.models.attention import MultiheadAttention, ScaledDotProductAttention
+from saltx.models.dense import mup_init_
 from saltx.models.masking import (
     build_attn_mask,
     compact_valid,
@@ -82,8 +83,7 @@ class FeedForward(nn.Module):
         self.fc2 = nn.Linear(hidden_dim, dim)
         if muP:
             for fc in (self.fc1, self.fc2):
-                nn.init.normal_(fc.weight, std=fc.in_features**-0.5)
-                nn.init.zeros_(fc.bias)
+                mup_init_(fc)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """x ``(B, L, D)``, context ``(B, C)`` or ``(B, L, C)`` -> ``(B, L, D)``."""
