@@ -39,6 +39,7 @@ __all__ = [
     "masked_softmax",
     "stable_sigmoid",
     "stable_silu",
+    "zero_pad_valid_first",
 ]
 
 
@@ -232,6 +233,37 @@ def compact_valid(mask: Tensor) -> tuple[Tensor, Tensor]:
     arange = torch.arange(mask.shape[1], device=mask.device).expand_as(pos)
     order = torch.empty_like(pos).scatter_(1, pos, arange)
     return order, pos
+
+
+def zero_pad_valid_first(
+    h: Tensor, mask: Tensor, num_inputs: int
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """Prepare joined inputs for attention: zero the padded rows, then, with several
+    inputs in :func:`exact_mode`, put the valid constituents first (:func:`compact_valid`).
+
+    Valid constituents first keeps padding from splitting them, which the bitwise padding
+    invariance of the tiled attention needs.
+
+    Parameters
+    ----------
+    h : Tensor
+        ``(B, L, D)`` the inputs joined by :func:`concat_inputs`.
+    mask : Tensor
+        ``(B, L)`` bool, True = padded.
+    num_inputs : int
+        How many inputs were joined.
+
+    Returns
+    -------
+    tuple
+        ``h`` ``(B, L, D)`` and ``mask`` ``(B, L)``, reordered or not; ``order`` and
+        ``pos`` ``(B, L)`` of :func:`compact_valid`, or None when not reordered.
+    """
+    h = h.masked_fill(mask.unsqueeze(-1), 0.0)
+    if num_inputs > 1 and exact_mode(h):
+        order, pos = compact_valid(mask)
+        return gather_seq(h, order), gather_seq(mask, order), order, pos
+    return h, mask, None, None
 
 
 def gather_seq(x: Tensor, index: Tensor, dim: int = 1) -> Tensor:

@@ -11,12 +11,10 @@ from torch import Tensor, nn
 from saltx.models.attention import rowwise_linear
 from saltx.models.masking import (
     build_attn_mask,
-    compact_valid,
     concat_inputs,
-    exact_mode,
     exact_sum,
-    gather_seq,
     masked_softmax,
+    zero_pad_valid_first,
 )
 from saltx.models.transformer import TransformerCrossAttentionLayer, make_norm
 
@@ -164,10 +162,7 @@ class CrossAttentionPooling(nn.Module):
         x, masks = _as_dict(x, masks)
         h, mask, sizes = concat_inputs(x, masks)
         if mask is not None:
-            h = h.masked_fill(mask.unsqueeze(-1), 0.0)
-            if len(sizes) > 1 and exact_mode(h):
-                order, _ = compact_valid(mask)  # valid first, see masking.compact_valid
-                h, mask = gather_seq(h, order), gather_seq(mask, order)
+            h, mask, _, _ = zero_pad_valid_first(h, mask, len(sizes))
         attn_mask = build_attn_mask(None, mask)
         token = self.class_token.expand(h.shape[0], 1, self.input_size)
         for layer in self.layers:

@@ -14,10 +14,9 @@ from saltx.models.attention import MultiheadAttention, ScaledDotProductAttention
 from saltx.models.dense import mup_init_
 from saltx.models.masking import (
     build_attn_mask,
-    compact_valid,
     concat_inputs,
-    exact_mode,
     gather_seq,
+    zero_pad_valid_first,
 )
 
 __all__ = [
@@ -454,17 +453,12 @@ class TransformerEncoder(nn.Module):
             # contiguous: a compiled block would otherwise specialise on the mask's
             # strides (a trimmed slice of a longer mask, or not)
             mask = mask.contiguous()
-            h = h.masked_fill(mask.unsqueeze(-1), 0.0)
             if edges is not None:
                 pairs = mask.unsqueeze(2) | mask.unsqueeze(1)
                 edges = edges.masked_fill(pairs.unsqueeze(-1), 0.0)
-            if len(sizes) > 1 and exact_mode(h):
-                # valid constituents first, so that padding never splits them (bitwise
-                # padding invariance of the tiled attention; see masking.compact_valid)
-                order, pos = compact_valid(mask)
-                h, mask = gather_seq(h, order), gather_seq(mask, order)
-                if edges is not None:
-                    edges = gather_seq(gather_seq(edges, order, 1), order, 2)
+            h, mask, order, pos = zero_pad_valid_first(h, mask, len(sizes))
+            if order is not None and edges is not None:
+                edges = gather_seq(gather_seq(edges, order, 1), order, 2)
         attn_mask = build_attn_mask(None, mask)
         for layer in self.layers:
             h, edges = layer(h, mask, edges=edges, context=context, attn_mask=attn_mask)
