@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from saltx.models import tasks, vertexing
+from saltx.models.padding_skip import model_length_groups
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_saltmodel import build, make_batch, small_cfg
@@ -42,7 +43,7 @@ def test_padding_skipping_gives_the_plain_gradients(salt013, monkeypatch):
     # 96 jets of 0 to 11 valid tracks in 16 slots: trimmed to 16 -> 12, three length groups
     n_tracks = tuple(int(i) for i in torch.arange(96) % 12)
     batch = make_batch(n_tracks=n_tracks, pad_to=16, seed=3)
-    assert len(model._length_groups(batch.masks)) > 1
+    assert len(model_length_groups(model, batch.masks)) > 1
 
     fast_losses, fast = losses_and_grads(model, batch, plain=False, monkeypatch=monkeypatch)
     plain_losses, plain = losses_and_grads(model, batch, plain=True, monkeypatch=monkeypatch)

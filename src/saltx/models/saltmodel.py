@@ -5,12 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from saltx.models.eager import is_eager
 from saltx.models.inputnorm import InputNorm
-from saltx.models.trimming import length_groups, trim_batch, trim_lengths
+from saltx.models.padding_skip import skip_padding
 
 
 class SaltModel(nn.Module):
@@ -43,7 +42,7 @@ class SaltModel(nn.Module):
     trim_padding
         In eager mode, drop the trailing constituent slots padded in every jet before
         running the network and pad the predictions back (outputs of valid constituents
-        are unchanged; see :mod:`saltx.models.trimming`). Off while tracing/exporting.
+        are unchanged; see :mod:`saltx.models.padding_skip`). Off while tracing/exporting.
     group_by_length
         With ``trim_padding`` and a single constituent input: run the encoder on groups of
         jets of similar length, each trimmed to its own length (same outputs; skipped
@@ -130,50 +129,6 @@ class SaltModel(nn.Module):
             global_rep = torch.cat([global_rep, _input(x, "GLOBAL").to(global_rep.dtype)], -1)
         return encoded, global_rep
 
-    def _length_groups(self, masks: Mapping[str, Tensor]) -> list[tuple[Tensor, int]]:
-        """Jet groups of similar length (one constituent input, no batch statistics)."""
-        if not self.group_by_length or len(masks) != 1:
-            return []
-        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.modules()):
-            return []  # batch norm couples the jets of a batch
-        return length_groups(next(iter(masks.values())))
-
-    def _grouped_representations(
-        self,
-        inputs: Mapping[str, Tensor],
-        masks: Mapping[str, Tensor],
-        groups: list[tuple[Tensor, int]],
-    ) -> tuple[dict[str, Tensor], Tensor]:
-        """:meth:`representations` run per group of jets, each trimmed to its own length.
-
-        Every jet is computed independently of the others (no batch statistics), so the
-        outputs of the valid constituents are those of one call on the whole batch; the
-        slots beyond a group's length get zero encodings.
-        """
-        name = next(iter(masks))
-        n = masks[name].shape[1]
-        enc_parts: dict[str, list[Tensor]] = {}
-        glob_parts, order = [], []
-        for idx, length in groups:
-            sub_in = {k: v.index_select(0, idx) for k, v in inputs.items()}
-            sub_masks = {k: m.index_select(0, idx) for k, m in masks.items()}
-            if length < n:
-                sub_in, sub_masks, _ = trim_batch(
-                    sub_in, sub_masks, None, {name: length}, edge_input=self.edge_input
-                )
-            enc, glob = self.representations(sub_in, sub_masks)
-            for key, t in enc.items():
-                if key == name and length < n:  # the trimmed input (not e.g. registers)
-                    t = F.pad(t, [0, 0] * (t.dim() - 2) + [0, n - length])
-                enc_parts.setdefault(key, []).append(t)
-            glob_parts.append(glob)
-            order.append(idx)
-        perm = torch.cat(order)
-        inverse = torch.empty_like(perm)
-        inverse[perm] = torch.arange(perm.numel(), device=perm.device)
-        encoded = {k: torch.cat(parts).index_select(0, inverse) for k, parts in enc_parts.items()}
-        return encoded, torch.cat(glob_parts).index_select(0, inverse)
-
     def forward(
         self,
         inputs: Mapping[str, Tensor],
@@ -181,6 +136,17 @@ class SaltModel(nn.Module):
         labels: Mapping[str, Mapping[str, Tensor]] | None = None,
     ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Run the network and, with labels, the task losses.
+
+        The math is :meth:`representations` (input norm, init nets, edges, encoder,
+        pooling, GLOBAL) followed by :meth:`run_tasks` (every task on its input).
+
+        Padding skipping lives in :mod:`saltx.models.padding_skip`: in eager mode with
+        ``trim_padding``, :func:`~saltx.models.padding_skip.skip_padding` runs the same two
+        methods on the batch without the slots padded in every jet (in groups of jets of
+        similar length) and pads the predictions back. Every prediction of a valid
+        constituent and every jet prediction is bit-identical to the plain path below (CPU,
+        float32); padded slots get zeros (the invalid pair logit for vertexing), and the
+        losses agree up to the order of their sums.
 
         Parameters
         ----------
@@ -198,19 +164,38 @@ class SaltModel(nn.Module):
             ``preds[task]`` (logits / scaled values / pair logits) and ``losses[task]``
             (scalars already multiplied by the task weight; empty without labels).
         """
-        full_n = {}
         if self.trim_padding and self.encoder is not None and is_eager():
-            lengths = trim_lengths(masks)
-            if lengths:
-                full_n = {name: masks[name].shape[1] for name in lengths}
-                inputs, masks, labels = trim_batch(
-                    inputs, masks, labels, lengths, edge_input=self.edge_input
-                )
-        groups = self._length_groups(masks) if full_n else []
-        if len(groups) > 1:
-            encoded, global_rep = self._grouped_representations(inputs, masks, groups)
-        else:
-            encoded, global_rep = self.representations(inputs, masks)
+            return skip_padding(self, inputs, masks, labels)
+        encoded, global_rep = self.representations(inputs, masks)
+        return self.run_tasks(encoded, global_rep, masks, labels)
+
+    def run_tasks(
+        self,
+        encoded: Mapping[str, Tensor],
+        global_rep: Tensor,
+        masks: Mapping[str, Tensor],
+        labels: Mapping[str, Mapping[str, Tensor]] | None = None,
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Every task on its input: predictions and, with labels, the weighted losses.
+
+        Parameters
+        ----------
+        encoded
+            ``{input: (B, N, D)}`` encoder outputs from :meth:`representations`.
+        global_rep
+            ``(B, P)`` global representation from :meth:`representations`.
+        masks
+            ``(B, N)`` bool per constituent input, True = padded (same ``N`` as
+            ``encoded``).
+        labels
+            ``labels[input_name][field]``, or None.
+
+        Returns
+        -------
+        tuple
+            ``preds[task]`` and ``losses[task]`` as for :meth:`forward`, at the ``N`` of
+            ``encoded``.
+        """
         preds: dict[str, Tensor] = {}
         losses: dict[str, Tensor] = {}
         for name, task in self.tasks.items():
@@ -236,8 +221,6 @@ class SaltModel(nn.Module):
                     mask=_mask(masks, task.input_name),
                     context=global_rep,
                 )
-            if task.input_name in full_n:  # back to the caller's N slots
-                pred = task.pad_preds(pred, full_n[task.input_name])
             preds[name] = pred
             if loss is not None:
                 losses[name] = loss

@@ -1,4 +1,4 @@
-"""Trimming the all-padded trailing slots: same outputs as the untrimmed model, to the bit."""
+"""Padding skipping (saltx.models.padding_skip): same outputs as the plain model, to the bit."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import torch
 from test_saltmodel import JET_VARS, TRACK_VARS, build, make_batch, small_cfg
 
 from saltx.data.batch import Batch
-from saltx.models import trimming
-from saltx.models.trimming import length_groups, trim_batch, trim_lengths
+from saltx.models import padding_skip
+from saltx.models.padding_skip import length_groups, trim_batch, trim_lengths
 from saltx.models.vertexing import INVALID_PAIR_LOGIT, VertexingTask, valid_pairs
 
 
@@ -80,8 +80,8 @@ def test_length_groups_partition_the_batch():
 @pytest.mark.parametrize("min_jets", [1, 128])  # grouped by length, or one trimmed batch
 @pytest.mark.parametrize(("encoder", "pooling"), [("transformer", "global"), ("cross", "cross")])
 def test_trimmed_model_equals_untrimmed(encoder, pooling, min_jets, monkeypatch):
-    monkeypatch.setattr(trimming, "GROUP_MIN_JETS", min_jets)
-    monkeypatch.setattr(trimming, "GROUP_MULTIPLE", 8)
+    monkeypatch.setattr(padding_skip, "GROUP_MIN_JETS", min_jets)
+    monkeypatch.setattr(padding_skip, "GROUP_MULTIPLE", 8)
     model = build(small_cfg({"jets": JET_VARS, "tracks": TRACK_VARS}, encoder, pooling))
     # >= 4 jets per group: BLAS gives a row the same bits only above a few rows per thread
     n_tracks = (3, 0, 5, 7, 12, 2, 9, 4, 10, 13, 11, 15)
@@ -100,10 +100,39 @@ def test_trimmed_model_equals_untrimmed(encoder, pooling, min_jets, monkeypatch)
     assert torch.equal(pred1, pred2)
 
 
+def test_skip_padding_runs_the_network_per_length_group(monkeypatch):
+    """The forward really skips padding: one ``representations`` call per length group,
+    each on its own trimmed length, and predictions back at the caller's N slots."""
+    monkeypatch.setattr(padding_skip, "GROUP_MIN_JETS", 4)
+    model = build(small_cfg({"jets": JET_VARS, "tracks": TRACK_VARS}))
+    n_tracks = (1, 2, 1, 2, 5, 6, 5, 6, 3, 4, 4, 3)
+    batch = make_batch(n_tracks=n_tracks, pad_to=20, seed=4)
+    groups = length_groups(trim_batch(*batch, trim_lengths(batch.masks))[1]["tracks"])
+    assert [length for _, length in groups] == [2, 4, 6]
+    seen = []
+    plain = model.representations
+
+    def spy(inputs, masks):
+        seen.append(tuple(masks["tracks"].shape))
+        return plain(inputs, masks)
+
+    monkeypatch.setattr(model, "representations", spy)
+    with torch.no_grad():
+        preds, _ = model(*batch)
+    assert seen == [(4, 2), (4, 4), (4, 6)]
+    assert preds["track_origin"].shape[:2] == (12, 20)
+    assert preds["track_vertexing"].shape == (12, 20, 20)
+    seen.clear()
+    model.group_by_length = False  # trimmed only: one call on the 8 leading slots
+    with torch.no_grad():
+        model(*batch)
+    assert seen == [(12, 8)]
+
+
 @pytest.mark.parametrize("min_jets", [1, 128])
 def test_trimmed_model_with_edges_and_gradients(min_jets, monkeypatch):
-    monkeypatch.setattr(trimming, "GROUP_MIN_JETS", min_jets)
-    monkeypatch.setattr(trimming, "GROUP_MULTIPLE", 8)
+    monkeypatch.setattr(padding_skip, "GROUP_MIN_JETS", min_jets)
+    monkeypatch.setattr(padding_skip, "GROUP_MULTIPLE", 8)
     variables = {"jets": JET_VARS, "tracks": TRACK_VARS, "EDGE": ["dR", "z", "isSelfLoop"]}
     edges = {"embed_dim": 4, "hidden_layers": [8], "update_edges": True}
     model = build(small_cfg(variables, edges=edges)).train()
