@@ -7,6 +7,7 @@ import json
 import h5py
 import numpy as np
 import pytest
+from test_synthetic import written
 
 from saltx.data import synthetic as syn
 
@@ -23,16 +24,16 @@ def _max_sd0_auc(sample: dict[str, np.ndarray]) -> float:
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def test_difficulty_one_is_the_default_stream():
-    default = syn.generate(300, seed=4, n_tracks=15, n_electrons=4)
-    explicit = syn.generate(300, seed=4, n_tracks=15, n_electrons=4, difficulty=1.0)
+def test_difficulty_one_is_the_default_stream(tmp_path):
+    default = written(tmp_path / "a.h5", 300, seed=4, n_tracks=15, n_electrons=4)
+    explicit = written(tmp_path / "b.h5", 300, seed=4, n_tracks=15, n_electrons=4, difficulty=1.0)
     for name in default:
         assert default[name].tobytes() == explicit[name].tobytes(), name
 
 
-def test_harder_jets_are_less_separable_with_the_same_truth():
-    easy = syn.generate(3000, seed=9)
-    hard = syn.generate(3000, seed=9, difficulty=2.0)
+def test_harder_jets_are_less_separable_with_the_same_truth(tmp_path):
+    easy = written(tmp_path / "easy.h5", 3000, seed=9)
+    hard = written(tmp_path / "hard.h5", 3000, seed=9, difficulty=2.0)
     # the same jets and truth (the random stream does not depend on the difficulty)
     assert np.array_equal(easy["jets"]["flavour_label"], hard["jets"]["flavour_label"])
     assert np.allclose(easy["jets"]["pt"], hard["jets"]["pt"])

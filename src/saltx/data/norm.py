@@ -113,7 +113,18 @@ def load_norm_dict(path: str) -> dict[str, dict[str, dict[str, float]]]:
 
 
 class RunningStats:
-    """Pooled nan-aware mean/variance (Chan et al.) over batches, per column, in float64."""
+    """Pooled NaN-ignoring mean/variance over batches, per column, in float64.
+
+    Each batch's moments are taken per column over its non-NaN values (``mean`` and the
+    sum of squared deviations), then pooled with the running ones (Chan et al.). The one
+    copy of this rule: the norm dict CLI (:func:`compute_norm_dict`) and the synthetic
+    generator's ``norm_dict.yaml`` both use it.
+
+    Parameters
+    ----------
+    num
+        Number of columns.
+    """
 
     def __init__(self, num: int) -> None:
         self.n = np.zeros(num)
@@ -122,23 +133,29 @@ class RunningStats:
 
     def update(self, x: np.ndarray) -> None:
         """Add rows ``x: (R, num)``; NaNs are ignored."""
-        x = x.astype(np.float64)
-        n = np.sum(~np.isnan(x), axis=0).astype(np.float64)
-        has = n > 0
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = np.where(has, np.nansum(x, axis=0) / np.maximum(n, 1), 0.0)
-            m2 = np.nansum((x - mean) ** 2, axis=0)
-        total = self.n + n
-        delta = mean - self.mean
-        with np.errstate(invalid="ignore", divide="ignore"):
-            frac = np.where(total > 0, n / np.maximum(total, 1), 0.0)
-        self.mean = self.mean + delta * frac
-        self.m2 = self.m2 + m2 + delta**2 * self.n * frac
-        self.n = total
+        x = np.asarray(x, dtype=np.float64)
+        for j in range(x.shape[1]):
+            col = x[:, j]
+            col = col[~np.isnan(col)]
+            if col.size:
+                mean = col.mean()
+                self._pool(j, col.size, mean, ((col - mean) ** 2).sum())
+
+    def _pool(self, j: int, n: int, mean: np.float64, m2: np.float64) -> None:
+        """Pool ``n`` values with ``mean`` and squared deviations ``m2`` into column ``j``."""
+        na = self.n[j]
+        if na == 0:
+            self.n[j], self.mean[j], self.m2[j] = n, mean, m2
+            return
+        total = na + n
+        delta = mean - self.mean[j]
+        self.mean[j] = self.mean[j] + delta * n / total
+        self.m2[j] = self.m2[j] + m2 + delta**2 * na * n / total
+        self.n[j] = total
 
     @property
     def std(self) -> np.ndarray:
-        """Population standard deviation (``ddof=0``, as ``np.nanstd``)."""
+        """Population standard deviation (``ddof=0``, as ``np.nanstd``); NaN without values."""
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.sqrt(np.where(self.n > 0, self.m2 / self.n, np.nan))
 

@@ -78,22 +78,16 @@ import h5py
 import numpy as np
 import yaml
 
+from saltx.data.class_weights import class_weights
+from saltx.data.norm import RunningStats
+
 FLAVOURS: tuple[str, ...] = ("bjets", "cjets", "ujets", "taujets")
 FLAVOUR_FRACTIONS: tuple[float, ...] = (0.35, 0.20, 0.40, 0.05)
 HADRON_LABEL_IDS: tuple[int, ...] = (5, 4, 0, 15)
-ORIGIN_LABELS: tuple[str, ...] = (
-    "Pileup",
-    "Fake",
-    "Primary",
-    "FromB",
-    "FromBC",
-    "FromC",
-    "FromTau",
-    "OtherSecondary",
-)
 MASS_PARAM_VALUES: tuple[float, ...] = (5.0, 16.0, 25.0, 40.0, 55.0)
 HADRON_LABEL_IDS_SORTED: tuple[int, ...] = tuple(sorted(HADRON_LABEL_IDS))
 
+# ftagTruthOriginLabel values (their names are the track origin task's default class names)
 PILEUP, FAKE, PRIMARY, FROM_B, FROM_BC, FROM_C, FROM_TAU, OTHER_SECONDARY = range(8)
 
 GN2_TRACK_VARS: tuple[str, ...] = (
@@ -824,7 +818,7 @@ def _reference_scores(
 
 
 # ---------------------------------------------------------------------------------------
-# public in-memory generator
+# one block of jets
 # ---------------------------------------------------------------------------------------
 
 
@@ -882,34 +876,6 @@ def generate_block(
     return {"jets": jets, "tracks": tracks, "electrons": electrons}
 
 
-def generate(
-    n_jets: int,
-    seed: int = 0,
-    n_tracks: int = 40,
-    n_electrons: int = 10,
-    split: str = "train",
-    block_size: int = DEFAULT_BLOCK_SIZE,
-    difficulty: float = 1.0,
-) -> dict[str, np.ndarray]:
-    """Generate ``n_jets`` jets in memory, identical to what :func:`write_split` writes.
-
-    Returns
-    -------
-    dict[str, np.ndarray]
-        ``{"jets": (N,), "tracks": (N, T), "electrons": (N, M)}`` structured arrays.
-    """
-    blocks = [
-        b for b, _ in _blocks(n_jets, seed, split, n_tracks, n_electrons, block_size, difficulty)
-    ]
-    if not blocks:
-        return {
-            "jets": np.zeros(0, JET_DTYPE),
-            "tracks": np.zeros((0, n_tracks), TRACK_DTYPE),
-            "electrons": np.zeros((0, n_electrons), ELECTRON_DTYPE),
-        }
-    return {k: np.concatenate([b[k] for b in blocks]) for k in blocks[0]}
-
-
 def _check_sizes(n_tracks: int, n_electrons: int, block_size: int, difficulty: float = 1.0) -> None:
     if not (np.isfinite(difficulty) and difficulty > 0):
         raise ValueError(f"difficulty must be a finite number > 0, got {difficulty}")
@@ -946,21 +912,23 @@ def _blocks(
 
 
 class _Stats:
-    """Pooled mean/variance (Chan et al.) per (dataset, variable) and label counts."""
+    """Running moments per (dataset, variable) and label counts of the jets written.
+
+    The moments are :class:`saltx.data.norm.RunningStats` over the valid constituents'
+    finite values, the weights :func:`saltx.data.class_weights.class_weights`: the rules
+    ``python -m saltx.data.norm`` and ``python -m saltx.data.class_weights`` apply to a file.
+    """
 
     def __init__(self) -> None:
-        self.moments: dict[tuple[str, str], tuple[float, float, float]] = {}
+        self.moments = {ds: RunningStats(len(names)) for ds, names in NORM_VARS.items()}
         self.counts: dict[tuple[str, str], np.ndarray] = {}
 
     def update(self, block: dict[str, np.ndarray]) -> None:
         for ds, names in NORM_VARS.items():
             arr = block[ds]
             sel = arr[arr["valid"]] if "valid" in arr.dtype.names else arr
-            for name in names:
-                x = sel[name].astype(np.float64)
-                x = x[np.isfinite(x)]
-                if x.size:
-                    self._add((ds, name), x.size, x.mean(), ((x - x.mean()) ** 2).sum())
+            x = np.stack([sel[name].astype(np.float64) for name in names], axis=-1)
+            self.moments[ds].update(np.where(np.isfinite(x), x, np.nan))
         self._count("jets", "flavour_label", block["jets"]["flavour_label"], len(FLAVOURS))
         ids = np.searchsorted(HADRON_LABEL_IDS_SORTED, block["jets"]["HadronConeExclTruthLabelID"])
         self._count("jets", "HadronConeExclTruthLabelID", ids, len(HADRON_LABEL_IDS_SORTED))
@@ -968,61 +936,27 @@ class _Stats:
             arr = block[ds]
             self._count(ds, "ftagTruthOriginLabel", arr["ftagTruthOriginLabel"][arr["valid"]], 8)
 
-    def _add(self, key, n: int, mean: float, m2: float) -> None:
-        if key not in self.moments:
-            self.moments[key] = (float(n), float(mean), float(m2))
-            return
-        na, ma, m2a = self.moments[key]
-        tot = na + n
-        delta = mean - ma
-        self.moments[key] = (tot, ma + delta * n / tot, m2a + m2 + delta**2 * na * n / tot)
-
     def _count(self, ds: str, label: str, values: np.ndarray, k: int) -> None:
         c = np.bincount(np.asarray(values, np.int64), minlength=k)[:k]
         self.counts[(ds, label)] = self.counts.get((ds, label), 0) + c
 
     def norm_dict(self) -> dict[str, dict[str, dict[str, float]]]:
+        """``{dataset: {var: {mean, std}}}``; mean 0 and std 1 where undefined or zero."""
         out: dict[str, dict[str, dict[str, float]]] = {}
         for ds, names in NORM_VARS.items():
+            stats = self.moments[ds]
             out[ds] = {}
-            for name in names:
-                n, mean, m2 = self.moments.get((ds, name), (0.0, 0.0, 0.0))
-                std = float(np.sqrt(m2 / n)) if n > 0 else 1.0
-                if not np.isfinite(std) or std <= 0.0:
-                    std = 1.0
+            for name, mean, std in zip(names, stats.mean, stats.std, strict=True):
+                std = float(std) if np.isfinite(std) and std > 0.0 else 1.0
                 out[ds][name] = {"mean": float(mean) if np.isfinite(mean) else 0.0, "std": std}
         return out
 
     def class_dict(self) -> dict[str, dict[str, list[float]]]:
+        """``{dataset: {label: [weight per class index]}}``."""
         out: dict[str, dict[str, list[float]]] = {}
         for (ds, label), counts in self.counts.items():
-            out.setdefault(ds, {})[label] = class_weights(counts)
+            out.setdefault(ds, {})[label] = class_weights(dict(enumerate(counts)))
         return out
-
-
-def class_weights(counts: Sequence[int] | np.ndarray) -> list[float]:
-    """UPP-style class weights ``total / count``, normalised to a minimum of 1.
-
-    Parameters
-    ----------
-    counts
-        ``(K,)`` number of entries of each class index.
-
-    Returns
-    -------
-    list[float]
-        ``K`` weights rounded to 2 decimals; classes with no entries get the largest weight of
-        the present classes (1.0 when no class is present).
-    """
-    counts = np.asarray(counts, np.float64)
-    present = counts > 0
-    if not present.any():
-        return [1.0] * len(counts)
-    w = np.zeros_like(counts)
-    w[present] = counts.sum() / counts[present]
-    w[present] /= w[present].min()
-    w[~present] = w[present].max()
-    return [round(float(x), 2) for x in w]
 
 
 # ---------------------------------------------------------------------------------------
