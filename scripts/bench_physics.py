@@ -554,11 +554,88 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=None, help="physics.json/md (default bench/)")
     p.add_argument("--work", type=Path, default=None, help="data and runs (default ~/.cache)")
+    p.add_argument(
+        "--combine",
+        type=Path,
+        nargs="+",
+        default=None,
+        metavar="PHYSICS_JSON",
+        help="train nothing: pool the runs of these physics.json files (same settings, "
+        "different seeds) into --out's physics.json/md",
+    )
     return p.parse_args(argv)
+
+
+def combine(paths: Sequence[Path]) -> tuple[dict[str, Any], dict[str, list[dict]]]:
+    """Pool the runs of several ``physics.json`` files: more seeds for the same comparison.
+
+    Returns the combined ``meta`` and ``runs``. The files must share their settings (data,
+    sizes, schedule) and must not repeat a (variant, seed); the commits, dates and wall
+    times of every part are kept in ``meta["parts"]``.
+    """
+    docs = []
+    for path in paths:
+        try:
+            doc = json.loads(Path(path).read_text())
+            docs.append((path, doc["meta"], doc["runs"]))
+        except (OSError, ValueError, KeyError) as err:
+            msg = f"--combine: {path} is not a bench_physics physics.json ({err})"
+            raise SystemExit(msg) from err
+    first_path, first, _ = docs[0]
+    runs: dict[str, list[dict]] = {}
+    for path, meta, part in docs:
+        if meta["settings"] != first["settings"] or meta.get("quick") != first.get("quick"):
+            raise SystemExit(
+                f"--combine: {path} has other settings than {first_path} "
+                f"({meta['settings']} vs {first['settings']}): only runs of the same "
+                "comparison can be pooled"
+            )
+        for name, results in part.items():
+            bucket = runs.setdefault(name, [])
+            seen = {r["seed"] for r in bucket}
+            for r in results:
+                if r["seed"] in seen:
+                    raise SystemExit(f"--combine: {name} seed {r['seed']} is in two files")
+                bucket.append(r)
+    for bucket in runs.values():
+        bucket.sort(key=lambda r: r["seed"])
+    commits = sorted({m["saltx_commit"] for _, m, _ in docs})
+    meta = {
+        **first,
+        "date": max(m["date"] for _, m, _ in docs),
+        "saltx_commit": " + ".join(commits),
+        "seeds": sorted({r["seed"] for rs in runs.values() for r in rs}),
+        "variants": {k: v for _, m, _ in docs for k, v in m["variants"].items()},
+        "wall_min": sum(m["wall_min"] for _, m, _ in docs),
+        "failures": [f for _, m, _ in docs for f in m["failures"]],
+        "parts": [
+            {k: m[k] for k in ("date", "saltx_commit", "seeds", "wall_min", "work")}
+            | {"file": str(path), "variants": sorted(r)}
+            for path, m, r in docs
+        ],
+    }
+    return meta, runs
+
+
+def write_results(out: Path, meta: dict[str, Any], runs: dict[str, list[dict]]) -> None:
+    """physics.json (every run and curve) and physics.md (the tables) into ``out``."""
+    summary = summarise(runs)
+    doc = {"meta": meta, "summary": summary, "runs": runs}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "physics.json").write_text(json.dumps(doc, indent=1) + "\n")
+    md = markdown(summary, meta, runs)
+    (out / "physics.md").write_text(md)
+    print()
+    print(md)
+    print(f"wrote {out / 'physics.json'} and {out / 'physics.md'}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.combine:
+        meta, runs = combine(args.combine)
+        write_results(args.out or ROOT / "bench", meta, runs)
+        return 0
     base = QUICK if args.quick else Settings()
     fields = {
         "n_train": args.n_train,
@@ -615,7 +692,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{f.get('val_jet_loss', float('nan')):.4f} ({time.perf_counter() - t1:.0f} s)",
                 flush=True,
             )
-    summary = summarise(runs)
     meta = {
         "date": dt.datetime.now().isoformat(timespec="seconds"),
         "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, "
@@ -631,13 +707,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "failures": failures,
         "quick": bool(args.quick),
     }
-    doc = {"meta": meta, "summary": summary, "runs": runs}
-    (out / "physics.json").write_text(json.dumps(doc, indent=1) + "\n")
-    md = markdown(summary, meta, runs)
-    (out / "physics.md").write_text(md)
-    print()
-    print(md)
-    print(f"wrote {out / 'physics.json'} and {out / 'physics.md'}")
+    write_results(out, meta, runs)
     return 1 if failures else 0
 
 

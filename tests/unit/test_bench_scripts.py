@@ -235,3 +235,43 @@ def test_contention_tables():
     for row in rows:  # what run_contention adds before the table is printed
         row["saltx_of_fair_share"] = row["saltx"] / (400.0 / (1 + row["k"]))
     assert "| 1 × torch | 150 | " in "\n".join(bench.contention_rows({"contention": rows}))
+
+
+# -- bench_physics --combine ----------------------------------------------------------------
+def _physics_doc(path: Path, seeds: dict[str, list[int]], settings: dict, commit: str) -> Path:
+    meta = {
+        "date": f"2026-12-0{len(commit)}T00:00:00",
+        "saltx_commit": commit,
+        "settings": settings,
+        "seeds": sorted({s for v in seeds.values() for s in v}),
+        "variants": {name: {"name": name} for name in seeds},
+        "wall_min": 10.0,
+        "failures": [],
+        "work": str(path.parent),
+        "quick": False,
+    }
+    runs = {name: [{"seed": s, "params": 1} for s in reversed(ss)] for name, ss in seeds.items()}
+    path.write_text(json.dumps({"meta": meta, "summary": {}, "runs": runs}))
+    return path
+
+
+def test_physics_combine_pools_seeds_and_refuses_mixed_settings(tmp_path):
+    physics = _load("bench_physics")
+    settings = {"n_train": 100, "difficulty": 2.0}
+    a = _physics_doc(tmp_path / "a.json", {"salt-ml": [1, 2], "saltx-fast": [1]}, settings, "aa")
+    b = _physics_doc(tmp_path / "b.json", {"salt-ml": [4, 3]}, settings, "bbb")
+    meta, runs = physics.combine([a, b])
+    assert [r["seed"] for r in runs["salt-ml"]] == [1, 2, 3, 4]
+    assert [r["seed"] for r in runs["saltx-fast"]] == [1]
+    assert meta["seeds"] == [1, 2, 3, 4] and meta["wall_min"] == 20.0
+    assert meta["saltx_commit"] == "aa + bbb" and len(meta["parts"]) == 2
+
+    again = _physics_doc(tmp_path / "c.json", {"salt-ml": [2]}, settings, "c")
+    with pytest.raises(SystemExit, match="salt-ml seed 2 is in two files"):
+        physics.combine([a, again])
+    other = _physics_doc(tmp_path / "d.json", {"salt-ml": [9]}, {**settings, "n_train": 5}, "d")
+    with pytest.raises(SystemExit, match="other settings"):
+        physics.combine([a, other])
+    (tmp_path / "e.json").write_text("{}")
+    with pytest.raises(SystemExit, match=r"not a bench_physics physics\.json"):
+        physics.combine([a, tmp_path / "e.json"])
