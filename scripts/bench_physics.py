@@ -3,6 +3,8 @@
     python scripts/bench_physics.py                      # the full comparison (~80 min, 2 cores)
     python scripts/bench_physics.py --quick              # plumbing check (~5 min)
     python scripts/bench_physics.py --variants salt-ml,saltx-salt013 --seeds 1 2 3
+    python scripts/bench_physics.py --variants saltx-gn2-register --seeds 1 2 3   # an ablation
+    python scripts/bench_physics.py --combine A/physics.json B/physics.json --out DIR
 
 Both frameworks train the same small GN2 (the kit's ``configs/learning_small.yaml``: embed
 64, 3 layers, 4 heads, out_dim 128, init net [64], heads [128, 64, 32], all three GN2 tasks)
@@ -129,6 +131,21 @@ VARIANTS: dict[str, Variant] = {
             tuple(SMALL),
             same_schedule=False,
             note="saltx's short-training recipe (+experiment=gn2_fast)",
+        ),
+        # ablations (not run by default): one salt-ml 0.13 option at a time on the seed-era GN2
+        Variant(
+            "saltx-gn2-register",
+            "saltx",
+            "gn2",
+            (*SMALL, *GN2_SCHEDULE, "model.encoder.num_registers=1"),
+            note="seed-era GN2 plus salt-ml's learned register token, nothing else",
+        ),
+        Variant(
+            "saltx-salt013-noregister",
+            "saltx",
+            "gn2_salt013",
+            (*SMALL, *GN2_SCHEDULE, "model.encoder.num_registers=0"),
+            note="salt-ml 0.13's GN2 without its register token",
         ),
     )
 }
