@@ -23,6 +23,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from saltx.config import schema_config
 from saltx.data.class_weights import load_class_dict
 from saltx.data.h5 import open_h5
 from saltx.data.labels import MissingClassNames, fit_class_names, read_class_names
@@ -58,8 +59,9 @@ def build_model(
     -------
     SaltModel
     """
-    model = model_build.build_model(cfg, norm_dict, class_dict, class_names)
-    if cfg.model.muP:
+    conf = schema_config(cfg)
+    model = model_build.build_model(conf, norm_dict, class_dict, class_names)
+    if conf.model.muP:
         apply_mup(model, cfg, base_shapes(cfg, shape_model))
     return model
 
@@ -74,11 +76,10 @@ def model_from_config(cfg: DictConfig) -> nn.Module:
 
 def _unit_norm_dict(cfg: Any) -> dict[str, dict[str, dict[str, float]]]:
     """A norm dict with mean 0, std 1 for every variable (shapes do not depend on it)."""
-    data = cfg.data
+    data = schema_config(cfg).data
     variables = OmegaConf.to_container(data.variables, resolve=True)
-    input_map = data.get("input_map")
-    input_map = OmegaConf.to_container(input_map) if OmegaConf.is_config(input_map) else input_map
-    global_object = str(data.global_object)
+    input_map = OmegaConf.to_container(data.input_map) if data.input_map is not None else None
+    global_object = data.global_object
     out: dict[str, dict[str, dict[str, float]]] = {}
     for name, names in variables.items():
         if name in UNNORMALISED:
@@ -106,10 +107,10 @@ def shape_model(cfg: Any) -> nn.Module:
     shapes this model is built to produce) and class weights are not read. This is the
     ``build`` function of :mod:`saltx.mup.shapes`.
     """
-    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    cfg = OmegaConf.create(OmegaConf.to_container(schema_config(cfg), resolve=True))
     OmegaConf.set_struct(cfg, False)
     cfg.model.muP = False
-    for task in (cfg.model.get("tasks") or {}).values():
+    for task in cfg.model.tasks.values():
         if isinstance(task, DictConfig):
             task.pop("use_class_dict", None)
             task.pop("class_weights", None)

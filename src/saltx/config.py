@@ -385,6 +385,29 @@ def _check_tasks(cfg: Any) -> None:
             )
 
 
+def schema_config(cfg: Any) -> DictConfig:
+    """``cfg`` on the train schema: a config node whose values are typed and where every key
+    ``cfg`` leaves out reads as its schema default (the one place defaults live).
+
+    Unlike :func:`typed_config` no ``__post_init__`` check runs and keys without a default
+    (``data.train_file``, ...) may stay unset until read, so readers that need only some
+    sections (the model builder builds from ``data.variables`` and ``model`` alone) take any
+    config: a composed one, a run's ``config.yaml``, a plain dict or a :class:`TrainConfig`.
+    Keys beyond the schema stay at the root (a custom build function's own); the schema's
+    sections refuse unknown keys.
+
+    Raises
+    ------
+    omegaconf.errors.ValidationError, omegaconf.errors.ConfigKeyError
+        A value of the wrong type, or a key that a section does not declare.
+    """
+    if isinstance(cfg, DictConfig) and OmegaConf.get_type(cfg) is TrainConfig:
+        return cfg  # composed by Hydra on train_schema: already this view
+    base = OmegaConf.structured(TrainConfig)
+    OmegaConf.set_struct(base, False)
+    return OmegaConf.merge(base, cfg)
+
+
 def typed_config(cfg: Any) -> TrainConfig:
     """The train config as the schema's dataclasses (``OmegaConf.to_object``).
 
@@ -400,12 +423,7 @@ def typed_config(cfg: Any) -> TrainConfig:
     """
     from omegaconf.errors import MissingMandatoryValue
 
-    if not OmegaConf.is_config(cfg):
-        cfg = OmegaConf.create(cfg)
-    if OmegaConf.get_type(cfg) is not TrainConfig:  # e.g. a spawned rank's plain copy
-        base = OmegaConf.structured(TrainConfig)
-        OmegaConf.set_struct(base, False)  # root keys of a custom build function stay;
-        cfg = OmegaConf.merge(base, cfg)  # the schema's sections still refuse unknown keys
+    cfg = schema_config(cfg)  # e.g. a spawned rank's plain copy
     try:
         typed = OmegaConf.to_object(cfg)
     except MissingMandatoryValue as err:

@@ -18,13 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import numpy as np
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from saltx.config import check_keys, validate_evaluate
 from saltx.data.loader import build_dataloader, build_datasets
 from saltx.engine.allocator import reuse_freed_memory
+from saltx.engine.distributed import resolve_device
 from saltx.eval import report
 from saltx.eval.predictions import output_spec, prediction_target, write_predictions
 from saltx.eval.testset import metric_labels, prepare_test_config
@@ -51,7 +50,7 @@ def evaluate(
         reuse_freed_memory()  # as in training: no page faults for per-batch tensors
     test_file = prepare_test_config(run, ecfg)
     cfg, model = run.cfg, run.model
-    device = _device(str(ecfg.device))
+    device = resolve_device(str(ecfg.device))
     model.to(device)
     model_name = str(cfg.name)
     spec = output_spec(model.tasks, model_name, str(cfg.data.global_object))
@@ -86,18 +85,12 @@ def evaluate(
             "n_jets": len(dataset),
             "working_points": [float(w) for w in ecfg.working_points],
         }
-        pngs: list[str] = []
         jet = spec.jet_classification_task
-        if jet is not None and state.probs:
-            names = list(model.tasks[jet].class_names)
-            probs = np.concatenate(state.probs)
-            idx = np.concatenate(state.truth)
-            truth = np.where(idx >= 0, np.asarray(names, dtype=object)[idx.clip(0)], "")
-            taggers = {model_name: {c: probs[:, i] for i, c in enumerate(names)}}
-            taggers.update(report.read_reference_taggers(cfg, model_name, len(dataset)))
-            flav, pngs = report.flavour_metrics(taggers, truth, ecfg, out_dir, model_name)
-            result.update(flav)
-        result.update(report.track_metrics(state))
+        names = None if jet is None else model.tasks[jet].class_names
+        metrics, pngs = report.test_metrics(
+            state, names, cfg, ecfg, out_dir, model_name, len(dataset)
+        )
+        result.update(metrics)
         if target.remote:
             result["predictions"] = target.copy_in(str(out_path), rel)
         if run.rundir.remote:
@@ -107,12 +100,6 @@ def evaluate(
     result["metrics_file"] = run.rundir.write_text(f"{report_rel}/metrics.json", text + "\n")
     report.print_summary(result, model_name)
     return result
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 @redacted_console

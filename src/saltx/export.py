@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from saltx.config import check_keys, validate_export
 from saltx.io.rundir import remove_orphaned, temp_tag
-from saltx.onnx.check import export_checked
+from saltx.onnx.check import export_checked, export_summary
 from saltx.onnx.export import export_layout
 from saltx.onnx.metadata import add_metadata, build_gnn_config
 from saltx.onnx.outputs import plan_outputs
@@ -95,22 +95,7 @@ def export(ecfg: DictConfig) -> dict[str, Any]:
             os.replace(tmp, path)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
-    print(f"ONNX model: {path}")
-    print(f"inputs: {', '.join(layout.input_names)}  (jet_features: {layout.jet_variables})")
-    print(f"outputs: {', '.join(plan.names)}")
-    print(f"graph: {report.graph}" + (f" ({report.note})" if report.note else ""))
-    print(
-        f"validated against torch on {report.n_cases} inputs (max |Δ| = {report.max_abs_diff:.2e})"
-    )
-    return {
-        "path": str(path),
-        "outputs": plan.names,
-        "graph": report.graph,
-        "inputs": layout.input_names,
-        "jet_variables": layout.jet_variables,
-        "max_abs_diff": report.max_abs_diff,
-        "n_cases": report.n_cases,
-    }
+    return export_summary(str(path), layout, plan, report)
 
 
 @redacted_console

@@ -241,7 +241,8 @@ def _check_class_heads(model: nn.Module, state: Mapping[str, torch.Tensor], wher
 
 
 def class_names_of_run(cfg: DictConfig, metadata: Mapping[str, Any]) -> list[str] | None:
-    """Jet class names from the config, else ``metadata.yaml``, else the train file."""
+    """Jet class names from ``metadata.yaml``, else the train or test file of ``cfg`` (the
+    run's config on the train schema)."""
     for key in ("object_classes", "jet_classes", "class_names"):
         value = metadata.get(key)
         if isinstance(value, Mapping):
@@ -249,7 +250,7 @@ def class_names_of_run(cfg: DictConfig, metadata: Mapping[str, Any]) -> list[str
         if isinstance(value, list):
             return [str(v) for v in value]
     for split in ("train_file", "test_file"):
-        path = cfg.data.get(split)
+        path = cfg.data[split]
         if path and exists(str(path)):
             from saltx.data.labels import read_class_names
 
@@ -359,16 +360,14 @@ def load_run(
     metadata = _read_yaml(rundir, "metadata.yaml") if rundir.exists("metadata.yaml") else {}
     if not isinstance(metadata, dict):
         metadata = {}
-    norm_dict = _run_or_config_dict(
-        rundir, "norm_dict.yaml", cfg.data.get("norm_dict"), load_norm_dict
-    )
+    norm_dict = _run_or_config_dict(rundir, "norm_dict.yaml", cfg.data.norm_dict, load_norm_dict)
     if norm_dict is None:
         raise RunDirError(
             f"'{rundir.root}' has no norm_dict.yaml and data.norm_dict "
-            f"({cfg.data.get('norm_dict')}) does not exist"
+            f"({cfg.data.norm_dict}) does not exist"
         )
     class_dict = _run_or_config_dict(
-        rundir, "class_dict.yaml", cfg.data.get("class_dict"), load_class_dict
+        rundir, "class_dict.yaml", cfg.data.class_dict, load_class_dict
     )
     class_names = class_names_of_run(cfg, metadata or {})
     model = build_model(cfg, norm_dict, class_dict, class_names)

@@ -221,3 +221,52 @@ def test_derived_argument_the_encoder_ignores_is_an_error():
     msg = r"TransformerCrossAttentionEncoder does not accept the argument 'edge_embed_dim'.*"
     with pytest.raises(ValueError, match=msg + r"model\.edges\.embed_dim"):
         build_model(cfg, NORM, CLASS_DICT, class_names=["b", "c", "u"])
+
+
+class RecordingEncoder(StubEncoder):
+    """A stub encoder that keeps the arguments the builder gave it."""
+
+    def __init__(self, embed_dim: int, num_heads: int, out_dim: int = 0, **kwargs):
+        super().__init__(embed_dim, num_heads, out_dim)
+        self.kwargs = {"out_dim": out_dim, **kwargs}
+
+
+def test_keys_a_config_leaves_out_take_the_schema_defaults():
+    """The builder has no defaults of its own: what a config leaves out is the schema's."""
+    from saltx.config import DataConfig, ModelConfig, TrainConfig
+
+    cfg = make_cfg(encoder={"_target_": f"{__name__}.RecordingEncoder"})
+    for key in ("out_dim", "attention"):
+        del cfg.model[key]  # nor dropout, activation, norm_affine, muP, edges
+    del cfg.data["global_object"], cfg.data["input_map"], cfg["name"]
+    model = build_model(cfg, NORM, CLASS_DICT, class_names=["b", "c", "u"])
+    schema = ModelConfig()
+    assert model.name == TrainConfig.name
+    assert model.global_object == DataConfig.global_object
+    assert model.encoder.kwargs == {
+        "out_dim": schema.out_dim,
+        "dropout": schema.dropout,
+        "activation": schema.activation,
+        "norm_affine": schema.norm_affine,
+        "muP": schema.muP,
+        "input_names": ["tracks"],
+    }
+    assert model.edge_net is None
+    # the encoder's output size follows the schema's out_dim into the tasks
+    assert model.tasks["track_origin"].net.input_size == schema.out_dim
+
+
+def test_builder_reads_a_typed_config():
+    """A :class:`saltx.config.TrainConfig` builds the same model as its DictConfig."""
+    from saltx.config import typed_config
+
+    cfg = make_cfg()
+    cfg.data.update(train_file="t.h5", val_file="v.h5", norm_dict="n.yaml")
+    cfg.paths = {"output_dir": "out"}
+    torch.manual_seed(0)
+    a = build_model(cfg, NORM, CLASS_DICT, class_names=["b", "c", "u"])
+    torch.manual_seed(0)
+    b = build_model(typed_config(cfg), NORM, CLASS_DICT, class_names=["b", "c", "u"])
+    assert a.name == b.name == "GNX"
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)

@@ -16,6 +16,7 @@ from saltx.mup.shapes import (
     dimension_assignments,
     main,
     make_shapes,
+    mup_dimensions,
 )
 
 
@@ -67,6 +68,22 @@ def test_salt_style_bare_apply_to_is_under_model():
     )
     assert dimension_assignments(cfg, {"embed_dim": 8}) == {
         "model.init_nets.tracks.hidden_layers": [8]
+    }
+
+
+def test_a_plain_mup_block_takes_the_schema_defaults():
+    """Keys a mup block leaves out are the schema's (saltx.config.MupDimConfig), as composed."""
+    from saltx.config import MupDimConfig
+
+    cfg = OmegaConf.create({"mup": {"embed_dim": {"parameter_base": 16, "parameter_delta": 32}}})
+    dims = mup_dimensions(cfg)
+    assert dims == {
+        "embed_dim": {
+            "apply_to": MupDimConfig().apply_to,
+            "parameter_name": MupDimConfig().parameter_name,
+            "base": 16,
+            "delta": 32,
+        }
     }
 
 

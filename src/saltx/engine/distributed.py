@@ -69,6 +69,14 @@ def resolve_accelerator(accelerator: str) -> str:
     raise ValueError(f"trainer.accelerator={accelerator!r}; use cpu, gpu or auto")
 
 
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """A single-process device (evaluation, muP's coordinate check): ``auto`` is the first
+    GPU if there is one, else the CPU; ``cpu``, ``cuda``, ``cuda:N`` as they are."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
 def setup_distributed(accelerator: str, timeout_s: float = 600) -> DistInfo:
     """Join the process group when launched by torchrun or :func:`spawn`; pick the device.
 

@@ -118,13 +118,15 @@ BuildFn = Callable[[DictConfig, DistInfo], Components]
 
 
 # -- small helpers ---------------------------------------------------------------------------
-def configure_torch(tcfg: DictConfig, info: DistInfo, workers: int = 0) -> None:
+def configure_torch(tcfg: TrainerConfig, info: DistInfo, workers: int = 0) -> None:
     """Threads (from the usable CPUs, ``saltx.engine.threads``), determinism, TF32 and the
-    host allocator for this process; ``workers``: its loader worker processes."""
-    if tcfg.get("reuse_freed_memory", True):
+    host allocator for this process; ``workers``: its loader worker processes. ``tcfg`` is
+    the ``trainer`` section typed (:func:`saltx.config.typed_config`, or composed on the
+    schema)."""
+    if tcfg.reuse_freed_memory:
         reuse_freed_memory()
-    configure_threads(tcfg.get("num_threads"), workers=workers, gpu=info.device.type == "cuda")
-    if tcfg.get("deterministic", False):
+    configure_threads(tcfg.num_threads, workers=workers, gpu=info.device.type == "cuda")
+    if tcfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
     enable_tf32(info.device)
@@ -470,7 +472,7 @@ def run(
         holds the step the ranks agreed on.
     """
     tcfg = conf.trainer
-    configure_torch(cfg.trainer, info, conf.data.num_workers or 0)
+    configure_torch(tcfg, info, conf.data.num_workers)
     rundir = RunDir(resolve_run_dir(cfg, info))
     config = plain_config(cfg, rundir.root)
 

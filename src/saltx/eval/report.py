@@ -3,7 +3,8 @@
 :class:`MetricState` sums what each batch contributes (jet probabilities and truth,
 track-origin and vertex-pair counts); :func:`flavour_metrics` turns the jet part into
 b- and c-tagging rejections and plots, :func:`track_metrics` the rest;
-:func:`print_summary` prints the rejection table.
+:func:`test_metrics` gathers both for the evaluation; :func:`print_summary` prints the
+rejection table.
 """
 
 from __future__ import annotations
@@ -195,3 +196,47 @@ def track_metrics(state: MetricState) -> dict[str, Any]:
         p, r = M.precision_recall(tp, fp, fn)
         vertexing[n] = {"pair_precision": p, "pair_recall": r, "tp": tp, "fp": fp, "fn": fn}
     return {"track_origin": origin, "vertexing": vertexing}
+
+
+def test_metrics(
+    state: MetricState,
+    class_names: Sequence[str] | None,
+    cfg: DictConfig,
+    ecfg: DictConfig,
+    out_dir: Path,
+    model_name: str,
+    n_jets: int,
+) -> tuple[dict[str, Any], list[str]]:
+    """Every metric of an evaluation: the jet classifier's flavour metrics and plots (beside
+    the test file's reference taggers) and the track metrics.
+
+    Parameters
+    ----------
+    state
+        The running sums over the test set.
+    class_names
+        The jet classification task's classes (``None``: there is none).
+    cfg, ecfg
+        The run's config (test file, global object) and the evaluate config.
+    out_dir
+        Where the plots go.
+    n_jets
+        Jets evaluated (the first ``n_jets`` of the test file).
+
+    Returns
+    -------
+    tuple[dict[str, Any], list[str]]
+        ``{btag, ctag, track_origin, vertexing}`` and the paths of the plots.
+    """
+    out: dict[str, Any] = {}
+    pngs: list[str] = []
+    if class_names is not None and state.probs:
+        names = list(class_names)
+        probs = np.concatenate(state.probs)
+        idx = np.concatenate(state.truth)
+        truth = np.where(idx >= 0, np.asarray(names, dtype=object)[idx.clip(0)], "")
+        taggers = {model_name: {c: probs[:, i] for i, c in enumerate(names)}}
+        taggers.update(read_reference_taggers(cfg, model_name, n_jets))
+        out, pngs = flavour_metrics(taggers, truth, ecfg, out_dir, model_name)
+    out.update(track_metrics(state))
+    return out, pngs

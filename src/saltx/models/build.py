@@ -14,6 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from saltx.config import ModelConfig, schema_config
 from saltx.models.initnet import InitNet
 from saltx.models.inputnorm import InputNorm
 from saltx.models.saltmodel import SaltModel
@@ -170,10 +171,10 @@ def _build_task(
 
 
 def _build_init_nets(
-    mcfg: Any, variables: dict[str, list[str]], global_object: str, constituents: list[str]
+    mcfg: ModelConfig, variables: dict[str, list[str]], global_object: str, constituents: list[str]
 ) -> dict[str, InitNet]:
     """One init net per constituent input (or, jets-only, one on the global object)."""
-    init_cfgs = _plain(mcfg.get("init_nets")) or {}
+    init_cfgs = _plain(mcfg.init_nets) or {}
     wanted = constituents or [global_object]
     missing = [c for c in wanted if c not in init_cfgs]
     unused = [c for c in init_cfgs if c not in wanted]
@@ -188,7 +189,7 @@ def _build_init_nets(
         for key in ("input_size", "output_size", "input_name", "variables"):
             if key in conf:
                 raise ValueError(f"model.init_nets.{name}.{key} is derived; remove it")
-        conf.setdefault("muP", bool(mcfg.get("muP", False)))
+        conf.setdefault("muP", bool(mcfg.muP))
         if not constituents:
             conf.setdefault("attach_global", False)
         init_nets[name] = InitNet(
@@ -207,10 +208,10 @@ def _edge_input(input_map: Mapping[str, str] | None, constituents: list[str]) ->
 
 
 def _build_edges(
-    mcfg: Any, variables: dict[str, list[str]], edge_input: str, constituents: list[str]
+    mcfg: ModelConfig, variables: dict[str, list[str]], edge_input: str, constituents: list[str]
 ) -> tuple[nn.Module | None, InitNet | None, dict[str, Any]]:
     """Edge-feature module, edge init net and the encoder's edge arguments (or Nones)."""
-    edge_cfg = _plain(mcfg.get("edges"))
+    edge_cfg = _plain(mcfg.edges)
     if "EDGE" in variables and not edge_cfg:
         raise ValueError(
             "data.variables.EDGE is set but model.edges is null; add `+model/edges=default` "
@@ -240,11 +241,11 @@ def _build_edges(
 
 
 def _build_encoder_pooling(
-    mcfg: Any, constituents: list[str], edge_args: dict[str, Any], allowed: tuple[str, ...]
+    mcfg: ModelConfig, constituents: list[str], edge_args: dict[str, Any], allowed: tuple[str, ...]
 ) -> tuple[nn.Module, nn.Module]:
     """Encoder and pooling with derived sizes; the attention node is a per-layer factory."""
     attention = None
-    if mcfg.get("attention") is not None:
+    if mcfg.attention is not None:
         attention = instantiate(mcfg.attention, "model.attention", nn.Module, allowed)
     if isinstance(attention, nn.Module):
         raise ValueError(
@@ -254,22 +255,22 @@ def _build_encoder_pooling(
     heads = {"num_heads": int(mcfg.num_heads)}
     if attention is not None:
         heads["attention"] = attention
-    embed_dim, out_dim = int(mcfg.embed_dim), int(mcfg.get("out_dim", 0) or 0)
+    embed_dim, out_dim = int(mcfg.embed_dim), int(mcfg.out_dim)
     enc_derived = {
         "embed_dim": embed_dim,
         "out_dim": out_dim,
         "input_names": constituents,
-        "muP": bool(mcfg.get("muP", False)),
+        "muP": bool(mcfg.muP),
         **heads,
         **edge_args,
     }
+    # model-wide defaults of the encoder and pooling (a node may set its own)
     shared = {
-        "dropout": mcfg.get("dropout"),
-        "activation": mcfg.get("activation"),
-        "norm_affine": mcfg.get("norm_affine"),
+        "dropout": mcfg.dropout,
+        "activation": mcfg.activation,
+        "norm_affine": mcfg.norm_affine,
     }
-    shared = {k: v for k, v in shared.items() if v is not None}
-    if not shared.get("norm_affine", True):
+    if not mcfg.norm_affine:
         target = _plain(mcfg.encoder).get("_target_", "")
         cls = resolve(target, "model.encoder", nn.Module, allowed)
         if "norm_affine" not in inspect.signature(cls.__init__).parameters:
@@ -318,7 +319,9 @@ def build_model(
     ----------
     cfg
         The root config (reads ``data.variables``, ``data.global_object``,
-        ``data.input_map``, ``model`` and ``name``).
+        ``data.input_map``, ``model``, ``name`` and ``allowed_targets``): composed, a
+        run's ``config.yaml``, a plain dict or a :class:`saltx.config.TrainConfig`. Keys
+        it leaves out take the schema's defaults (:func:`saltx.config.schema_config`).
     norm_dict
         ``{dataset: {variable: {mean, std}}}``.
     class_dict
@@ -331,15 +334,16 @@ def build_model(
     -------
     SaltModel
     """
-    data, mcfg = cfg.data, cfg.model
+    conf = schema_config(cfg)
+    data, mcfg = conf.data, conf.model
     for key in ("embed_dim", "num_heads"):
-        if int(mcfg[key]) < 1:
+        if mcfg[key] < 1:
             raise ValueError(f"model.{key}={mcfg[key]} must be a positive integer")
-    if int(mcfg.get("out_dim", 0) or 0) < 0:
+    if mcfg.out_dim < 0:
         raise ValueError(f"model.out_dim={mcfg.out_dim} must be >= 0 (0: no projection)")
     variables = {k: list(v) for k, v in _plain(data.variables).items()}
-    global_object = str(data.get("global_object", "jets"))
-    input_map = _plain(data.get("input_map")) or None
+    global_object = data.global_object
+    input_map = _plain(data.input_map) or None
     if global_object not in variables:
         raise KeyError(
             f"data.variables has no entry for the global object {global_object!r} "
@@ -352,7 +356,7 @@ def build_model(
             "that name for its register tokens"
         )
     edge_input = _edge_input(input_map, constituents)
-    allowed = allow_list(_plain(cfg.get("allowed_targets")))
+    allowed = allow_list(_plain(conf.allowed_targets))
 
     input_norm = InputNorm(norm_dict, variables, global_object, input_map)
     init_nets = _build_init_nets(mcfg, variables, global_object, constituents)
@@ -361,11 +365,11 @@ def build_model(
     node_size, pooled_size = None, int(mcfg.embed_dim)  # jets-only: the init net output
     if constituents:
         encoder, pooling = _build_encoder_pooling(mcfg, constituents, edge_args, allowed)
-        node_size = int(getattr(encoder, "out_size", 0) or mcfg.get("out_dim") or mcfg.embed_dim)
+        node_size = int(getattr(encoder, "out_size", 0) or mcfg.out_dim or mcfg.embed_dim)
         pooled_size = int(getattr(pooling, "out_size", node_size))
     global_size = pooled_size + len(variables.get("GLOBAL", []))
 
-    task_cfgs = mcfg.get("tasks") or {}
+    task_cfgs = mcfg.tasks
     if not task_cfgs:
         raise ValueError("model.tasks is empty: the model needs at least one task")
     tasks = {
@@ -394,7 +398,7 @@ def build_model(
         edge_input=edge_input,
         use_global=bool(variables.get("GLOBAL")),
     )
-    model.name = str(cfg.get("name", "salt"))
+    model.name = conf.name
     return model
 
 
@@ -412,8 +416,9 @@ def required_labels(cfg: Any, stage: str = "fit") -> dict[str, list[str]]:
     """
     out: dict[str, list[str]] = {}
     fit = stage_has_labels(stage)
-    allowed = allow_list(_plain(cfg.get("allowed_targets")))
-    for name, node in (_plain(cfg.model.get("tasks")) or {}).items():
+    conf = schema_config(cfg)
+    allowed = allow_list(_plain(conf.allowed_targets))
+    for name, node in _plain(conf.model.tasks).items():
         cls = resolve(node["_target_"], f"model.tasks.{name}", nn.Module, allowed)
         kind = getattr(cls, "kind", "")
         fields: list[str] = []

@@ -31,6 +31,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from saltx.assemble import fit_datasets, model_from_config, shape_model
+from saltx.engine.distributed import resolve_device
 from saltx.mup.shapes import (
     SHAPE_FILE,
     base_shapes_from_config,
@@ -117,13 +118,6 @@ def load_batches(cfg: DictConfig, n: int, batch_size: int) -> list[Any]:
         )
     starts = [(i * batch_size) % (len(train) - batch_size + 1) for i in range(n)]
     return [train[s : s + batch_size] for s in starts]
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto``: the first GPU if there is one, else the CPU."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def model_and_optimizer(

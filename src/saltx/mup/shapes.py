@@ -32,6 +32,8 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, MissingMandatoryValue, OmegaConf
 from torch import nn
 
+from saltx.config import schema_config
+
 log = logging.getLogger(__name__)
 
 #: builds a model of a config for its parameter shapes (:func:`saltx.assemble.shape_model`)
@@ -59,8 +61,9 @@ def cfg_get(node: Any, key: str, default: Any = None) -> Any:
 
 
 def mup_block(cfg: Any) -> Any:
-    """The ``mup:`` block of ``cfg``; raises with a hint when it is missing."""
-    block = cfg_get(cfg, "mup")
+    """The ``mup:`` block of ``cfg`` on its schema (:class:`saltx.config.MupConfig`: the keys
+    it leaves out read as the schema's defaults); raises with a hint when it is missing."""
+    block = schema_config(cfg).mup
     if block is None:
         raise MupConfigError(
             "the config has no `mup:` block; add one (e.g. `- /mup: gn2` in the experiment's "

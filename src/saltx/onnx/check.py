@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -233,3 +234,31 @@ def export_checked(
     report = compare_outputs(model, layout, path, plan, **kwargs)
     report.graph, report.note = "generic", note
     return report
+
+
+def export_summary(
+    path: str, layout: ExportLayout, plan: OutputPlan, report: CheckReport
+) -> dict[str, Any]:
+    """Print what an export wrote (file, inputs, outputs, graph, validation) and return it.
+
+    Returns
+    -------
+    dict[str, Any]
+        ``{"path", "outputs", "graph", "inputs", "jet_variables", "max_abs_diff", "n_cases"}``.
+    """
+    print(f"ONNX model: {path}")
+    print(f"inputs: {', '.join(layout.input_names)}  (jet_features: {layout.jet_variables})")
+    print(f"outputs: {', '.join(plan.names)}")
+    print(f"graph: {report.graph}" + (f" ({report.note})" if report.note else ""))
+    print(
+        f"validated against torch on {report.n_cases} inputs (max |Δ| = {report.max_abs_diff:.2e})"
+    )
+    return {
+        "path": path,
+        "outputs": plan.names,
+        "graph": report.graph,
+        "inputs": layout.input_names,
+        "jet_variables": layout.jet_variables,
+        "max_abs_diff": report.max_abs_diff,
+        "n_cases": report.n_cases,
+    }
