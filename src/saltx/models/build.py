@@ -433,9 +433,7 @@ def required_labels(cfg: Any, stage: str = "fit") -> dict[str, list[str]]:
             dens = [dens] if isinstance(dens, str) else list(dens)
             fields += (targets if fit else []) + dens
         elif kind == "vertexing" and fit:
-            label = node.get("label", "ftagTruthVertexIndex")
-            origin = node.get("origin_label") or label.replace("VertexIndex", "OriginLabel")
-            fields += [label, origin]
+            fields += cls.fit_labels(node.get("label"), node.get("origin_label"))
         elif not kind:
             raise ValueError(f"model.tasks.{name}: {node['_target_']} is not a saltx task")
         if "input_name" not in node:

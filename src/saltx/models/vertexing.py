@@ -105,6 +105,9 @@ def vertexing_loss(
     return (per * weights).sum() / match.sum().clamp_min(1)
 
 
+VERTEX_INDEX = "ftagTruthVertexIndex"
+
+
 class VertexingTask(TaskBase):
     """Pair classification "same truth vertex" for the tracks of one constituent input.
 
@@ -128,7 +131,7 @@ class VertexingTask(TaskBase):
         name: str,
         input_name: str,
         input_size: int,
-        label: str = "ftagTruthVertexIndex",
+        label: str = VERTEX_INDEX,
         origin_label: str | None = None,
         output_size: int | None = None,
         context_size: int = 0,
@@ -156,9 +159,18 @@ class VertexingTask(TaskBase):
             norm_layer=norm_layer,
             dropout=dropout,
         )
-        self.label = label
-        self.origin_label = origin_label or label.replace("VertexIndex", "OriginLabel")
+        self.label, self.origin_label = self.fit_labels(label, origin_label)
         self.node_size = input_size // 2
+
+    @staticmethod
+    def fit_labels(label: str | None = None, origin_label: str | None = None) -> list[str]:
+        """The vertex index field and the origin label field of a task's config.
+
+        ``label`` defaults to ``ftagTruthVertexIndex``; ``origin_label`` to ``label`` with
+        ``VertexIndex`` replaced by ``OriginLabel`` (Salt's rule).
+        """
+        label = label or VERTEX_INDEX
+        return [label, origin_label or label.replace("VertexIndex", "OriginLabel")]
 
     def labels_needed(self, stage: str = "fit") -> list[str]:
         """The vertex index and the origin label (pair weights), at fit."""
