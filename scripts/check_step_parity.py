@@ -1,0 +1,590 @@
+"""Training-step parity, saltx's ``gn2_salt013`` against salt-ml 0.13's GN2, measured.
+
+    python scripts/check_step_parity.py                 # ~1 min on 2 cores
+    python scripts/check_step_parity.py --steps 10 --out /tmp/step_parity.json
+
+``make bench-physics`` compares whole trainings, where seed noise hides small systematic
+differences. This script removes the noise: both frameworks start from the *same weights*
+and train on the *same batches*, and every term of a training step is compared.
+
+1. salt-ml builds its GN2 from the bench's salt-ml config (the kit's ``gn2_cpu.yaml`` +
+   ``learning_small.yaml``, through ``SaltCLI`` without training, in the peer venv as a
+   subprocess: the two venvs differ). Its initial weights go through saltx's converter
+   (``saltx.salt.checkpoint.convert_checkpoint``) into saltx's model of the bench's saltx
+   variant (``+experiment=gn2_salt013`` with the bench's sizes and schedule).
+2. Both run ``--steps`` optimizer steps on the same batch sequence (the same jet slices
+   of the train file, read by each framework's own dataset): salt-ml with its
+   ``ModelWrapper.shared_step``, its ``configure_optimizers`` (AdamW + OneCycleLR over
+   ``--total-steps``, the bench's 400) and the gradient clipping of its trainer config;
+   saltx with its loop's ``train_step``, ``build_state`` (optimizer from ``conf/optimizer``,
+   the schedule) and ``Precision.step``. Per step: each task's loss and the total, the
+   gradient of every parameter, the learning rate and beta1 used, and the parameters
+   after the step (as the update, new - old), each as the largest relative difference
+   ``max|saltx - salt| / max|salt|`` per parameter group. Run in float64 (real
+   differences stand out of the rounding, ~1e-12) and in float32 (what training uses).
+3. The data side: steps per epoch (num_train not a multiple of the batch), the jets each
+   framework's training loader covers in an epoch, the class weights, and the normalised
+   track inputs with the jet features attached, as the first layer of the track init net
+   sees them (a forward hook), for the same jets.
+
+Prints the table and writes a JSON copy (``--out``). Exits 1 when a term differs beyond
+``--tolerance`` in float64.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ROOT / "scripts"
+DTYPES = ("float64", "float32")
+# saltx's runs: (name, dtype, trim_padding); salt-ml runs each dtype once (padded path)
+SALTX_RUNS = (
+    ("float64", "float64", True),
+    ("float32", "float32", True),
+    ("float64-untrimmed", "float64", False),
+)
+
+
+# ============================================================== salt-ml side (peer venv)
+def salt_side(args: argparse.Namespace) -> None:
+    """Build salt-ml's GN2, run the steps, save everything to ``args.work``/salt_*.
+
+    Runs in the salt-ml venv: imports salt, torch, numpy only (no saltx).
+    """
+    import pathlib
+    import types
+
+    import salt
+    import torch
+    from salt.data.datamodules import SaltDataModule
+    from salt.modelwrapper import ModelWrapper
+    from salt.utils.cli import SaltCLI
+
+    class CLI(SaltCLI):
+        # SaltCLI reads config.ckpt_path, which only the fit/test subcommands declare
+        def add_arguments_to_parser(self, parser: Any) -> None:
+            super().add_arguments_to_parser(parser)
+            parser.add_argument("--ckpt_path", default=None)
+
+    work, data, kit = Path(args.work), Path(args.data), Path(args.kit)
+    base = pathlib.Path(salt.__file__).parent / "configs" / "base.yaml"
+    cli_args = [
+        "--config",
+        str(kit / "configs" / "gn2_cpu.yaml"),
+        "--config",
+        str(kit / "configs" / "learning_small.yaml"),
+        "--force",
+        f"--data.train_file={data / 'train.h5'}",
+        f"--data.val_file={data / 'val.h5'}",
+        f"--data.norm_dict={data / 'norm_dict.yaml'}",
+        f"--data.class_dict={data / 'class_dict.yaml'}",
+        f"--data.batch_size={args.batch_size}",
+        f"--data.num_train={args.num_train}",
+        "--data.num_val=-1",
+        "--data.num_workers=0",
+        f"--seed_everything={args.seed}",
+        f"--trainer.default_root_dir={work / 'salt_logs'}",
+        "--trainer.logger=false",
+        "--trainer.callbacks=[]",
+    ]
+    cli = CLI(
+        model_class=ModelWrapper,
+        datamodule_class=SaltDataModule,
+        save_config_callback=None,
+        run=False,
+        args=cli_args,
+        parser_kwargs={"default_env": True, "default_config_files": [str(base)]},
+    )
+    config = cli.config
+    # the resolved config, as `salt fit` writes it into its run directory
+    (work / "salt_config.yaml").write_text(cli.parser.dump(config, skip_none=False))
+    wrapper = cli.model
+    init_state = {k: v.detach().clone() for k, v in wrapper.state_dict().items()}
+    torch.save({"state_dict": init_state, "epoch": 0, "global_step": 0}, work / "salt_init.ckpt")
+    trainer_cfg = config.trainer
+    clip_val = trainer_cfg.get("gradient_clip_val")
+    clip_alg = trainer_cfg.get("gradient_clip_algorithm") or "norm"
+
+    dm = cli.datamodule
+    dm.trainer = types.SimpleNamespace(is_global_zero=False, fast_dev_run=False)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    epochs = []
+    for _ in range(2):  # the jet slices of two epochs, in salt-ml's order
+        epochs.append([[int(s.start), int(s.stop)] for s in loader.batch_sampler or loader.sampler])
+    out: dict[str, Any] = {
+        "params": sum(p.numel() for p in wrapper.parameters() if p.requires_grad),
+        "train_batches_per_epoch": len(loader),
+        "train_len": len(dm.train_dset),
+        "epoch_slices": epochs,
+        "gradient_clip_val": clip_val,
+        "gradient_clip_algorithm": clip_alg,
+        "accumulate_grad_batches": trainer_cfg.get("accumulate_grad_batches", 1),
+        "precision": str(trainer_cfg.get("precision")),
+        "class_weights": {
+            t.name: t.loss.weight.tolist()
+            for t in wrapper.model.tasks
+            if getattr(t.loss, "weight", None) is not None
+        },
+        "runs": {},
+    }
+    slices = [tuple(s) for s in json.loads(args.slices)]
+    for dtype_name in DTYPES:
+        dtype = getattr(torch, dtype_name)
+        wrapper.load_state_dict(init_state)
+        wrapper.to(dtype)
+        wrapper.train()
+        # configure_optimizers reads the stepping batches from the trainer: the bench's count
+        wrapper._trainer = types.SimpleNamespace(estimated_stepping_batches=args.total_steps)
+        optimizers, schedulers = wrapper.configure_optimizers()
+        optimizer, scheduler = optimizers[0], schedulers[0]["scheduler"]
+        group = optimizer.param_groups[0]
+        run: dict[str, Any] = {
+            "optimizer": {
+                "class": type(optimizer).__name__,
+                "groups": len(optimizer.param_groups),
+                **{k: _plain(v) for k, v in group.items() if k != "params"},
+            },
+            "steps": [],
+        }
+        first = next(m for m in wrapper.model.init_nets[0].modules() if type(m).__name__ == "Linear")
+        for step, (start, stop) in enumerate(slices):
+            inputs, masks, labels = dm.train_dset[slice(start, stop)]
+            inputs = {k: v.to(dtype) for k, v in inputs.items()}
+            seen: dict[str, torch.Tensor] = {}
+            hook = capture_input(first, seen)
+            optimizer.zero_grad(set_to_none=True)
+            lr, beta1 = float(group["lr"]), float(group["betas"][0])
+            _, _, _, losses = wrapper.shared_step((inputs, masks, labels))
+            hook.remove()
+            losses["loss"].backward()
+            grads = {n: p.grad.detach().clone() for n, p in wrapper.named_parameters()}
+            before = {n: p.detach().clone() for n, p in wrapper.named_parameters()}
+            norm = None
+            if clip_val:  # Lightning's clip_gradients (algorithm "norm" or "value")
+                params = list(wrapper.parameters())
+                if clip_alg == "value":
+                    torch.nn.utils.clip_grad_value_(params, clip_val)
+                else:
+                    norm = float(torch.nn.utils.clip_grad_norm_(params, clip_val))
+            optimizer.step()
+            scheduler.step()
+            record = {
+                "losses": {k: float(v) for k, v in losses.items()},
+                "lr": lr,
+                "beta1": beta1,
+                "grads": grads,
+                "updates": {n: p.detach() - before[n] for n, p in wrapper.named_parameters()},
+                "clip_norm": norm,
+            }
+            if step == 0:
+                record["init_input"] = seen["x"].detach().clone()
+                record["pad_mask"] = masks["tracks"].clone()
+            run["steps"].append(record)
+        out["runs"][dtype_name] = run
+        wrapper.to(torch.float32)
+    torch.save(out, work / "salt_steps.pt")
+
+
+def capture_input(module: Any, store: dict) -> Any:
+    """Forward hook keeping the first input of ``module`` in ``store["x"]``; returns it."""
+
+    def hook(_module: Any, args: tuple, _output: Any) -> None:
+        store.setdefault("x", args[0].detach().clone())
+
+    return module.register_forward_hook(hook)
+
+
+def _plain(value: Any) -> Any:
+    """JSON-able copy of an optimizer hyperparameter."""
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item"):
+        return value.item()
+    return value
+
+
+# ====================================================================== saltx side
+def saltx_compose(args: argparse.Namespace, data: Path, out: Path) -> Any:
+    """The bench's saltx-salt013 config (bench_physics's overrides) on the tiny files."""
+    sys.path.insert(0, str(SCRIPTS))
+    from bench_physics import VARIANTS
+
+    from saltx.salt.config import compose
+
+    variant = VARIANTS["saltx-salt013"]
+    return compose(
+        [
+            f"+experiment={variant.experiment}",
+            *variant.overrides,
+            f"paths.data_dir={data}",
+            f"paths.output_dir={out}",
+            f"seed={args.seed}",
+            f"data.batch_size={args.batch_size}",
+            f"data.num_train={args.num_train}",
+            "data.num_val=-1",
+            "trainer.max_epochs=2",
+            f"lrs.total_steps={args.total_steps}",
+            "logger=none",
+        ]
+    )
+
+
+def group_of(name: str) -> str:
+    """Parameter group of a saltx parameter name (for the per-group table)."""
+    parts = name.split(".")
+    if parts[0] == "encoder" and parts[1] == "layers":
+        return f"encoder.layers.{parts[2]}.{parts[3]}"
+    if parts[0] in ("tasks", "init_nets"):
+        return ".".join(parts[:2])
+    return ".".join(parts[:2]) if parts[0] == "encoder" else parts[0]
+
+
+def rel_diff(ours: Any, ref: Any) -> float:
+    """``max|ours - ref| / max|ref|`` over a tensor (0 when both are zero)."""
+    import torch
+
+    a, b = ours.detach().double(), ref.detach().double()
+    scale = float(b.abs().max())
+    diff = float((a - b).abs().max())
+    return diff / scale if scale > 0 else diff
+
+
+def per_group(ours: dict, ref: dict) -> dict[str, float]:
+    """Relative difference per parameter group: ``max|ours - ref| / max|ref|`` over the
+    group's tensors (keys: saltx parameter names).
+
+    Measured against the group's scale, not each tensor's: some gradients are zero in
+    exact arithmetic (the attention key bias and the pooling gate's bias, under the
+    softmax's shift invariance) and hold only rounding noise, ~1e-20, on both sides.
+    """
+    import torch
+
+    missing = sorted(set(ref) ^ set(ours))
+    if missing:
+        raise ValueError(f"parameters only on one side: {missing[:8]}")
+    diff: dict[str, float] = {}
+    scale: dict[str, float] = {}
+    for name in ref:
+        g = group_of(name)
+        a, b = ours[name].detach().to(torch.float64), ref[name].detach().to(torch.float64)
+        diff[g] = max(diff.get(g, 0.0), float((a - b).abs().max()))
+        scale[g] = max(scale.get(g, 0.0), float(b.abs().max()))
+    return {g: diff[g] / scale[g] if scale[g] > 0 else diff[g] for g in diff}
+
+
+def saltx_side(args: argparse.Namespace, data: Path, work: Path, salt: dict) -> dict[str, Any]:
+    """Run saltx on the converted weights and the same batches; returns the comparison."""
+    import numpy as np
+    import torch
+    from omegaconf import OmegaConf
+
+    import saltx.config
+    from saltx.assemble import build
+    from saltx.engine.distributed import DistInfo
+    from saltx.engine.loop import build_state, train_step
+    from saltx.run import fit_weights
+    from saltx.salt.checkpoint import convert_checkpoint, map_weights
+    from saltx.salt.config import convert_config, load_salt_config
+
+    run_dir = work / "converted"
+    convert_checkpoint(work / "salt_init.ckpt", work / "salt_config.yaml", run_dir, force=True)
+    weights = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)["model"]
+    conv = convert_config(load_salt_config(work / "salt_config.yaml"))
+    init_nets, task_names = list(conv.values["_init_nets"]), list(conv.task_names.values())
+
+    def to_saltx(tensors: dict) -> dict:
+        return map_weights(tensors, init_nets, task_names)
+
+    cfg = saltx_compose(args, data, work / "saltx_run")
+    conf = saltx.config.validate(cfg)
+    info = DistInfo()
+    parts = build(cfg, info)  # the training loop's own build: model and loaders
+    model = parts.model
+    weights = fit_weights(model, weights, "converted salt-ml weights vs gn2_salt013")
+    init_state = {k: v.clone() for k, v in weights.items()}
+    loader = parts.train_loader
+    dataset = loader.jet_dataset
+    sampler = loader.sampler
+    epochs = []
+    for epoch in range(2):
+        sampler.set_epoch(epoch)
+        epochs.append([[b.start, b.stop] for b in sampler])
+    sampler.set_epoch(0)
+
+    def covered(epoch_slices: list) -> list[int]:
+        jets = np.zeros(len(dataset), dtype=np.int64)
+        for start, stop in epoch_slices:
+            jets[start:stop] += 1
+        return jets.tolist()
+
+    data_side = {
+        "steps_per_epoch": {"salt": salt["train_batches_per_epoch"], "saltx": len(loader)},
+        "train_jets": {"salt": salt["train_len"], "saltx": len(dataset)},
+        "same_jets_each_epoch": all(
+            covered(a) == covered(b) for a, b in zip(salt["epoch_slices"], epochs, strict=True)
+        ),
+        "jets_per_epoch": {
+            "salt": [sum(b - a for a, b in e) for e in salt["epoch_slices"]],
+            "saltx": [sum(b - a for a, b in e) for e in epochs],
+        },
+        "same_batch_order": salt["epoch_slices"] == epochs,
+        "class_weights": {},
+    }
+    salt_to_saltx = conv.task_names
+    for salt_name, weights_ in salt["class_weights"].items():
+        ours = model.tasks[salt_to_saltx[salt_name]].class_weights
+        data_side["class_weights"][salt_to_saltx[salt_name]] = {
+            "salt": weights_,
+            "saltx": ours.tolist(),
+            "max_abs_diff": float(np.max(np.abs(np.asarray(weights_) - ours.numpy()))),
+        }
+
+    slices = [tuple(s) for s in json.loads(args.slices)]
+    result: dict[str, Any] = {"data": data_side, "runs": {}}
+    first = next(m for m in model.init_nets["tracks"].modules() if isinstance(m, torch.nn.Linear))
+    for run_name, dtype_name, trim in SALTX_RUNS:
+        dtype = getattr(torch, dtype_name)
+        srun = salt["runs"][dtype_name]
+        model.trim_padding = trim
+        model.load_state_dict(init_state)
+        model.to(dtype)
+        for task in model.tasks.values():  # saltx's losses are float32 (AMP-safe) by design
+            if getattr(task, "class_weights", None) is not None:
+                task.class_weights = task.class_weights.float()
+        model.train()
+        state, total = build_state(conf, model, len(loader), {}, info)
+        group = state.optimizer.param_groups[0]
+        mine = {"class": type(state.optimizer).__name__, "groups": len(state.optimizer.param_groups)}
+        mine.update({k: _plain(v) for k, v in group.items() if k != "params"})
+        theirs = srun["optimizer"]
+        keys = sorted(set(mine) | set(theirs))
+        run: dict[str, Any] = {
+            "optimizer": {k: {"salt": theirs.get(k), "saltx": mine.get(k)} for k in keys},
+            "schedule_total_steps": total,
+            "clip": {"salt": salt["gradient_clip_val"], "saltx": conf.trainer.gradient_clip_val},
+            "steps": [],
+        }
+        for step, (start, stop) in enumerate(slices):
+            batch = dataset[slice(start, stop)]
+            batch = batch._replace(inputs={k: v.to(dtype) for k, v in batch.inputs.items()})
+            seen: dict[str, torch.Tensor] = {}
+            if step == 0:  # what the track init net sees, on the plain (untrimmed) path
+                hook = capture_input(first, seen)
+                with torch.no_grad():
+                    model.representations(batch.inputs, batch.masks)
+                hook.remove()
+            lr, beta1 = float(group["lr"]), float(group["betas"][0])
+            losses = train_step(model, batch, state.precision, 1, True)
+            grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+            before = {n: p.detach().clone() for n, p in model.named_parameters()}
+            # the loop's _optimizer_step: precision.step (clip + step), schedule, zero_grad
+            state.precision.step(state.optimizer, model.parameters(), conf.trainer.gradient_clip_val)
+            state.scheduler.step()
+            state.optimizer.zero_grad(set_to_none=True)
+            updates = {n: p.detach() - before[n] for n, p in model.named_parameters()}
+            theirs_step = srun["steps"][step]
+            loss_diff = {}
+            total_ours = 0.0
+            for salt_task, value in theirs_step["losses"].items():
+                if salt_task == "loss":
+                    continue
+                ours = float(losses[salt_to_saltx[salt_task]].detach())
+                total_ours += ours
+                loss_diff[salt_to_saltx[salt_task]] = {"salt": value, "saltx": ours}
+            loss_diff["total"] = {"salt": theirs_step["losses"]["loss"], "saltx": total_ours}
+            for v in loss_diff.values():
+                v["rel_diff"] = abs(v["saltx"] - v["salt"]) / abs(v["salt"])
+            row: dict[str, Any] = {
+                "jets": [start, stop],
+                "losses": loss_diff,
+                "lr": {"salt": theirs_step["lr"], "saltx": lr},
+                "beta1": {"salt": theirs_step["beta1"], "saltx": beta1},
+                "grads": per_group(grads, to_saltx(theirs_step["grads"])),
+                "updates": per_group(updates, to_saltx(theirs_step["updates"])),
+            }
+            if step == 0:
+                x_salt, pad = theirs_step["init_input"], theirs_step["pad_mask"]
+                x_ours = seen["x"]
+                valid = ~pad
+                row["init_net_input"] = {
+                    "shape_salt": list(theirs_step["init_input"].shape),
+                    "shape_saltx": list(x_ours.shape),
+                    "valid_tracks": int(valid.sum()),
+                    "rel_diff_valid": rel_diff(x_ours[valid], x_salt[valid]),
+                }
+            run["steps"].append(row)
+        params = {n: p.detach() for n, p in model.named_parameters()}
+        run["params"] = sum(p.numel() for p in params.values())
+        result["runs"][run_name] = run
+        model.to(torch.float32)
+    OmegaConf.set_struct(cfg, False)
+    return result
+
+
+# ========================================================================== driver
+def batch_slices(n_jets: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:
+    """A fixed sequence of full-batch slices (a shuffled order, repeated as needed)."""
+    import numpy as np
+
+    full = n_jets // batch_size
+    order = np.random.default_rng(seed).permutation(full)
+    ids = [int(order[i % full]) for i in range(steps)]
+    return [[b * batch_size, (b + 1) * batch_size] for b in ids]
+
+
+def run_salt(args: argparse.Namespace, data: Path, work: Path, slices: list) -> dict:
+    """Run :func:`salt_side` in the salt-ml venv; returns what it saved."""
+    import torch
+
+    peers = Path(os.environ.get("PEERS", ROOT.parent / "peers"))
+    python = Path(os.environ.get("SALT_VENV", peers / "salt-venv")) / "bin" / "python"
+    if not python.exists():
+        raise SystemExit(f"salt-ml venv not found ({python}): run {args.kit}/setup.sh")
+    cmd = [
+        str(python),
+        __file__,
+        "--salt-side",
+        f"--work={work}",
+        f"--data={data}",
+        f"--kit={args.kit}",
+        f"--seed={args.seed}",
+        f"--batch-size={args.batch_size}",
+        f"--num-train={args.num_train}",
+        f"--total-steps={args.total_steps}",
+        f"--slices={json.dumps(slices)}",
+    ]
+    env = dict(os.environ, COMET_DISABLE_AUTO_LOGGING="1", PYTHONDONTWRITEBYTECODE="1")
+    env.pop("COMET_API_KEY", None)
+    log = work / "salt_side.log"
+    with log.open("w") as fo:
+        rc = subprocess.call(cmd, stdout=fo, stderr=subprocess.STDOUT, env=env)
+    if rc != 0:
+        raise SystemExit(f"salt-ml side failed (exit {rc}); log {log}:\n{log.read_text()[-3000:]}")
+    return torch.load(work / "salt_steps.pt", weights_only=False)
+
+
+def worst(row: dict, key: str) -> tuple[str, float]:
+    name = max(row[key], key=row[key].get)
+    return name, row[key][name]
+
+
+def report(result: dict, tolerance: float) -> list[str]:
+    """Print the comparison; returns the terms beyond ``tolerance`` in float64."""
+    d = result["data"]
+    print("== data side (salt-ml vs saltx training loaders, same file)")
+    print(f"  training jets: {d['train_jets']}; steps per epoch: {d['steps_per_epoch']}")
+    print(f"  jets per epoch: {d['jets_per_epoch']}; the same jets in each epoch: "
+          f"{d['same_jets_each_epoch']}; the same batch order: {d['same_batch_order']}")
+    for task, cw in d["class_weights"].items():
+        print(f"  class weights {task}: max |diff| {cw['max_abs_diff']:.2g} ({cw['saltx']})")
+    bad = []
+    if d["steps_per_epoch"]["salt"] != d["steps_per_epoch"]["saltx"]:
+        bad.append("steps per epoch")
+    if not d["same_jets_each_epoch"]:
+        bad.append("jets per epoch")
+    bad += [f"class weights {t}" for t, cw in d["class_weights"].items() if cw["max_abs_diff"]]
+    for dtype, run in result["runs"].items():
+        print(f"== {dtype}: {run['params']:,} parameters; schedule over "
+              f"{run['schedule_total_steps']} steps; clip {run['clip']}")
+        diffs = {k: v for k, v in run["optimizer"].items() if v["salt"] != v["saltx"]}
+        same = sorted(k for k in run["optimizer"] if k not in diffs)
+        print(f"  optimizer settings equal: {same}")
+        for k, v in diffs.items():
+            print(f"  optimizer {k}: salt {v['salt']} vs saltx {v['saltx']}")
+        x = run["steps"][0]["init_net_input"]
+        print(f"  track init-net input (normalised tracks + jet features), {x['valid_tracks']} "
+              f"valid tracks: rel diff {x['rel_diff_valid']:.2e} (salt {x['shape_salt']}, "
+              f"saltx {x['shape_saltx']})")
+        print("  step | lr salt / rel diff | beta1 diff | loss rel diff jet / origin / vtx / "
+              "total | worst grad group | worst update group")
+        for i, row in enumerate(run["steps"]):
+            L = row["losses"]
+            lr_rel = abs(row["lr"]["saltx"] - row["lr"]["salt"]) / row["lr"]["salt"]
+            b1 = abs(row["beta1"]["saltx"] - row["beta1"]["salt"])
+            g, gv = worst(row, "grads")
+            u, uv = worst(row, "updates")
+            print(
+                f"  {i:4d} | {row['lr']['salt']:.3e} / {lr_rel:.1e} | {b1:.1e} | "
+                + " / ".join(f"{L[t]['rel_diff']:.1e}" for t in
+                             ("jet_classification", "track_origin", "track_vertexing", "total"))
+                + f" | {gv:.1e} {g} | {uv:.1e} {u}"
+            )
+            if dtype.startswith("float64"):
+                terms = {f"loss {t}": v["rel_diff"] for t, v in L.items()}
+                terms |= {f"grad {k}": v for k, v in row["grads"].items()}
+                terms |= {f"update {k}": v for k, v in row["updates"].items()}
+                terms["lr"], terms["beta1"] = lr_rel, b1
+                bad += [f"{dtype} step {i} {k} ({v:.1e})" for k, v in terms.items() if v > tolerance]
+        if dtype.startswith("float64") and x["rel_diff_valid"] > tolerance:
+            bad.append("init-net input")
+        if dtype.startswith("float64"):
+            bad += [f"optimizer {k}" for k in diffs]
+    print("== float64 terms beyond", tolerance, ":", bad or "none")
+    return bad
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=int, default=8, help="optimizer steps compared")
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--n-train", type=int, default=3000, help="jets in the tiny train file")
+    p.add_argument(
+        "--num-train", type=int, default=2750, help="data.num_train (not a multiple of the batch)"
+    )
+    p.add_argument("--total-steps", type=int, default=400, help="schedule length (the bench's)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--tolerance", type=float, default=1e-5, help="float64 relative tolerance")
+    p.add_argument("--out", type=Path, default=None, help="JSON copy (default: none)")
+    p.add_argument("--work", type=Path, default=None, help="work folder (default: a temp dir)")
+    p.add_argument(
+        "--kit",
+        type=Path,
+        default=Path(os.environ.get("SALT_KIT", ROOT.parent / "shared" / "peers" / "salt")),
+    )
+    # the salt-ml side (run by the driver in the peer venv)
+    p.add_argument("--salt-side", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--data", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--slices", default=None, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.salt_side:
+        salt_side(args)
+        return 0
+    sys.path.insert(0, str(SCRIPTS))
+    from bench_physics import Settings, write_data
+
+    with tempfile.TemporaryDirectory(prefix="saltx-step-") as tmp:
+        work = (args.work or Path(tmp)).resolve()
+        work.mkdir(parents=True, exist_ok=True)
+        settings = Settings(n_train=args.n_train, n_val=500, n_test=500)
+        data = write_data(settings, work)
+        slices = batch_slices(args.num_train, args.batch_size, args.steps, args.seed)
+        args.slices = json.dumps(slices)
+        salt = run_salt(args, data, work, slices)
+        result = saltx_side(args, data, work, salt)
+    result["settings"] = {
+        k: v for k, v in vars(args).items() if k not in ("salt_side", "data", "slices")
+    } | {"kit": str(args.kit), "out": str(args.out), "work": str(args.work)}
+    bad = report(result, args.tolerance)
+    result["beyond_tolerance_float64"] = bad
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1, default=str) + "\n")
+        print(f"wrote {args.out}")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
