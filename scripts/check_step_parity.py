@@ -44,12 +44,20 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
-DTYPES = ("float64", "float32")
-# saltx's runs: (name, dtype, trim_padding); salt-ml runs each dtype once (padded path)
+# salt-ml's runs: name -> (dtype, float32 matmul precision; None: as `salt fit` sets it)
+SALT_RUNS = {
+    "float64": ("float64", None),
+    "float32": ("float32", None),
+    "float32-highest": ("float32", "highest"),
+}
+# saltx's runs: (name, dtype, trim_padding, replay salt-ml's gradients, salt-ml run to
+# compare with, float32 matmul precision; None: the experiment's trainer setting)
 SALTX_RUNS = (
-    ("float64", "float64", True),
-    ("float32", "float32", True),
-    ("float64-untrimmed", "float64", False),
+    ("float64", "float64", True, False, "float64", None),
+    ("float64-untrimmed", "float64", False, False, "float64", None),
+    ("float64-optimizer-replay", "float64", True, True, "float64", None),
+    ("float32", "float32", True, False, "float32", None),
+    ("float32-highest", "float32", True, False, "float32-highest", "highest"),
 )
 
 
@@ -137,8 +145,11 @@ def salt_side(args: argparse.Namespace) -> None:
         "runs": {},
     }
     slices = [tuple(s) for s in json.loads(args.slices)]
-    for dtype_name in DTYPES:
+    fit_matmul = torch.get_float32_matmul_precision()  # what SaltCLI set for `salt fit`
+    out["float32_matmul_precision"] = fit_matmul
+    for run_name, (dtype_name, matmul) in SALT_RUNS.items():
         dtype = getattr(torch, dtype_name)
+        torch.set_float32_matmul_precision(matmul or fit_matmul)
         wrapper.load_state_dict(init_state)
         wrapper.to(dtype)
         wrapper.train()
@@ -148,6 +159,7 @@ def salt_side(args: argparse.Namespace) -> None:
         optimizer, scheduler = optimizers[0], schedulers[0]["scheduler"]
         group = optimizer.param_groups[0]
         run: dict[str, Any] = {
+            "float32_matmul_precision": torch.get_float32_matmul_precision(),
             "optimizer": {
                 "class": type(optimizer).__name__,
                 "groups": len(optimizer.param_groups),
@@ -155,7 +167,9 @@ def salt_side(args: argparse.Namespace) -> None:
             },
             "steps": [],
         }
-        first = next(m for m in wrapper.model.init_nets[0].modules() if type(m).__name__ == "Linear")
+        first = next(
+            m for m in wrapper.model.init_nets[0].modules() if type(m).__name__ == "Linear"
+        )
         for step, (start, stop) in enumerate(slices):
             inputs, masks, labels = dm.train_dset[slice(start, stop)]
             inputs = {k: v.to(dtype) for k, v in inputs.items()}
@@ -189,7 +203,8 @@ def salt_side(args: argparse.Namespace) -> None:
                 record["init_input"] = seen["x"].detach().clone()
                 record["pad_mask"] = masks["tracks"].clone()
             run["steps"].append(record)
-        out["runs"][dtype_name] = run
+        run["final"] = {n: p.detach().clone() for n, p in wrapper.named_parameters()}
+        out["runs"][run_name] = run
         wrapper.to(torch.float32)
     torch.save(out, work / "salt_steps.pt")
 
@@ -250,7 +265,6 @@ def group_of(name: str) -> str:
 
 def rel_diff(ours: Any, ref: Any) -> float:
     """``max|ours - ref| / max|ref|`` over a tensor (0 when both are zero)."""
-    import torch
 
     a, b = ours.detach().double(), ref.detach().double()
     scale = float(b.abs().max())
@@ -285,12 +299,11 @@ def saltx_side(args: argparse.Namespace, data: Path, work: Path, salt: dict) -> 
     """Run saltx on the converted weights and the same batches; returns the comparison."""
     import numpy as np
     import torch
-    from omegaconf import OmegaConf
 
     import saltx.config
     from saltx.assemble import build
     from saltx.engine.distributed import DistInfo
-    from saltx.engine.loop import build_state, train_step
+    from saltx.engine.loop import build_state, configure_torch, train_step
     from saltx.run import fit_weights
     from saltx.salt.checkpoint import convert_checkpoint, map_weights
     from saltx.salt.config import convert_config, load_salt_config
@@ -351,9 +364,13 @@ def saltx_side(args: argparse.Namespace, data: Path, work: Path, salt: dict) -> 
     slices = [tuple(s) for s in json.loads(args.slices)]
     result: dict[str, Any] = {"data": data_side, "runs": {}}
     first = next(m for m in model.init_nets["tracks"].modules() if isinstance(m, torch.nn.Linear))
-    for run_name, dtype_name, trim in SALTX_RUNS:
+    reference = to_saltx(salt["runs"]["float64"]["steps"][0]["grads"])
+    configure_torch(cfg.trainer, info)  # the loop's: threads, float32 matmul precision
+    own_matmul = torch.get_float32_matmul_precision()
+    for run_name, dtype_name, trim, replay, salt_run, matmul in SALTX_RUNS:
         dtype = getattr(torch, dtype_name)
-        srun = salt["runs"][dtype_name]
+        srun = salt["runs"][salt_run]
+        torch.set_float32_matmul_precision(matmul or own_matmul)
         model.trim_padding = trim
         model.load_state_dict(init_state)
         model.to(dtype)
@@ -363,71 +380,104 @@ def saltx_side(args: argparse.Namespace, data: Path, work: Path, salt: dict) -> 
         model.train()
         state, total = build_state(conf, model, len(loader), {}, info)
         group = state.optimizer.param_groups[0]
-        mine = {"class": type(state.optimizer).__name__, "groups": len(state.optimizer.param_groups)}
-        mine.update({k: _plain(v) for k, v in group.items() if k != "params"})
-        theirs = srun["optimizer"]
+        sch = state.scheduler
+        mine = {
+            "class": type(state.optimizer).__name__,
+            "groups": len(state.optimizer.param_groups),
+            # OneCycleLR keeps its settings in the param group; saltx's schedule in itself
+            "initial_lr": sch.initial,
+            "max_lr": sch.peak,
+            "min_lr": sch.end,
+            "base_momentum": sch.base_momentum,
+            "max_momentum": sch.max_momentum,
+        }
+        mine.update({k: _plain(v) for k, v in group.items() if k not in ("params", "lr")})
+        theirs = {k: v for k, v in srun["optimizer"].items() if k != "lr"}
         keys = sorted(set(mine) | set(theirs))
         run: dict[str, Any] = {
             "optimizer": {k: {"salt": theirs.get(k), "saltx": mine.get(k)} for k in keys},
             "schedule_total_steps": total,
             "clip": {"salt": salt["gradient_clip_val"], "saltx": conf.trainer.gradient_clip_val},
+            "replay": replay,
+            "trim_padding": trim,
+            "float32_matmul_precision": {
+                "salt": srun["float32_matmul_precision"],
+                "saltx": torch.get_float32_matmul_precision(),
+            },
             "steps": [],
         }
         for step, (start, stop) in enumerate(slices):
-            batch = dataset[slice(start, stop)]
-            batch = batch._replace(inputs={k: v.to(dtype) for k, v in batch.inputs.items()})
-            seen: dict[str, torch.Tensor] = {}
-            if step == 0:  # what the track init net sees, on the plain (untrimmed) path
-                hook = capture_input(first, seen)
-                with torch.no_grad():
-                    model.representations(batch.inputs, batch.masks)
-                hook.remove()
-            lr, beta1 = float(group["lr"]), float(group["betas"][0])
-            losses = train_step(model, batch, state.precision, 1, True)
-            grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+            theirs_step = srun["steps"][step]
             before = {n: p.detach().clone() for n, p in model.named_parameters()}
+            lr, beta1 = float(group["lr"]), float(group["betas"][0])
+            row: dict[str, Any] = {
+                "jets": [start, stop],
+                "lr": {"salt": theirs_step["lr"], "saltx": lr},
+                "beta1": {"salt": theirs_step["beta1"], "saltx": beta1},
+            }
+            if replay:  # salt-ml's gradients into saltx's optimizer and schedule
+                salt_grads = to_saltx(theirs_step["grads"])
+                for n, p in model.named_parameters():
+                    p.grad = salt_grads[n].to(dtype).clone()
+            else:
+                batch = dataset[slice(start, stop)]
+                batch = batch._replace(inputs={k: v.to(dtype) for k, v in batch.inputs.items()})
+                if step == 0:  # what the track init net sees, on the plain (untrimmed) path
+                    seen: dict[str, torch.Tensor] = {}
+                    hook = capture_input(first, seen)
+                    with torch.no_grad():
+                        model.representations(batch.inputs, batch.masks)
+                    hook.remove()
+                    valid = ~theirs_step["pad_mask"]
+                    row["init_net_input"] = {
+                        "shape_salt": list(theirs_step["init_input"].shape),
+                        "shape_saltx": list(seen["x"].shape),
+                        "valid_tracks": int(valid.sum()),
+                        "rel_diff_valid": rel_diff(
+                            seen["x"][valid], theirs_step["init_input"][valid]
+                        ),
+                    }
+                losses = train_step(model, batch, state.precision, 1, True)
+                grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+                row["losses"] = compare_losses(losses, theirs_step["losses"], conv.task_names)
+                row["grads"] = per_group(grads, to_saltx(theirs_step["grads"]))
+                if step == 0 and dtype_name == "float32":  # float32 noise, both frameworks
+                    row["grads_vs_salt_float64"] = {
+                        "saltx": per_group(grads, reference),
+                        "salt": per_group(to_saltx(theirs_step["grads"]), reference),
+                    }
             # the loop's _optimizer_step: precision.step (clip + step), schedule, zero_grad
-            state.precision.step(state.optimizer, model.parameters(), conf.trainer.gradient_clip_val)
+            state.precision.step(
+                state.optimizer, model.parameters(), conf.trainer.gradient_clip_val
+            )
             state.scheduler.step()
             state.optimizer.zero_grad(set_to_none=True)
             updates = {n: p.detach() - before[n] for n, p in model.named_parameters()}
-            theirs_step = srun["steps"][step]
-            loss_diff = {}
-            total_ours = 0.0
-            for salt_task, value in theirs_step["losses"].items():
-                if salt_task == "loss":
-                    continue
-                ours = float(losses[salt_to_saltx[salt_task]].detach())
-                total_ours += ours
-                loss_diff[salt_to_saltx[salt_task]] = {"salt": value, "saltx": ours}
-            loss_diff["total"] = {"salt": theirs_step["losses"]["loss"], "saltx": total_ours}
-            for v in loss_diff.values():
-                v["rel_diff"] = abs(v["saltx"] - v["salt"]) / abs(v["salt"])
-            row: dict[str, Any] = {
-                "jets": [start, stop],
-                "losses": loss_diff,
-                "lr": {"salt": theirs_step["lr"], "saltx": lr},
-                "beta1": {"salt": theirs_step["beta1"], "saltx": beta1},
-                "grads": per_group(grads, to_saltx(theirs_step["grads"])),
-                "updates": per_group(updates, to_saltx(theirs_step["updates"])),
-            }
-            if step == 0:
-                x_salt, pad = theirs_step["init_input"], theirs_step["pad_mask"]
-                x_ours = seen["x"]
-                valid = ~pad
-                row["init_net_input"] = {
-                    "shape_salt": list(theirs_step["init_input"].shape),
-                    "shape_saltx": list(x_ours.shape),
-                    "valid_tracks": int(valid.sum()),
-                    "rel_diff_valid": rel_diff(x_ours[valid], x_salt[valid]),
-                }
+            row["updates"] = per_group(updates, to_saltx(theirs_step["updates"]))
             run["steps"].append(row)
         params = {n: p.detach() for n, p in model.named_parameters()}
         run["params"] = sum(p.numel() for p in params.values())
+        run["final_params"] = per_group(params, to_saltx(srun["final"]))
         result["runs"][run_name] = run
         model.to(torch.float32)
-    OmegaConf.set_struct(cfg, False)
+    torch.set_float32_matmul_precision(own_matmul)
     return result
+
+
+def compare_losses(ours: dict, theirs: dict, names: dict[str, str]) -> dict[str, dict]:
+    """Each task's loss and the total, salt-ml vs saltx, with the relative difference."""
+    out = {}
+    total = 0.0
+    for salt_task, value in theirs.items():
+        if salt_task == "loss":
+            continue
+        mine = float(ours[names[salt_task]].detach())
+        total += mine
+        out[names[salt_task]] = {"salt": value, "saltx": mine}
+    out["total"] = {"salt": theirs["loss"], "saltx": total}
+    for v in out.values():
+        v["rel_diff"] = abs(v["saltx"] - v["salt"]) / abs(v["salt"])
+    return out
 
 
 # ========================================================================== driver
@@ -472,63 +522,95 @@ def run_salt(args: argparse.Namespace, data: Path, work: Path, slices: list) -> 
     return torch.load(work / "salt_steps.pt", weights_only=False)
 
 
-def worst(row: dict, key: str) -> tuple[str, float]:
-    name = max(row[key], key=row[key].get)
-    return name, row[key][name]
+def worst(values: dict[str, float]) -> str:
+    """``value group`` of the largest entry."""
+    name = max(values, key=values.get)
+    return f"{values[name]:.1e} {name}"
 
 
 def report(result: dict, tolerance: float) -> list[str]:
-    """Print the comparison; returns the terms beyond ``tolerance`` in float64."""
+    """Print the comparison; returns the float64 terms beyond ``tolerance``.
+
+    Flagged: the data side, the optimizer settings, and per float64 step the learning
+    rate, beta1, the init-net input, each loss and every gradient group; the updates only
+    in the replay run (same gradients). With its own gradients, Adam's update of an element
+    whose gradient is near eps (1e-8) magnifies the gradients' rounding (saltx's losses are
+    float32), so those updates are shown, not flagged.
+    """
     d = result["data"]
     print("== data side (salt-ml vs saltx training loaders, same file)")
-    print(f"  training jets: {d['train_jets']}; steps per epoch: {d['steps_per_epoch']}")
-    print(f"  jets per epoch: {d['jets_per_epoch']}; the same jets in each epoch: "
-          f"{d['same_jets_each_epoch']}; the same batch order: {d['same_batch_order']}")
+    print(f"  training jets {d['train_jets']}; steps per epoch {d['steps_per_epoch']}")
+    print(
+        f"  jets per epoch {d['jets_per_epoch']}; the same jets in each epoch: "
+        f"{d['same_jets_each_epoch']}; the same batch order: {d['same_batch_order']}"
+    )
     for task, cw in d["class_weights"].items():
-        print(f"  class weights {task}: max |diff| {cw['max_abs_diff']:.2g} ({cw['saltx']})")
+        print(f"  class weights {task}: max |diff| {cw['max_abs_diff']:.2g}")
     bad = []
     if d["steps_per_epoch"]["salt"] != d["steps_per_epoch"]["saltx"]:
         bad.append("steps per epoch")
     if not d["same_jets_each_epoch"]:
         bad.append("jets per epoch")
     bad += [f"class weights {t}" for t, cw in d["class_weights"].items() if cw["max_abs_diff"]]
-    for dtype, run in result["runs"].items():
-        print(f"== {dtype}: {run['params']:,} parameters; schedule over "
-              f"{run['schedule_total_steps']} steps; clip {run['clip']}")
+    for name, run in result["runs"].items():
+        flag = name.startswith("float64")
+        how = "salt-ml's gradients replayed" if run["replay"] else "own forward/backward"
+        print(
+            f"== {name} ({how}, trim_padding={run['trim_padding']}): {run['params']:,} "
+            f"parameters; schedule over {run['schedule_total_steps']} steps; gradient clip "
+            f"{run['clip']}; float32 matmul precision {run['float32_matmul_precision']}"
+        )
         diffs = {k: v for k, v in run["optimizer"].items() if v["salt"] != v["saltx"]}
-        same = sorted(k for k in run["optimizer"] if k not in diffs)
-        print(f"  optimizer settings equal: {same}")
+        print(
+            f"  optimizer settings equal: {sorted(k for k in run['optimizer'] if k not in diffs)}"
+        )
         for k, v in diffs.items():
             print(f"  optimizer {k}: salt {v['salt']} vs saltx {v['saltx']}")
-        x = run["steps"][0]["init_net_input"]
-        print(f"  track init-net input (normalised tracks + jet features), {x['valid_tracks']} "
-              f"valid tracks: rel diff {x['rel_diff_valid']:.2e} (salt {x['shape_salt']}, "
-              f"saltx {x['shape_saltx']})")
-        print("  step | lr salt / rel diff | beta1 diff | loss rel diff jet / origin / vtx / "
-              "total | worst grad group | worst update group")
+        if flag:
+            bad += [f"{name} optimizer {k}" for k in diffs]
+        x = run["steps"][0].get("init_net_input")
+        if x:
+            print(
+                f"  track init-net input (normalised tracks + jet features), "
+                f"{x['valid_tracks']} valid tracks: rel diff {x['rel_diff_valid']:.1e} "
+                f"(salt {x['shape_salt']}, saltx {x['shape_saltx']})"
+            )
+            if flag and x["rel_diff_valid"] > tolerance:
+                bad.append(f"{name} init-net input")
+        print(
+            "  step | lr salt-ml (rel diff) | beta1 diff | loss rel diff: jet / origin / "
+            "vertexing / total | worst gradient group | worst update group"
+        )
         for i, row in enumerate(run["steps"]):
-            L = row["losses"]
             lr_rel = abs(row["lr"]["saltx"] - row["lr"]["salt"]) / row["lr"]["salt"]
             b1 = abs(row["beta1"]["saltx"] - row["beta1"]["salt"])
-            g, gv = worst(row, "grads")
-            u, uv = worst(row, "updates")
-            print(
-                f"  {i:4d} | {row['lr']['salt']:.3e} / {lr_rel:.1e} | {b1:.1e} | "
-                + " / ".join(f"{L[t]['rel_diff']:.1e}" for t in
-                             ("jet_classification", "track_origin", "track_vertexing", "total"))
-                + f" | {gv:.1e} {g} | {uv:.1e} {u}"
-            )
-            if dtype.startswith("float64"):
-                terms = {f"loss {t}": v["rel_diff"] for t, v in L.items()}
+            terms = {"lr": lr_rel, "beta1": b1}
+            if "losses" in row:
+                L = row["losses"]
+                losses = " / ".join(
+                    f"{L[t]['rel_diff']:.1e}"
+                    for t in ("jet_classification", "track_origin", "track_vertexing", "total")
+                )
+                grads = worst(row["grads"])
+                terms |= {f"loss {t}": v["rel_diff"] for t, v in L.items()}
                 terms |= {f"grad {k}": v for k, v in row["grads"].items()}
+            else:
+                losses, grads = "(replayed)", "(salt-ml's)"
                 terms |= {f"update {k}": v for k, v in row["updates"].items()}
-                terms["lr"], terms["beta1"] = lr_rel, b1
-                bad += [f"{dtype} step {i} {k} ({v:.1e})" for k, v in terms.items() if v > tolerance]
-        if dtype.startswith("float64") and x["rel_diff_valid"] > tolerance:
-            bad.append("init-net input")
-        if dtype.startswith("float64"):
-            bad += [f"optimizer {k}" for k in diffs]
-    print("== float64 terms beyond", tolerance, ":", bad or "none")
+            print(
+                f"  {i:4d} | {row['lr']['salt']:.3e} ({lr_rel:.0e}) | {b1:.0e} | {losses} | "
+                f"{grads} | {worst(row['updates'])}"
+            )
+            if flag:
+                bad += [f"{name} step {i} {k} ({v:.1e})" for k, v in terms.items() if v > tolerance]
+            noise = row.get("grads_vs_salt_float64")
+            if noise:
+                print(
+                    f"  step 0 float32 gradients vs salt-ml's float64 ones: saltx "
+                    f"{worst(noise['saltx'])}, salt-ml {worst(noise['salt'])}"
+                )
+        print(f"  parameters after {len(run['steps'])} steps: {worst(run['final_params'])}")
+    print(f"== float64 terms beyond {tolerance:g}: {bad or 'none'}")
     return bad
 
 

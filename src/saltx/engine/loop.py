@@ -119,8 +119,9 @@ BuildFn = Callable[[DictConfig, DistInfo], Components]
 
 # -- small helpers ---------------------------------------------------------------------------
 def configure_torch(tcfg: DictConfig, info: DistInfo, workers: int = 0) -> None:
-    """Threads (from the usable CPUs, ``saltx.engine.threads``), determinism, TF32 and the
-    host allocator for this process; ``workers``: its loader worker processes."""
+    """Threads (from the usable CPUs, ``saltx.engine.threads``), determinism, TF32 (or
+    ``trainer.float32_matmul_precision``) and the host allocator for this process;
+    ``workers``: its loader worker processes."""
     if tcfg.get("reuse_freed_memory", True):
         reuse_freed_memory()
     configure_threads(tcfg.get("num_threads"), workers=workers, gpu=info.device.type == "cuda")
@@ -128,6 +129,9 @@ def configure_torch(tcfg: DictConfig, info: DistInfo, workers: int = 0) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
     enable_tf32(info.device)
+    if tcfg.get("float32_matmul_precision"):
+        # `salt fit` sets "medium": bfloat16 float32-matmuls on CPUs with AMX/AVX512-BF16
+        torch.set_float32_matmul_precision(str(tcfg.float32_matmul_precision))
 
 
 def compile_model(model: torch.nn.Module, options: Mapping[str, Any] | None = None) -> int:
