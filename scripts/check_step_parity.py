@@ -1,6 +1,6 @@
 """Training-step parity, saltx's ``gn2_salt013`` against salt-ml 0.13's GN2, measured.
 
-    python scripts/check_step_parity.py                 # ~1 min on 2 cores
+    python scripts/check_step_parity.py          # ~1 min on 2 cores; JSON: ~/.cache/saltx/bench
     python scripts/check_step_parity.py --steps 10 --out /tmp/step_parity.json
 
 ``make bench-physics`` compares whole trainings, where seed noise hides small systematic
@@ -16,19 +16,29 @@ and train on the *same batches*, and every term of a training step is compared.
    of the train file, read by each framework's own dataset): salt-ml with its
    ``ModelWrapper.shared_step``, its ``configure_optimizers`` (AdamW + OneCycleLR over
    ``--total-steps``, the bench's 400) and the gradient clipping of its trainer config;
-   saltx with its loop's ``train_step``, ``build_state`` (optimizer from ``conf/optimizer``,
-   the schedule) and ``Precision.step``. Per step: each task's loss and the total, the
-   gradient of every parameter, the learning rate and beta1 used, and the parameters
-   after the step (as the update, new - old), each as the largest relative difference
-   ``max|saltx - salt| / max|salt|`` per parameter group. Run in float64 (real
-   differences stand out of the rounding, ~1e-12) and in float32 (what training uses).
+   saltx with its loop's ``configure_torch``, ``train_step``, ``build_state`` (optimizer
+   from ``conf/optimizer``, the schedule) and ``Precision.step``. Per step: each task's
+   loss and the total, the gradient of every parameter, the learning rate and beta1 used,
+   and the update (new - old parameters), as the largest relative difference
+   ``max|saltx - salt| / max|salt|`` per parameter group. The runs:
+
+   * ``float64``: real differences stand out of the rounding. saltx computes its losses
+     in float32 by design (AMP-safe), so losses and gradients agree to ~3e-7 here; Adam
+     magnifies that rounding in the updates of elements whose gradient is near its eps;
+   * ``float64-untrimmed``: the same with saltx's padding skipping off (plain padded path);
+   * ``float64-optimizer-replay``: salt-ml's gradients fed to saltx's optimizer and
+     schedule: the updates alone, to float64 rounding;
+   * ``float32`` (what training uses, with the float32 matmul precision each side trains
+     with: ``salt fit`` sets "medium") and ``float32-highest`` (both at full float32); step
+     0's float32 gradients of both are also compared with salt-ml's float64 ones.
 3. The data side: steps per epoch (num_train not a multiple of the batch), the jets each
    framework's training loader covers in an epoch, the class weights, and the normalised
    track inputs with the jet features attached, as the first layer of the track init net
    sees them (a forward hook), for the same jets.
 
-Prints the table and writes a JSON copy (``--out``). Exits 1 when a term differs beyond
-``--tolerance`` in float64.
+Prints the table and writes a JSON copy (``--out``, default
+``~/.cache/saltx/bench/step_parity.json``). Exits 1 when a term differs beyond
+``--tolerance`` in float64. Needs the salt-ml 0.13 venv of the kit (``$PEERS/salt-venv``).
 """
 
 from __future__ import annotations
@@ -44,6 +54,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "saltx" / "bench"
 # salt-ml's runs: name -> (dtype, float32 matmul precision; None: as `salt fit` sets it)
 SALT_RUNS = {
     "float64": ("float64", None),
@@ -625,7 +636,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--total-steps", type=int, default=400, help="schedule length (the bench's)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--tolerance", type=float, default=1e-5, help="float64 relative tolerance")
-    p.add_argument("--out", type=Path, default=None, help="JSON copy (default: none)")
+    p.add_argument("--out", type=Path, default=CACHE / "step_parity.json", help="JSON copy")
     p.add_argument("--work", type=Path, default=None, help="work folder (default: a temp dir)")
     p.add_argument(
         "--kit",

@@ -354,9 +354,11 @@ def fit(
     """
     conf = typed_config(cfg)  # the loop's settings, typed: defaults live in saltx.config
     info = setup_distributed(conf.trainer.accelerator, conf.trainer.ddp_timeout_s)
+    matmul = torch.get_float32_matmul_precision()  # run() may change it for the run
     try:
         return run(cfg, conf, build, info, callbacks, stop)
     finally:
+        torch.set_float32_matmul_precision(matmul)
         cleanup()
 
 
