@@ -533,10 +533,10 @@ def run_salt(args: argparse.Namespace, data: Path, work: Path, slices: list) -> 
     return torch.load(work / "salt_steps.pt", weights_only=False)
 
 
-def worst(values: dict[str, float]) -> str:
-    """``value group`` of the largest entry."""
-    name = max(values, key=values.get)
-    return f"{values[name]:.1e} {name}"
+def worst(values: dict[str, float], n: int = 1) -> str:
+    """``value group`` of the ``n`` largest entries."""
+    top = sorted(values, key=values.get, reverse=True)[:n]
+    return ", ".join(f"{values[name]:.1e} {name}" for name in top)
 
 
 def report(result: dict, tolerance: float) -> list[str]:
@@ -618,7 +618,7 @@ def report(result: dict, tolerance: float) -> list[str]:
             if noise:
                 print(
                     f"  step 0 float32 gradients vs salt-ml's float64 ones: saltx "
-                    f"{worst(noise['saltx'])}, salt-ml {worst(noise['salt'])}"
+                    f"{worst(noise['saltx'], 3)}; salt-ml {worst(noise['salt'], 3)}"
                 )
         print(f"  parameters after {len(run['steps'])} steps: {worst(run['final_params'])}")
     print(f"== float64 terms beyond {tolerance:g}: {bad or 'none'}")
