@@ -86,6 +86,7 @@ class TrainerConfig:
     max_epochs: int = 100
     max_steps: int = -1
     precision: str = "32"
+    float32_matmul_precision: str | None = None
     compile: bool = False
     compile_mode: str | None = None
     compile_backend: str = "inductor"
@@ -264,6 +265,7 @@ def _check_data(d: DataConfig) -> None:
 
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+MATMUL_PRECISIONS = ("highest", "high", "medium")
 ACCELERATORS = ("cpu", "gpu", "cuda", "auto")
 RESUME_MODES = ("auto", "never")
 MONITOR_MODES = ("min", "max")
@@ -284,6 +286,12 @@ def _check_trainer(t: TrainerConfig) -> None:
         normalise_precision(t.precision)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    _need(
+        t.float32_matmul_precision is None or t.float32_matmul_precision in MATMUL_PRECISIONS,
+        "trainer.float32_matmul_precision",
+        t.float32_matmul_precision,
+        f"null or one of {list(MATMUL_PRECISIONS)}",
+    )
     _need(
         t.compile_mode is None or t.compile_mode in COMPILE_MODES,
         "trainer.compile_mode",

@@ -275,3 +275,37 @@ def test_physics_combine_pools_seeds_and_refuses_mixed_settings(tmp_path):
     (tmp_path / "e.json").write_text("{}")
     with pytest.raises(SystemExit, match=r"not a bench_physics physics\.json"):
         physics.combine([a, tmp_path / "e.json"])
+
+
+# -- check_step_parity ------------------------------------------------------------------------
+def test_step_parity_differences_per_group():
+    """Differences are measured against each group's scale: a gradient that is zero in
+    exact arithmetic (attention key bias, pooling gate bias) holds rounding noise on both
+    sides and must not read as a 100 % difference; a real one must show."""
+    parity = _load("check_step_parity")
+    ref = {
+        "encoder.layers.0.attn.linear_k.weight": torch.tensor([1.0, -2.0]),
+        "encoder.layers.0.attn.linear_k.bias": torch.tensor([1e-20, 0.0]),
+        "pooling.gate.weight": torch.tensor([0.5, 0.25]),
+        "pooling.gate.bias": torch.tensor([3e-20]),
+        "tasks.jet_classification.net.net.0.weight": torch.tensor([4.0]),
+    }
+    ours = {k: v.clone() for k, v in ref.items()}
+    ours["encoder.layers.0.attn.linear_k.bias"] = torch.tensor([-1e-20, 2e-20])
+    ours["pooling.gate.bias"] = torch.tensor([-3e-20])
+    ours["tasks.jet_classification.net.net.0.weight"] = torch.tensor([4.004])
+    diffs = parity.per_group(ours, ref)
+    assert set(diffs) == {"encoder.layers.0.attn", "pooling", "tasks.jet_classification"}
+    assert diffs["encoder.layers.0.attn"] < 1e-18 and diffs["pooling"] < 1e-18
+    assert diffs["tasks.jet_classification"] == pytest.approx(1e-3, rel=1e-4)
+    with pytest.raises(ValueError, match=r"pooling\.gate\.bias"):
+        parity.per_group({k: v for k, v in ours.items() if k != "pooling.gate.bias"}, ref)
+
+
+def test_step_parity_batch_sequence():
+    """Full batches only, each a contiguous slice, every batch once before any repeats."""
+    parity = _load("check_step_parity")
+    slices = parity.batch_slices(2750, 500, 8, seed=1)
+    assert all(b - a == 500 and a % 500 == 0 and b <= 2500 for a, b in slices)
+    assert sorted(a for a, _ in slices[:5]) == [0, 500, 1000, 1500, 2000]
+    assert slices[5:] == slices[:3]

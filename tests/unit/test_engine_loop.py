@@ -531,3 +531,25 @@ def test_callbacks_get_the_hooks_in_order_and_a_raising_one_stops_the_run(tmp_pa
         train(make_cfg(tmp_path / "stopped"), toy_build, callbacks=[stopping])
     last = torch.load(tmp_path / "stopped/checkpoints/last.pt", weights_only=True)
     assert last["state"]["step"] == 4  # saved before the exception left the loop
+
+
+def test_float32_matmul_precision_holds_for_the_run_only(tmp_path: Path) -> None:
+    """trainer.float32_matmul_precision is torch's setting while the loop runs (what
+    `salt fit` does with "medium"); the caller's setting is back afterwards."""
+
+    class Seen(Callback):
+        def on_fit_start(self, start: FitStart) -> None:
+            self.at_start = torch.get_float32_matmul_precision()
+
+    before = torch.get_float32_matmul_precision()
+    seen = Seen()
+    try:
+        torch.set_float32_matmul_precision("highest")
+        cfg = make_cfg(tmp_path / "run", "trainer.float32_matmul_precision=medium")
+        train(cfg, toy_build, callbacks=[seen])
+        assert seen.at_start == "medium"
+        assert torch.get_float32_matmul_precision() == "highest"
+        train(make_cfg(tmp_path / "default"), toy_build, callbacks=[seen])
+        assert seen.at_start == "highest"  # null: left as it was
+    finally:
+        torch.set_float32_matmul_precision(before)

@@ -9,9 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
+from saltx.config import ConfigError, validate
 from saltx.data.class_weights import load_class_dict
 from saltx.data.norm import load_norm_dict
+from saltx.engine.distributed import DistInfo
+from saltx.engine.loop import configure_torch
 from saltx.models.attention import MultiheadAttention
 from saltx.models.build import build_model
 from saltx.models.padding_skip import model_length_groups
@@ -203,3 +207,28 @@ def test_xavier_packed_qkv_init():
     default = MultiheadAttention(d, 8)
     assert default.linear_q.weight.abs().max() <= 1.0 / math.sqrt(d)
     assert torch.any(default.linear_q.bias != 0)
+
+
+def test_salt_fit_float32_matmul_precision(synthetic_dir, tmp_path):
+    """`salt fit` sets torch's float32 matmul precision to "medium" (bfloat16 matmuls on
+    CPUs with AMX/AVX512-BF16: scripts/check_step_parity.py measured salt-ml's gradients
+    with it); gn2_salt013 trains the same way, other experiments keep torch's setting."""
+    salt = compose_experiment("gn2_salt013", synthetic_dir, tmp_path)
+    gn2 = compose_experiment("gn2", synthetic_dir, tmp_path)
+    assert salt.trainer.float32_matmul_precision == "medium"
+    assert gn2.trainer.float32_matmul_precision is None
+    quiet = {"num_threads": 1, "reuse_freed_memory": False}
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("highest")
+        configure_torch(OmegaConf.merge(gn2.trainer, quiet), DistInfo())
+        assert torch.get_float32_matmul_precision() == "highest"
+        configure_torch(OmegaConf.merge(salt.trainer, quiet), DistInfo())
+        assert torch.get_float32_matmul_precision() == "medium"
+    finally:
+        torch.set_float32_matmul_precision(before)
+    bad = compose_experiment(
+        "gn2_salt013", synthetic_dir, tmp_path, "trainer.float32_matmul_precision=bf16"
+    )
+    with pytest.raises(ConfigError, match=r"trainer\.float32_matmul_precision='bf16'"):
+        validate(bad)

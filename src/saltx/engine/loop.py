@@ -119,10 +119,10 @@ BuildFn = Callable[[DictConfig, DistInfo], Components]
 
 # -- small helpers ---------------------------------------------------------------------------
 def configure_torch(tcfg: TrainerConfig, info: DistInfo, workers: int = 0) -> None:
-    """Threads (from the usable CPUs, ``saltx.engine.threads``), determinism, TF32 and the
-    host allocator for this process; ``workers``: its loader worker processes. ``tcfg`` is
-    the ``trainer`` section typed (:func:`saltx.config.typed_config`, or composed on the
-    schema)."""
+    """Threads (from the usable CPUs, ``saltx.engine.threads``), determinism, TF32 (or
+    ``trainer.float32_matmul_precision``) and the host allocator for this process;
+    ``workers``: its loader worker processes. ``tcfg`` is the ``trainer`` section typed
+    (:func:`saltx.config.typed_config`, or composed on the schema)."""
     if tcfg.reuse_freed_memory:
         reuse_freed_memory()
     configure_threads(tcfg.num_threads, workers=workers, gpu=info.device.type == "cuda")
@@ -130,6 +130,9 @@ def configure_torch(tcfg: TrainerConfig, info: DistInfo, workers: int = 0) -> No
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
     enable_tf32(info.device)
+    if tcfg.float32_matmul_precision:
+        # `salt fit` sets "medium": bfloat16 float32-matmuls on CPUs with AMX/AVX512-BF16
+        torch.set_float32_matmul_precision(str(tcfg.float32_matmul_precision))
 
 
 def compile_model(model: torch.nn.Module, options: Mapping[str, Any] | None = None) -> int:
@@ -352,9 +355,11 @@ def fit(
     """
     conf = typed_config(cfg)  # the loop's settings, typed: defaults live in saltx.config
     info = setup_distributed(conf.trainer.accelerator, conf.trainer.ddp_timeout_s)
+    matmul = torch.get_float32_matmul_precision()  # run() may change it for the run
     try:
         return run(cfg, conf, build, info, callbacks, stop)
     finally:
+        torch.set_float32_matmul_precision(matmul)
         cleanup()
 
 
