@@ -147,6 +147,13 @@ VARIANTS: dict[str, Variant] = {
             (*SMALL, *GN2_SCHEDULE, "model.encoder.num_registers=0"),
             note="salt-ml 0.13's GN2 without its register token",
         ),
+        Variant(
+            "saltx-salt013-fp32",
+            "saltx",
+            "gn2_salt013",
+            (*SMALL, *GN2_SCHEDULE, "trainer.float32_matmul_precision=null"),
+            note="salt-ml 0.13's GN2 at full float32 matmul precision (salt fit: 'medium')",
+        ),
     )
 }
 DEFAULT_VARIANTS = ("salt-ml", "saltx-salt013", "saltx-gn2", "saltx-fast")
