@@ -632,10 +632,15 @@ def combine(paths: Sequence[Path]) -> tuple[dict[str, Any], dict[str, list[dict]
         "variants": {k: v for _, m, _ in docs for k, v in m["variants"].items()},
         "wall_min": sum(m["wall_min"] for _, m, _ in docs),
         "failures": [f for _, m, _ in docs for f in m["failures"]],
+        # a pooled file brings its own parts (which commit ran which seeds)
         "parts": [
-            {k: m[k] for k in ("date", "saltx_commit", "seeds", "wall_min", "work")}
-            | {"file": str(path), "variants": sorted(r)}
+            part
             for path, m, r in docs
+            for part in m.get("parts")
+            or [
+                {k: m[k] for k in ("date", "saltx_commit", "seeds", "wall_min", "work")}
+                | {"file": str(path), "variants": sorted(r)}
+            ]
         ],
     }
     return meta, runs

@@ -266,6 +266,13 @@ def test_physics_combine_pools_seeds_and_refuses_mixed_settings(tmp_path):
     assert meta["seeds"] == [1, 2, 3, 4] and meta["wall_min"] == 20.0
     assert meta["saltx_commit"] == "aa + bbb" and len(meta["parts"]) == 2
 
+    # pooling a pooled file again keeps which commit ran which seeds
+    pooled = tmp_path / "ab.json"
+    pooled.write_text(json.dumps({"meta": meta, "summary": {}, "runs": runs}))
+    c = _physics_doc(tmp_path / "c5.json", {"saltx-fast": [5]}, settings, "cc")
+    meta2, _ = physics.combine([pooled, c])
+    assert [p["saltx_commit"] for p in meta2["parts"]] == ["aa", "bbb", "cc"]
+
     again = _physics_doc(tmp_path / "c.json", {"salt-ml": [2]}, settings, "c")
     with pytest.raises(SystemExit, match="salt-ml seed 2 is in two files"):
         physics.combine([a, again])
