@@ -85,7 +85,7 @@ def check_targets(node: Any, where: str, allowed: Sequence[str]) -> None:
     TargetError
         Naming the key, the target and the allow-list.
     """
-    for path, target in _targets(_plain(node), where):
+    for path, target in _targets(plain(node), where):
         if not isinstance(target, str) or not target.strip():
             raise TargetError(f"{path}._target_ must be a dotted class name, got {target!r}")
         if not is_allowed(target, allowed):
@@ -153,7 +153,8 @@ def resolve(
     raise TargetError(f"{where}._target_={target!r} is not a class ({names} expected)")
 
 
-def _plain(node: Any) -> Any:
+def plain(node: Any) -> Any:
+    """A resolved plain-Python copy of a config node (dicts/lists), or the value itself."""
     if OmegaConf.is_config(node):
         return OmegaConf.to_container(node, resolve=True)
     return node
@@ -194,19 +195,19 @@ def instantiate(
     """
     from hydra.utils import instantiate as hydra_instantiate
 
-    plain = _plain(node)
-    if not isinstance(plain, Mapping) or "_target_" not in plain:
-        raise TargetError(f"{where} must be a mapping with a `_target_`, got {plain!r}")
-    check_targets(plain, where, allowed)
-    partial = bool(plain.get("_partial_", False))
-    for path, target in _targets(plain, where):
+    spec = plain(node)
+    if not isinstance(spec, Mapping) or "_target_" not in spec:
+        raise TargetError(f"{where} must be a mapping with a `_target_`, got {spec!r}")
+    check_targets(spec, where, allowed)
+    partial = bool(spec.get("_partial_", False))
+    for path, target in _targets(spec, where):
         resolve(target, path, kind if path == where else nested_kind, allowed, partial=partial)
-    built = hydra_instantiate(plain, **kwargs)
+    built = hydra_instantiate(spec, **kwargs)
     if not partial:
         kinds = kind if isinstance(kind, tuple) else (kind,)
         if not isinstance(built, kinds):
             raise TargetError(
-                f"{where}._target_={plain['_target_']!r} built a {type(built).__name__}, "
+                f"{where}._target_={spec['_target_']!r} built a {type(built).__name__}, "
                 f"not a {' or '.join(k.__name__ for k in kinds)}"
             )
     return built

@@ -20,6 +20,7 @@ from saltx.data.batch import Batch
 from saltx.data.dataset import DEFAULT_READ_THREADS, JetDataset
 from saltx.data.sampler import BatchIndex, SliceSampler
 from saltx.errors import DataError
+from saltx.targets import plain
 
 #: Signals that stop a training run: the main process saves and exits on them
 #: (``saltx.engine.signals``), loader workers leave them to it (:func:`_init_worker`).
@@ -363,18 +364,6 @@ def _get(cfg: Any, key: str, default: Any = None) -> Any:
     return default if value is None else value
 
 
-def _plain(value: Any) -> Any:
-    """OmegaConf containers -> plain dicts/lists (no-op for plain values)."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(value, DictConfig | ListConfig):
-            return OmegaConf.to_container(value, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
-    return value
-
-
 def build_datasets(
     data_cfg: Any,
     labels: Mapping[str, Sequence[str]] | None,
@@ -398,13 +387,13 @@ def build_datasets(
         Base seed of the PARAMETERS draws.
     """
     common = {
-        "variables": _plain(_get(data_cfg, "variables")),
-        "labels": _plain(labels),
-        "input_map": _plain(_get(data_cfg, "input_map")),
-        "num_inputs": _plain(_get(data_cfg, "num_inputs", {})),
+        "variables": plain(_get(data_cfg, "variables")),
+        "labels": plain(labels),
+        "input_map": plain(_get(data_cfg, "input_map")),
+        "num_inputs": plain(_get(data_cfg, "num_inputs", {})),
         "non_finite_to_num": bool(_get(data_cfg, "non_finite_to_num", False)),
         "global_object": _get(data_cfg, "global_object", "jets"),
-        "parameters": _plain(_get(data_cfg, "parameters", {})),
+        "parameters": plain(_get(data_cfg, "parameters", {})),
         "seed": seed,
         "read_threads": int(_get(data_cfg, "read_threads", DEFAULT_READ_THREADS)),
     }

@@ -11,7 +11,6 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from saltx.config import ModelConfig, schema_config
@@ -20,7 +19,7 @@ from saltx.models.inputnorm import InputNorm
 from saltx.models.saltmodel import SaltModel
 from saltx.models.tasks import stage_has_labels
 from saltx.models.transformer import REGISTERS
-from saltx.targets import DEFAULT_ALLOWED, allow_list, instantiate, resolve
+from saltx.targets import DEFAULT_ALLOWED, allow_list, instantiate, plain, resolve
 
 # data.variables keys that are not constituent inputs of the encoder
 SPECIAL_INPUTS = ("GLOBAL", "PARAMETERS", "EDGE")
@@ -34,13 +33,6 @@ DERIVED_KEYS = (
     "edge_embed_dim",
     "out_dim",
 )
-
-
-def _plain(node: Any) -> Any:
-    """A resolved plain-Python copy of a config node (dicts/lists), or the value itself."""
-    if isinstance(node, DictConfig) or OmegaConf.is_config(node):
-        return OmegaConf.to_container(node, resolve=True)
-    return node
 
 
 def constituent_inputs(variables: Mapping[str, Any], global_object: str) -> list[str]:
@@ -72,7 +64,7 @@ def _construct(
     (``{argument: config key it comes from}``): the derived arguments whose values matter,
     which the target must accept.
     """
-    node = _plain(node)
+    node = plain(node)
     if not isinstance(node, dict) or "_target_" not in node:
         raise ValueError(f"{where} must be a mapping with a `_target_` class, got {node!r}")
     cls = resolve(node["_target_"], where, nn.Module, allowed)
@@ -137,7 +129,7 @@ def _build_task(
     input_map: Mapping[str, str] | None,
     allowed: tuple[str, ...] = DEFAULT_ALLOWED,
 ) -> nn.Module:
-    node = _plain(node)
+    node = plain(node)
     where = f"model.tasks.{name}"
     if not isinstance(node, dict) or "_target_" not in node:
         raise ValueError(f"{where} must be a mapping with a `_target_` task class")
@@ -174,7 +166,7 @@ def _build_init_nets(
     mcfg: ModelConfig, variables: dict[str, list[str]], global_object: str, constituents: list[str]
 ) -> dict[str, InitNet]:
     """One init net per constituent input (or, jets-only, one on the global object)."""
-    init_cfgs = _plain(mcfg.init_nets) or {}
+    init_cfgs = plain(mcfg.init_nets) or {}
     wanted = constituents or [global_object]
     missing = [c for c in wanted if c not in init_cfgs]
     unused = [c for c in init_cfgs if c not in wanted]
@@ -211,7 +203,7 @@ def _build_edges(
     mcfg: ModelConfig, variables: dict[str, list[str]], edge_input: str, constituents: list[str]
 ) -> tuple[nn.Module | None, InitNet | None, dict[str, Any]]:
     """Edge-feature module, edge init net and the encoder's edge arguments (or Nones)."""
-    edge_cfg = _plain(mcfg.edges)
+    edge_cfg = plain(mcfg.edges)
     if "EDGE" in variables and not edge_cfg:
         raise ValueError(
             "data.variables.EDGE is set but model.edges is null; add `+model/edges=default` "
@@ -271,7 +263,7 @@ def _build_encoder_pooling(
         "norm_affine": mcfg.norm_affine,
     }
     if not mcfg.norm_affine:
-        target = _plain(mcfg.encoder).get("_target_", "")
+        target = plain(mcfg.encoder).get("_target_", "")
         cls = resolve(target, "model.encoder", nn.Module, allowed)
         if "norm_affine" not in inspect.signature(cls.__init__).parameters:
             raise ValueError(
@@ -341,9 +333,9 @@ def build_model(
             raise ValueError(f"model.{key}={mcfg[key]} must be a positive integer")
     if mcfg.out_dim < 0:
         raise ValueError(f"model.out_dim={mcfg.out_dim} must be >= 0 (0: no projection)")
-    variables = {k: list(v) for k, v in _plain(data.variables).items()}
+    variables = {k: list(v) for k, v in plain(data.variables).items()}
     global_object = data.global_object
-    input_map = _plain(data.input_map) or None
+    input_map = plain(data.input_map) or None
     if global_object not in variables:
         raise KeyError(
             f"data.variables has no entry for the global object {global_object!r} "
@@ -356,7 +348,7 @@ def build_model(
             "that name for its register tokens"
         )
     edge_input = _edge_input(input_map, constituents)
-    allowed = allow_list(_plain(conf.allowed_targets))
+    allowed = allow_list(plain(conf.allowed_targets))
 
     input_norm = InputNorm(norm_dict, variables, global_object, input_map)
     init_nets = _build_init_nets(mcfg, variables, global_object, constituents)
@@ -417,8 +409,8 @@ def required_labels(cfg: Any, stage: str = "fit") -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     fit = stage_has_labels(stage)
     conf = schema_config(cfg)
-    allowed = allow_list(_plain(conf.allowed_targets))
-    for name, node in _plain(conf.model.tasks).items():
+    allowed = allow_list(plain(conf.allowed_targets))
+    for name, node in plain(conf.model.tasks).items():
         cls = resolve(node["_target_"], f"model.tasks.{name}", nn.Module, allowed)
         kind = getattr(cls, "kind", "")
         fields: list[str] = []
