@@ -1345,9 +1345,11 @@ class Background:
 def run_contention(args: argparse.Namespace, r: Runner, data: Path) -> dict[str, Any]:
     """GN2 training next to K background loads (busy loops, 2-thread torch jobs).
 
-    For each condition (idle, then each load kind and K): saltx's training, then with
-    ``--peer`` salt-ml's, under the same load. Figures: jets/s, the fraction of the idle
-    rate, the fraction of the fair share (``idle / (1 + K)``), and saltx/salt-ml.
+    For each condition (idle, then each load kind and K), ``--pairs`` times: saltx's
+    training, then with ``--peer`` salt-ml's, under the same load. Figures: jets/s (median
+    over the pairs), the fraction of the idle rate, the fraction of the fair share
+    (``idle / (1 + K)``), and saltx/salt-ml (median of the pairs' ratios). The threads
+    saltx's steps ran on are kept (``trainer.adapt_threads`` lowers them under load).
     """
     plan = Plan(
         experiments=["gn2"],
@@ -1365,33 +1367,49 @@ def run_contention(args: argparse.Namespace, r: Runner, data: Path) -> dict[str,
     for kind, k in conditions:
         tag = f"{kind}{k}" if k else "idle"
         print(f"== {tag}: GN2 training next to {k} background {kind} load(s)", flush=True)
-        row: dict[str, Any] = {"load": kind, "k": k}
-        with Background(r, kind, k, f"sx_{tag}") as bg:
-            m = saltx_train(
-                r,
-                data,
-                "gn2",
-                False,
-                "32",
-                plan,
-                args.workers,
-                f"_{tag}",
-                args.profile_steps,
-                saltx_env,
-            )
-        row["saltx"] = m.data.get("jets_per_s") if m.ok else None
-        row["profile"] = m.data.get("profile")
-        row["background_ops_per_s_saltx"] = bg.ops_per_s()
-        if not m.ok:
-            failed.append(m.name)
-        if args.peer:
-            out = r.work / f"salt_{tag}"
-            with Background(r, kind, k, f"salt_{tag}") as bg:
-                m = salt_train(r, data, out, args.steps, args.warmup, args.workers, args.batch_size)
-            row["salt"] = m.data.get("jets_per_s") if m.ok else None
-            row["background_ops_per_s_salt"] = bg.ops_per_s()
+        row: dict[str, Any] = {"load": kind, "k": k, "saltx_runs": [], "saltx_threads": []}
+        row.update(salt_runs=[], pair_ratios=[], background_ops_per_s_saltx=[])
+        row["background_ops_per_s_salt"] = []
+        for pair in range(args.pairs):  # A B pairs under the same load
+            with Background(r, kind, k, f"sx_{tag}_{pair}") as bg:
+                m = saltx_train(
+                    r,
+                    data,
+                    "gn2",
+                    False,
+                    "32",
+                    plan,
+                    args.workers,
+                    f"_{tag}_{pair}",
+                    args.profile_steps if pair == 0 else 0,
+                    saltx_env,
+                )
+            sx = m.data.get("jets_per_s") if m.ok else None
+            row["saltx_runs"].append(sx)
+            row["saltx_threads"].append(m.data.get("threads_per_step"))  # adapt_threads
+            row["background_ops_per_s_saltx"].append(bg.ops_per_s())
+            if pair == 0:
+                row["profile"] = m.data.get("profile")
             if not m.ok:
                 failed.append(m.name)
+            if args.peer:
+                out = r.work / f"salt_{tag}_{pair}"
+                with Background(r, kind, k, f"salt_{tag}_{pair}") as bg:
+                    m = salt_train(
+                        r, data, out, args.steps, args.warmup, args.workers, args.batch_size
+                    )
+                sa = m.data.get("jets_per_s") if m.ok else None
+                row["salt_runs"].append(sa)
+                row["background_ops_per_s_salt"].append(bg.ops_per_s())
+                if sx and sa:
+                    row["pair_ratios"].append(sx / sa)
+                if not m.ok:
+                    failed.append(m.name)
+        for side in ("saltx", "salt"):
+            done = [v for v in row[f"{side}_runs"] if v]
+            row[side] = statistics.median(done) if done else None
+        if row["pair_ratios"]:
+            row["ratio"] = statistics.median(row["pair_ratios"])
         rows.append(row)
     idle = rows[0]
     targets = []
@@ -1406,8 +1424,6 @@ def run_contention(args: argparse.Namespace, r: Runner, data: Path) -> dict[str,
             if base:
                 row[f"{side}_of_idle"] = v / base
                 row[f"{side}_of_fair_share"] = v / (base / (1 + k))
-        if row.get("saltx") and row.get("salt"):
-            row["ratio"] = row["saltx"] / row["salt"]
         if k:
             fair, ratio = row.get("saltx_of_fair_share"), row.get("ratio")
             targets.append(
@@ -1472,9 +1488,9 @@ def slowdown_rows(table: list[dict[str, Any]]) -> list[str]:
 def contention_rows(sec: dict[str, Any]) -> list[str]:
     """The contention table (markdown)."""
     out = [
-        "| background load | saltx jets/s | of idle | of fair share | salt-ml jets/s | of idle "
-        "| of fair share | saltx / salt-ml |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| background load | saltx jets/s | of idle | of fair share | saltx threads per step "
+        "| salt-ml jets/s | of idle | of fair share | saltx / salt-ml |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---:|",
     ]
     for row in sec["contention"]:
         load = f"{row['k']} × {row['load']}" if row["k"] else "none"
@@ -1482,10 +1498,11 @@ def contention_rows(sec: dict[str, Any]) -> list[str]:
         def pct(key: str, row: dict[str, Any] = row) -> str:
             return "" if row.get(key) is None else f"{row[key]:.2f}"
 
+        threads = " / ".join(" ".join(map(str, t or [])) for t in row.get("saltx_threads") or [])
         out.append(
             f"| {load} | {fmt(row.get('saltx'), 0)} | {pct('saltx_of_idle')} | "
-            f"{pct('saltx_of_fair_share')} | {fmt(row.get('salt'), 1)} | {pct('salt_of_idle')} | "
-            f"{pct('salt_of_fair_share')} | {pct('ratio')} |"
+            f"{pct('saltx_of_fair_share')} | {threads} | {fmt(row.get('salt'), 1)} | "
+            f"{pct('salt_of_idle')} | {pct('salt_of_fair_share')} | {pct('ratio')} |"
         )
     return out
 

@@ -31,6 +31,7 @@ from saltx.engine.distributed import DistInfo, resolve_accelerator
 from saltx.engine.loop import compile_model, configure_torch, train_step
 from saltx.engine.precision import Precision
 from saltx.engine.schedule import build_optimizer
+from saltx.engine.threads import thread_governor
 
 CONF_DIR = str(Path(saltx.__file__).resolve().parent / "conf")
 
@@ -179,6 +180,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             device=device,
         )
         precision = Precision(args.precision, device)
+        t = cfg.trainer  # as the loop: fewer threads while other processes take the CPUs
+        governor = thread_governor(
+            t.adapt_threads, t.deterministic, device.type, torch.get_num_threads()
+        )
+        threads: list[int] = []
         times: list[float] = []
         jets: list[int] = []
         t_start = time.perf_counter()
@@ -198,11 +204,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 if step >= args.warmup:
                     times.append(time.perf_counter() - t0)
                     jets.append(batch.num_jets)
+                    threads.append(torch.get_num_threads())
+                if governor is not None:
+                    governor.poll()
                 step += 1
                 if step == args.warmup:
                     warmup_s = time.perf_counter() - t_start
         if args.profile:
             result_profile = profile_steps(model, parts.train_loader, precision, optimizer, args)
+        if governor is not None:
+            governor.close()
     if not times:
         raise SystemExit("no timed steps: raise --steps or provide more jets")
     median = statistics.median(times)
@@ -218,6 +229,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "warmup_s": warmup_s,
         "max_step_s": max(times),
+        "threads_per_step": threads,  # intra-op threads of each timed step
     }
     if args.compile:
         result.update(compile_stats())

@@ -105,6 +105,7 @@ class TrainerConfig:
     monitor_mode: str = "min"
     deterministic: bool = False
     num_threads: int | None = None
+    adapt_threads: bool = True
     reuse_freed_memory: bool = True
     progress_bar: bool = True
     progress_every_n_steps: int = 0

@@ -224,8 +224,9 @@ def test_contention_tables():
                     {"op": "aten::add", "self_ms_per_step": 80.0}]}  # fmt: skip
     rows = [
         {"load": "none", "k": 0, "saltx": 400.0, "salt": 80.0, "profile": prof},
-        {"load": "torch", "k": 1, "saltx": 150.0, "salt": 40.0, "profile": slow},
-    ]
+        {"load": "torch", "k": 1, "saltx": 150.0, "salt": 40.0, "profile": slow,
+         "saltx_threads": [[2, 1, 1], [1, 1, 1]]},
+    ]  # fmt: skip
     table = bench.slowdown(rows)
     assert table == [
         {"op": "aten::addmm", "idle": 100.0, "torch1": 150.0},
@@ -234,7 +235,8 @@ def test_contention_tables():
     assert "| `aten::add` | 10 | 80 (8.0×) |" in bench.slowdown_rows(table)
     for row in rows:  # what run_contention adds before the table is printed
         row["saltx_of_fair_share"] = row["saltx"] / (400.0 / (1 + row["k"]))
-    assert "| 1 × torch | 150 | " in "\n".join(bench.contention_rows({"contention": rows}))
+    text = "\n".join(bench.contention_rows({"contention": rows}))
+    assert "| 1 × torch | 150 | " in text and "| 2 1 1 / 1 1 1 |" in text
 
 
 # -- bench_physics --combine ----------------------------------------------------------------

@@ -553,3 +553,33 @@ def test_float32_matmul_precision_holds_for_the_run_only(tmp_path: Path) -> None
         assert seen.at_start == "highest"  # null: left as it was
     finally:
         torch.set_float32_matmul_precision(before)
+
+
+def test_the_loop_polls_its_thread_governor_after_each_step(tmp_path: Path, monkeypatch) -> None:
+    """trainer.adapt_threads: the loop makes a governor from its settings, polls it after
+    every optimizer step and closes it (the caller's threads back) when the run ends."""
+    from saltx.engine import loop as loop_module
+
+    made = []
+
+    class Governor:
+        def __init__(self, *args) -> None:
+            self.args, self.polls, self.closed = args, 0, False
+            made.append(self)
+
+        def poll(self) -> None:
+            self.polls += 1
+
+        def close(self) -> None:
+            self.closed = True
+
+    def factory(adapt, deterministic, device_type, threads):
+        return Governor(adapt, deterministic, device_type, threads) if adapt else None
+
+    monkeypatch.setattr(loop_module, "thread_governor", factory)
+    train(make_cfg(tmp_path / "run", "trainer.deterministic=false"), toy_build)
+    (g,) = made
+    assert g.args == (True, False, "cpu", torch.get_num_threads())
+    assert g.polls == 8 and g.closed  # 64 jets / 16 per batch x 2 epochs
+    train(make_cfg(tmp_path / "off", "trainer.adapt_threads=false"), toy_build)
+    assert len(made) == 1

@@ -57,7 +57,7 @@ from saltx.engine.run_setup import (
 from saltx.engine.schedule import OneCycleSchedule, build_optimizer, total_optimizer_steps
 from saltx.engine.signals import StopSignals, exit_code, signal_name
 from saltx.engine.state import TrainState, preserve_rng, rank_seed, seed_everything
-from saltx.engine.threads import configure_threads
+from saltx.engine.threads import configure_threads, thread_governor
 from saltx.io.fs import local_dir
 from saltx.io.rundir import RunDir
 
@@ -536,6 +536,8 @@ def run(
             stop.restore()
         loggers.close()
         loop.bar.close()
+        if loop.governor is not None:
+            loop.governor.close()
 
 
 class _Loop:
@@ -576,6 +578,10 @@ class _Loop:
         self.metrics: dict[str, float] = {}
         self.last_good = last_good
         self.validated_at = -1
+        # fewer intra-op threads while other processes take this run's CPUs
+        self.governor = thread_governor(
+            t.adapt_threads, t.deterministic, info.device.type, torch.get_num_threads()
+        )
         self.bar = ProgressBar(
             self.stop_step,
             enabled=info.is_main,
@@ -647,6 +653,8 @@ class _Loop:
         """Logging, validation, checkpoints and stop checks after an optimizer step."""
         p = self.state.progress
         self.bar.update(p.step)
+        if self.governor is not None:
+            self.governor.poll()
         log_now = p.step % self.log_every == 0
         if log_now:
             self.guard.check(self.task_names, self.info, p.epoch, self.last_good)
