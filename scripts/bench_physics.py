@@ -263,6 +263,7 @@ def train_saltx(v: Variant, seed: int, s: Settings, data: Path, rundir: Path, en
         "trainer.checkpoint_every_n_steps=0",
         "trainer.resume=never",
         "trainer.progress_bar=false",
+        "trainer.adapt_threads=false",  # fixed threads, as salt-ml's: a seed is one result
         "logger=none",
     ]
     t_train = run(cmd, rundir.parent / f"{rundir.name}_train.log", env)
