@@ -196,13 +196,16 @@ def test_governor_gives_up_threads_to_another_job_and_takes_them_back(capsys):
     assert r.set_to == [1, 2, 1, 2] and g.threads == 2  # the caller gets its threads back
 
 
-def test_governor_shares_free_cpus_among_local_ranks_and_keeps_its_ceiling():
+def test_governor_shares_free_cpus_among_local_ranks_and_keeps_its_ceiling(capsys):
     r = Readings()
     g = r.governor(ceiling=4, ncpus=16, local_ranks=2)  # torchrun: 2 ranks, 4 threads each
     r.window(3.0, foreign=8.0, own=8.0)  # another job holds 8 CPUs: 4 each are left
     assert g.poll() is None and g.threads == 4
     r.window(3.0, foreign=11.0, own=5.0)  # 11 taken: 2.5 each -> 3
     assert g.poll() == 3
+    assert "11.0 of 16 CPUs busy with other processes, the rest shared by 2 ranks: 3" in (
+        capsys.readouterr().err
+    )
     r.window(3.0, foreign=20.0, own=0.0)  # more than the CPUs: still one thread
     assert g.poll() == 1
     for _ in range(2):

@@ -281,8 +281,9 @@ class ThreadGovernor:
         self._raise_votes = 0
         if want == self.threads:
             return None
+        shared = f", the rest shared by {self.local_ranks} ranks" if self.local_ranks > 1 else ""
         print(
-            f"saltx: {self.foreign:.1f} of {self.ncpus} CPUs busy with other processes: "
+            f"saltx: {self.foreign:.1f} of {self.ncpus} CPUs busy with other processes{shared}: "
             f"{want} intra-op thread(s), was {self.threads} (trainer.adapt_threads)",
             file=sys.stderr,
             flush=True,
