@@ -1367,9 +1367,11 @@ def run_contention(args: argparse.Namespace, r: Runner, data: Path) -> dict[str,
     for kind, k in conditions:
         tag = f"{kind}{k}" if k else "idle"
         print(f"== {tag}: GN2 training next to {k} background {kind} load(s)", flush=True)
-        row: dict[str, Any] = {"load": kind, "k": k, "saltx_runs": [], "saltx_threads": []}
-        row.update(salt_runs=[], pair_ratios=[], background_ops_per_s_saltx=[])
-        row["background_ops_per_s_salt"] = []
+        row: dict[str, Any] = {"load": kind, "k": k}
+        for key in ("saltx_runs", "saltx_threads", "salt_runs", "pair_ratios"):
+            row[key] = []
+        for side in ("saltx", "salt"):
+            row[f"background_ops_per_s_{side}"] = []
         for pair in range(args.pairs):  # A B pairs under the same load
             with Background(r, kind, k, f"sx_{tag}_{pair}") as bg:
                 m = saltx_train(

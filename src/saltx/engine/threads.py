@@ -142,6 +142,11 @@ def intra_op_threads(
     return max(1, share)
 
 
+def local_ranks() -> int:
+    """Ranks on this node (torchrun's ``LOCAL_WORLD_SIZE``, also set for ``trainer.devices``)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+
+
 def configure_threads(requested: int | None, *, workers: int = 0, gpu: bool = False) -> int:
     """Set torch's intra-op threads for this rank (:func:`intra_op_threads`); returns them.
 
@@ -152,8 +157,7 @@ def configure_threads(requested: int | None, *, workers: int = 0, gpu: bool = Fa
 
     if not requested and os.environ.get("OMP_NUM_THREADS", "").isdigit():
         requested = int(os.environ["OMP_NUM_THREADS"])
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
-    threads = intra_op_threads(requested, workers=workers, local_ranks=local, gpu=gpu)
+    threads = intra_op_threads(requested, workers=workers, local_ranks=local_ranks(), gpu=gpu)
     if threads != torch.get_num_threads():
         torch.set_num_threads(threads)
     return threads
@@ -313,5 +317,4 @@ def thread_governor(
         return None
     if not (hasattr(os, "sched_getaffinity") and Path("/proc/stat").exists()):
         return None
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
-    return ThreadGovernor(threads, local_ranks=local)
+    return ThreadGovernor(threads, local_ranks=local_ranks())
