@@ -263,6 +263,7 @@ def test_converted_values(tmp_path, synthetic_dir):
     assert cfg.trainer.precision == "fp16" and cfg.trainer.accelerator == "gpu"
     assert cfg.trainer.monitor == "val/jet_classification_loss"
     assert cfg.trainer.gradient_clip_val == 1.0
+    assert cfg.trainer.float32_matmul_precision == "medium"  # what `salt fit` sets
     assert cfg.data.non_finite_to_num is True
     assert cfg.lrs.end == 1e-5 and cfg.lrs.pct_start == 0.01
     assert cfg.model.pooling._target_.endswith("CrossAttentionPooling")

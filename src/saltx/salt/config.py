@@ -833,6 +833,9 @@ class _Converter:
             self.set("trainer.progress_bar", bool(trainer.get("enable_progress_bar")))
         self._accelerator(trainer)
         self._precision(trainer)
+        # `salt fit` sets this for every training run (and not for `salt test`): float32
+        # matmuls in bfloat16 on CPUs with AMX/AVX512-BF16, TF32 on GPUs
+        self.set("trainer.float32_matmul_precision", "medium")
         self._batches(trainer)
         root = trainer.get("default_root_dir")
         if root is not None:
