@@ -21,7 +21,7 @@ time come from ``os.wait4``. Measured:
 times for data loading, GN2 eager fp32 training and evaluation, on the same files, batch
 1000, fp32, 2 threads, 1 loader process, and prints saltx/salt-ml ratios (min / median /
 max) next to the targets. Then, once each: saltx compiled training, ONNX Runtime on both
-sides, and the FLOP count.
+sides (with the ceiling of its ratio: ``bench_onnx.py --floor``), and the FLOP count.
 
 Results: ``--out``/results.json (one section per mode: ``bench``, ``quick``, ``peer``;
 other sections are kept) and results.md. Each figure is compared with the same section
@@ -761,7 +761,7 @@ def saltx_onnx(
     cmd += ["--test-file", data / "test.h5", "--njets", njets, "--reps", reps]
     cmd += ["--threads", "2", "1", "--json", j]
     if peer is not None:
-        cmd += ["--peer", peer, "--pairs", pairs]
+        cmd += ["--peer", peer, "--pairs", pairs, "--floor"]
     if peer_aux is not None:
         cmd += ["--peer-aux", peer_aux]
     return r.run("sx_onnx", cmd, j)
@@ -777,6 +777,14 @@ def onnx_ratios(m: Measured) -> dict[str, dict[str, Any]]:
                 e = stats(ratio["values"])
                 e["label"] = f"ONNX Runtime, {variant} graph, {res['threads']} thread(s)"
                 out[f"onnx_{variant}_t{res['threads']}"] = e
+            ceiling = res.get("ceiling")  # saltx's weight products alone / salt-ml's graph
+            if ceiling:
+                e = stats(ceiling["values"])
+                e["label"] = (
+                    f"ONNX Runtime, {variant} graph, {res['threads']} thread(s): ceiling "
+                    "(saltx's weight products alone / salt-ml)"
+                )
+                out[f"onnx_{variant}_t{res['threads']}_ceiling"] = e
     return out
 
 

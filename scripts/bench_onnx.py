@@ -2,7 +2,7 @@
 
     python scripts/bench_onnx.py --run-dir RUN [--test-file F] [--njets 1000] [--reps 3] \\
         [--threads 2 1] [--export] [--variants plain aux] [--level extended] \\
-        [--peer SALT.onnx] [--peer-aux SALT_AUX.onnx] [--pairs 3] [--json out.json]
+        [--peer SALT.onnx] [--peer-aux SALT_AUX.onnx] [--pairs 3] [--floor] [--json out.json]
 
 Variants: ``plain`` is ``RUN/network.onnx`` (the flavour outputs, what Athena schedules),
 ``aux`` is ``RUN/network_aux.onnx`` (plus track origin and vertex index). A variant's file
@@ -25,6 +25,15 @@ calls; a pass is one call per jet.
   ``--pairs`` interleaved A B pairs (one pass each, in the same process and onnxruntime);
   each pair gives a ratio saltx/salt-ml, reported as median [min, max]. The peer's
   outputs must have the same names and ranks (``<name>_p<flavour>`` scalars).
+
+With ``--floor``, each pair also times a third graph: only the weight-bearing ``Gemm`` and
+``MatMul`` nodes of saltx's graph (after onnxruntime's optimisations), with their weights
+and attributes, each fed zeros of the shape it sees for that jet (tracks, registers, one
+row or pairs). A call fetches one output (onnxruntime runs every node whatever is
+fetched), so the floor has no output copies. A graph of GN2 in standard fp32 operators
+runs these products in onnxruntime's kernels (saltx's graph already forms q, k and v in
+one ``Gemm``), so ``ceiling`` = floor jets/s / salt-ml jets/s is the highest saltx/salt-ml
+ratio such a graph could reach on this machine, with all its other nodes free.
 
 Node counts are reported for each graph as written and after onnxruntime's optimisations
 at the session's level (what runs). The 1-minute load average before and after each
@@ -152,15 +161,9 @@ def session_options(threads: int, level: str, optimized_path: str | None = None)
 def graph_info(path: Path, level: str) -> dict[str, Any]:
     """Node counts of the graph as written and as onnxruntime runs it, plus its interface."""
     import onnx
-    import onnxruntime as ort
 
     model = onnx.load(str(path))
-    with tempfile.TemporaryDirectory() as tmp:
-        out = str(Path(tmp) / "optimized.onnx")
-        ort.InferenceSession(
-            str(path), session_options(1, level, out), providers=["CPUExecutionProvider"]
-        )
-        optimized = onnx.load(out)
+    optimized = optimized_graph(path, level)
     ops = collections.Counter(n.op_type for n in optimized.graph.node)
     return {
         "nodes": len(model.graph.node),
@@ -173,6 +176,113 @@ def graph_info(path: Path, level: str) -> dict[str, Any]:
     }
 
 
+def optimized_graph(path: Path, level: str):
+    """The graph onnxruntime runs at ``level`` (one thread), as an onnx model."""
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = str(Path(tmp) / "optimized.onnx")
+        ort.InferenceSession(
+            str(path), session_options(1, level, out), providers=["CPUExecutionProvider"]
+        )
+        return onnx.load(out)
+
+
+def weight_products(model) -> list[Any]:
+    """The ``Gemm``/``FusedGemm``/``MatMul`` nodes whose second operand is a weight."""
+    weights = {t.name for t in model.graph.initializer}
+    ops = ("Gemm", "FusedGemm", "MatMul")
+    return [n for n in model.graph.node if n.op_type in ops and n.input[1] in weights]
+
+
+def floor_graph(path: Path, level: str, samples: list[dict], out: Path) -> dict[str, Any]:
+    """Write the weight-product floor of ``path`` to ``out`` (see the module docstring).
+
+    Returns ``{"inputs": {name: [(a, b, c), ...]}, "products": N, "weight_mb": MB}``: a
+    product input's shape for a jet with ``n`` constituents is ``a + b n + c n²`` per
+    dimension (pairs of constituents are quadratic), read from three probe runs of the real
+    graph. Inputs
+    that are not weights (the activations, a bias computed in the graph) become zero-filled
+    graph inputs.
+    """
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = optimized_graph(path, level)
+    products = weight_products(model)
+    inits = {t.name: t for t in model.graph.initializer}
+    fed = list(dict.fromkeys(x for n in products for x in n.input if x and x not in inits))
+    probe = optimized_graph(path, level)  # the real graph, with the fed values as outputs
+    probe.graph.output.extend(
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, None) for x in fed]
+    )
+    sess = ort.InferenceSession(
+        probe.SerializeToString(), session_options(1, "basic"), providers=["CPUExecutionProvider"]
+    )
+    outs = [o.name for o in sess.get_outputs()]
+    const_name = next(k for k in samples[0] if k != "jet_features")
+    probes, shapes = (3, 5, 8), []
+    for n in probes:
+        base = next(s for s in samples if s[const_name].shape[0] >= n)
+        feed = {k: (v[:n] if k == const_name else v) for k, v in base.items()}
+        got = dict(zip(outs, sess.run(outs, {i.name: feed[i.name] for i in sess.get_inputs()})))
+        shapes.append({x: got[x].shape for x in fed})
+    inputs = {}
+    for x in fed:
+        dims = np.array([shape[x] for shape in shapes], dtype=float)  # (probe, dim)
+        coef = np.linalg.solve(np.vander(np.array(probes, float), 3, increasing=True), dims)
+        inputs[x] = [tuple(round(v) for v in col) for col in coef.T]
+    rename = {x: f"x{i}" for i, x in enumerate(fed)}
+    nodes, outputs, keep = [], [], {}
+    for i, node in enumerate(products):
+        new = helper.make_node(
+            node.op_type,
+            [rename.get(x, x) for x in node.input],
+            [f"y{i}"],
+            domain=node.domain,
+            name=f"p{i}",
+        )
+        new.attribute.extend(node.attribute)
+        nodes.append(new)
+        outputs.append(helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, None))
+        keep.update({w: inits[w] for w in node.input if w in inits})
+    graph = helper.make_graph(
+        nodes,
+        "weight_product_floor",
+        [
+            helper.make_tensor_value_info(rename[x], TensorProto.FLOAT, [None] * len(dims))
+            for x, dims in inputs.items()
+        ],
+        outputs,
+        list(keep.values()),
+    )
+    floor = helper.make_model(graph, opset_imports=list(model.opset_import))
+    floor.ir_version = model.ir_version
+    onnx.save(floor, str(out))
+    weight_mb = sum(numpy_helper.to_array(inits[n.input[1]]).nbytes for n in products) / 1e6
+    return {
+        "inputs": {rename[x]: dims for x, dims in inputs.items()},
+        "products": len(products),
+        "weight_mb": weight_mb,
+    }
+
+
+def floor_samples(info: dict[str, Any], samples: list[dict]) -> list[dict]:
+    """The floor graph's feeds: zeros of each input's shape for each jet."""
+    feeds = []
+    for s in samples:
+        n = next((v.shape[0] for k, v in s.items() if k != "jet_features"), 0)
+        feeds.append(
+            {
+                x: np.zeros([a + b * n + c * n * n for a, b, c in dims], np.float32)
+                for x, dims in info["inputs"].items()
+            }
+        )
+    return feeds
+
+
 def make_session(path: Path, threads: int, level: str) -> tuple[Any, list[str]]:
     """A session with Athena's options and its input names."""
     import onnxruntime as ort
@@ -183,12 +293,15 @@ def make_session(path: Path, threads: int, level: str) -> tuple[Any, list[str]]:
     return sess, [i.name for i in sess.get_inputs()]
 
 
-def one_pass(sess, names: list[str], samples: list[dict]) -> tuple[float, float]:
-    """Jets per wall second and per CPU second (of this process) of one call per jet."""
+def one_pass(
+    sess, names: list[str], samples: list[dict], fetch: list[str] | None = None
+) -> tuple[float, float]:
+    """Jets per wall second and per CPU second (of this process) of one call per jet
+    (fetching ``fetch``, default all outputs)."""
     feeds = [{k: s[k] for k in names} for s in samples]
     t0, c0 = time.perf_counter(), time.process_time()
     for feed in feeds:
-        sess.run(None, feed)
+        sess.run(fetch, feed)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     return len(feeds) / wall, len(feeds) / max(cpu, 1e-9)
 
@@ -208,9 +321,16 @@ def summary(values: list[float]) -> dict[str, Any]:
 
 
 def measure(
-    path: Path, peer: Path | None, samples: list[dict], threads: int, level: str, passes: int
+    path: Path,
+    peer: Path | None,
+    samples: list[dict],
+    threads: int,
+    level: str,
+    passes: int,
+    floor: tuple[Path, list[dict]] | None = None,
 ) -> dict[str, Any]:
-    """saltx alone (``passes`` passes), or saltx/peer in ``passes`` interleaved A B pairs."""
+    """saltx alone (``passes`` passes), or saltx/peer in ``passes`` interleaved A B pairs
+    (A B F triples with ``floor``: the floor graph and its feeds)."""
     load0 = os.getloadavg()[0]
     sx, sx_names = make_session(path, threads, level)
     warm(sx, sx_names, samples)
@@ -222,14 +342,23 @@ def measure(
     else:
         pe, pe_names = make_session(peer, threads, level)
         warm(pe, pe_names, samples)
-        a, b = [], []
+        fl = fl_names = None
+        if floor is not None:
+            fl, fl_names = make_session(floor[0], threads, level)
+            warm(fl, fl_names, floor[1])
+        a, b, c = [], [], []
         for _ in range(passes):
             a.append(one_pass(sx, sx_names, samples))
             b.append(one_pass(pe, pe_names, samples))
+            if fl is not None:  # onnxruntime runs every node whatever is fetched
+                c.append(one_pass(fl, fl_names, floor[1], [fl.get_outputs()[-1].name]))
         for key, idx in (("", 0), ("_per_cpu_s", 1)):
             res[f"saltx{key}"] = summary([x[idx] for x in a])
             res[f"salt{key}"] = summary([y[idx] for y in b])
             res[f"ratio{key}"] = summary([x[idx] / y[idx] for x, y in zip(a, b, strict=True)])
+            if c:
+                res[f"floor{key}"] = summary([z[idx] for z in c])
+                res[f"ceiling{key}"] = summary([z[idx] / y[idx] for z, y in zip(c, b, strict=True)])
     res["jets_per_s"] = res["saltx"]["median"]
     res["load_1min"] = [load0, os.getloadavg()[0]]
     return res
@@ -259,6 +388,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--export", action="store_true", help="re-export even if the files exist")
     p.add_argument("--peer", type=Path, help="salt-ml's network.onnx (plain variant)")
     p.add_argument("--peer-aux", type=Path, help="salt-ml's network.onnx with the aux tasks")
+    p.add_argument(
+        "--floor",
+        action="store_true",
+        help="with a peer: also time saltx's weight products alone (the ratio's ceiling)",
+    )
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
     import onnxruntime as ort
@@ -289,7 +423,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             names = [i.name for i in ort.InferenceSession(str(path)).get_inputs()]
             samples = load_samples(cfg, test_file, args.njets, names)
         passes = args.pairs if peer is not None else args.reps
-        entry["ort"] = [measure(path, peer, samples, t, args.level, passes) for t in args.threads]
+        floor = None
+        if args.floor and peer is not None:
+            floor_path = args.run_dir / f"floor_{VARIANT_FILES[variant]}"
+            info = floor_graph(path, args.level, samples, floor_path)
+            entry["floor"] = {"onnx": str(floor_path), **info}
+            floor = (floor_path, floor_samples(info, samples))
+        entry["ort"] = [
+            measure(path, peer, samples, t, args.level, passes, floor) for t in args.threads
+        ]
         result["variants"][variant] = entry
     n_const = [next((v.shape[0] for k, v in s.items() if k != "jet_features"), 0) for s in samples]
     result["njets"] = len(samples)
@@ -331,6 +473,12 @@ def report(result: dict[str, Any]) -> None:
             line += f"; export {ex['export_s']:.1f} s, graph {ex['graph']}, "
             line += f"max |Δ| vs torch {ex['max_abs_diff']:.1e}"
         print(line)
+        if "floor" in entry:
+            fl = entry["floor"]
+            print(
+                f"[{variant}] floor: {fl['products']} weight products, {fl['weight_mb']:.2f} MB "
+                "of weights"
+            )
         for r in entry["ort"]:
             s = r["saltx"]
             text = (
@@ -343,6 +491,12 @@ def report(result: dict[str, Any]) -> None:
                     f", salt-ml {q['median']:,.0f} [{q['min']:,.0f}, {q['max']:,.0f}], "
                     f"ratio {ratio['median']:.2f} [{ratio['min']:.2f}, {ratio['max']:.2f}] "
                     f"({len(ratio['values'])} pairs; per CPU s {cpu['median']:.2f})"
+                )
+            if "ceiling" in r:
+                fl, ce = r["floor"], r["ceiling"]
+                text += (
+                    f"; weight products alone {fl['median']:,.0f} jets/s, ceiling of the ratio "
+                    f"{ce['median']:.2f} [{ce['min']:.2f}, {ce['max']:.2f}]"
                 )
             text += f"; load {r['load_1min'][0]:.1f} -> {r['load_1min'][1]:.1f}"
             print(text)

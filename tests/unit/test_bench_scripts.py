@@ -318,3 +318,73 @@ def test_step_parity_batch_sequence():
     assert all(b - a == 500 and a % 500 == 0 and b <= 2500 for a, b in slices)
     assert sorted(a for a, _ in slices[:5]) == [0, 500, 1000, 1500, 2000]
     assert slices[5:] == slices[:3]
+
+
+def test_onnx_floor_keeps_every_weight_product_with_its_shapes(tmp_path: Path):
+    """The floor graph holds exactly the products with a weight operand (not the one between
+    two activations), with their weights, and each input gets the shape the real graph
+    gives it for any constituent count: rows, a computed bias, and pairs (n x n)."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    bench_onnx = _load("bench_onnx")
+    rng = np.random.default_rng(0)
+    w = {
+        k: rng.standard_normal(s).astype(np.float32)
+        for k, s in (("w1", (4, 6)), ("w2", (6, 3)), ("w3", (6, 5)), ("b", (6,)))
+    }
+    nodes = [
+        helper.make_node("Gemm", ["jet_features", "w1", "b"], ["jb"]),  # 1 row
+        helper.make_node("Reshape", ["jb", "flat"], ["bias"]),  # a bias computed in the graph
+        helper.make_node("Gemm", ["track_features", "w1", "bias"], ["h"]),  # n rows
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("MatMul", ["r", "w2"], ["o"]),
+        helper.make_node("Unsqueeze", ["r", "ax1"], ["ri"]),
+        helper.make_node("Unsqueeze", ["r", "ax0"], ["rj"]),
+        helper.make_node("Add", ["ri", "rj"], ["pairs3"]),  # (n, n, 6)
+        helper.make_node("Reshape", ["pairs3", "rows6"], ["pairs"]),  # (n², 6)
+        helper.make_node("MatMul", ["pairs", "w3"], ["po"]),
+        helper.make_node("Unsqueeze", ["r", "ax2"], ["rk"]),  # (n, 6, 1)
+        helper.make_node("MatMul", ["ri", "rk"], ["att"]),  # two activations: not a product
+    ]
+    inits = [numpy_helper.from_array(v, k) for k, v in w.items()]
+    inits += [
+        numpy_helper.from_array(np.array([-1], np.int64), "flat"),
+        numpy_helper.from_array(np.array([1], np.int64), "ax1"),
+        numpy_helper.from_array(np.array([0], np.int64), "ax0"),
+        numpy_helper.from_array(np.array([2], np.int64), "ax2"),
+        numpy_helper.from_array(np.array([-1, 6], np.int64), "rows6"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [
+            helper.make_tensor_value_info("jet_features", TensorProto.FLOAT, [1, 4]),
+            helper.make_tensor_value_info("track_features", TensorProto.FLOAT, ["n", 4]),
+        ],
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, None) for x in ("o", "po", "att")],
+        inits,
+    )
+    path = tmp_path / "g.onnx"
+    path.write_bytes(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    )
+    samples = [
+        {
+            "jet_features": rng.standard_normal((1, 4)).astype(np.float32),
+            "track_features": rng.standard_normal((n, 4)).astype(np.float32),
+        }
+        for n in (9, 2, 7, 0)
+    ]
+    info = bench_onnx.floor_graph(path, "extended", samples, tmp_path / "floor.onnx")
+    assert info["products"] == 4  # 2 Gemm (maybe fused with the Relu) + 2 MatMul
+    assert info["weight_mb"] == pytest.approx((2 * 24 + 18 + 30) * 4 / 1e6)
+    feeds = bench_onnx.floor_samples(info, samples)
+    sess = ort.InferenceSession(str(tmp_path / "floor.onnx"), providers=["CPUExecutionProvider"])
+    for s, feed in zip(samples, feeds, strict=True):
+        n = s["track_features"].shape[0]
+        shapes = sorted(v.shape for v in feed.values())
+        assert shapes == sorted([(1, 4), (6,), (n, 4), (n, 6), (n * n, 6)]), n
+        outs = sess.run(None, feed)
+        assert sorted(o.shape for o in outs) == sorted([(1, 6), (n, 6), (n, 3), (n * n, 5)])
