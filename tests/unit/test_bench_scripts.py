@@ -388,3 +388,16 @@ def test_onnx_floor_keeps_every_weight_product_with_its_shapes(tmp_path: Path):
         assert shapes == sorted([(1, 4), (6,), (n, 4), (n, 6), (n * n, 6)]), n
         outs = sess.run(None, feed)
         assert sorted(o.shape for o in outs) == sorted([(1, 6), (n, 6), (n, 3), (n * n, 5)])
+
+
+def test_physics_ratio_interval_brackets_the_ratio_and_separates_only_real_gaps():
+    physics = _load("bench_physics")
+    ref = [3.9, 3.7, 4.1, 3.8, 4.0]
+    same = [v * 1.0 for v in reversed(ref)]
+    lo, hi = physics.ratio_interval(same, ref)
+    assert lo < 1.0 < hi and hi - lo < 0.12  # equal samples: 1 inside, a narrow interval
+    assert physics.ratio_interval(same, ref) == (lo, hi)  # the same runs, the same interval
+    lo, hi = physics.ratio_interval([v * 1.3 for v in ref], ref)
+    assert 1.0 < lo < 1.3 < hi  # a 30 % gap over this spread: 1 is excluded
+    lo, hi = physics.ratio_interval([3.9, 3.9, 3.9], [3.8, 4.0, 3.9])
+    assert lo < 1.0 < hi
