@@ -35,6 +35,10 @@ and train on the *same batches*, and every term of a training step is compared.
    framework's training loader covers in an epoch, the class weights, and the normalised
    track inputs with the jet features attached, as the first layer of the track init net
    sees them (a forward hook), for the same jets.
+4. The initial weights, in distribution (``--init-seeds``, default 5): salt-ml's (one
+   seed) against saltx's ``gn2_salt013`` built with that many seeds, per tensor the
+   standard deviation and the largest |value|; flagged when either differs by more than
+   10 % in a random tensor of at least 256 elements, or when a tensor is missing.
 
 Prints the table and writes a JSON copy (``--out``, default
 ``~/.cache/saltx/bench/step_parity.json``). Exits 1 when a term differs beyond
@@ -533,6 +537,43 @@ def run_salt(args: argparse.Namespace, data: Path, work: Path, slices: list) -> 
     return torch.load(work / "salt_steps.pt", weights_only=False)
 
 
+def init_distributions(
+    args: argparse.Namespace, data: Path, work: Path, seeds: int, min_size: int = 256
+) -> dict[str, Any]:
+    """salt-ml's initial weights (one seed, converted) against saltx's ``gn2_salt013`` as
+    built with ``seeds`` seeds: per tensor, the standard deviation and the largest |value|
+    (saltx's averaged over its seeds). Random tensors of at least ``min_size`` elements are
+    compared (the sampling error of a std is then below 3 %); the others are listed."""
+    import torch
+
+    from saltx.assemble import build
+    from saltx.engine.distributed import DistInfo
+
+    salt = torch.load(work / "converted" / "checkpoints" / "best.pt", weights_only=True)["model"]
+    ours: dict[str, list] = {}
+    for seed in range(args.seed, args.seed + seeds):
+        cfg = saltx_compose(argparse.Namespace(**{**vars(args), "seed": seed}), data, work / "sx")
+        torch.manual_seed(seed)
+        for k, v in build(cfg, DistInfo()).model.state_dict().items():
+            ours.setdefault(k, []).append(v.double())
+    out: dict[str, Any] = {"seeds_saltx": seeds, "tensors": {}, "small": [], "zero": []}
+    out["missing"] = sorted(set(salt) ^ set(ours))
+    for k in sorted(set(salt) & set(ours)):
+        ref, x = salt[k].double(), torch.stack(ours[k])
+        if not ref.any() and not x.any():
+            out["zero"].append(k)
+        elif k.startswith("input_norm."):  # not random: the norm dict
+            out["tensors"][k] = {"max_abs_diff": float((x - ref).abs().max())}
+        elif ref.numel() < min_size:
+            out["small"].append(k)
+        else:
+            dims = tuple(range(1, x.dim()))
+            std = float(x.std(dim=dims).mean()) / float(ref.std())
+            peak = float(x.abs().amax(dim=dims).mean()) / float(ref.abs().max())
+            out["tensors"][k] = {"n": ref.numel(), "std_ratio": std, "max_ratio": peak}
+    return out
+
+
 def worst(values: dict[str, float], n: int = 1) -> str:
     """``value group`` of the ``n`` largest entries."""
     top = sorted(values, key=values.get, reverse=True)[:n]
@@ -621,6 +662,23 @@ def report(result: dict, tolerance: float) -> list[str]:
                     f"{worst(noise['saltx'], 3)}; salt-ml {worst(noise['salt'], 3)}"
                 )
         print(f"  parameters after {len(run['steps'])} steps: {worst(run['final_params'])}")
+    init = result.get("init")
+    if init:
+        rand = {k: v for k, v in init["tensors"].items() if "std_ratio" in v}
+        fixed = {k: v for k, v in init["tensors"].items() if "max_abs_diff" in v}
+        dev = {k: max(abs(v["std_ratio"] - 1), abs(v["max_ratio"] - 1)) for k, v in rand.items()}
+        name = max(dev, key=dev.get) if dev else None
+        print(
+            f"== initial weights: salt-ml's (seed {result['settings']['seed']}) vs saltx's "
+            f"gn2_salt013 ({init['seeds_saltx']} seeds): {len(rand)} random tensors, worst "
+            f"|std or max ratio - 1| {dev[name] if name else 0:.3f} ({name}); zero in both: "
+            f"{len(init['zero'])}; norm-dict tensors max |diff| "
+            f"{max((v['max_abs_diff'] for v in fixed.values()), default=0):.1e}; "
+            f"{len(init['small'])} small tensors not compared; missing {init['missing'] or 'none'}"
+        )
+        bad += [f"init {k} ({v:.2f})" for k, v in dev.items() if v > 0.1]
+        bad += [f"init {k}" for k, v in fixed.items() if v["max_abs_diff"]]
+        bad += [f"init missing {k}" for k in init["missing"]]
     print(f"== float64 terms beyond {tolerance:g}: {bad or 'none'}")
     return bad
 
@@ -636,6 +694,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--total-steps", type=int, default=400, help="schedule length (the bench's)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--tolerance", type=float, default=1e-5, help="float64 relative tolerance")
+    p.add_argument(
+        "--init-seeds",
+        type=int,
+        default=5,
+        help="saltx models built to compare initial weight distributions (0: skip)",
+    )
     p.add_argument("--out", type=Path, default=CACHE / "step_parity.json", help="JSON copy")
     p.add_argument("--work", type=Path, default=None, help="work folder (default: a temp dir)")
     p.add_argument(
@@ -667,6 +731,8 @@ def main(argv: list[str] | None = None) -> int:
         args.slices = json.dumps(slices)
         salt = run_salt(args, data, work, slices)
         result = saltx_side(args, data, work, salt)
+        if args.init_seeds:
+            result["init"] = init_distributions(args, data, work, args.init_seeds)
     result["settings"] = {
         k: v for k, v in vars(args).items() if k not in ("salt_side", "data", "slices")
     } | {"kit": str(args.kit), "out": str(args.out), "work": str(args.work)}
