@@ -196,15 +196,19 @@ def weight_products(model) -> list[Any]:
     return [n for n in model.graph.node if n.op_type in ops and n.input[1] in weights]
 
 
+def n_constituents(sample: dict[str, np.ndarray]) -> int:
+    """The valid constituents of one jet's feed (0 for a jets-only graph)."""
+    return next((v.shape[0] for k, v in sample.items() if k != "jet_features"), 0)
+
+
 def floor_graph(path: Path, level: str, samples: list[dict], out: Path) -> dict[str, Any]:
     """Write the weight-product floor of ``path`` to ``out`` (see the module docstring).
 
     Returns ``{"inputs": {name: [(a, b, c), ...]}, "products": N, "weight_mb": MB}``: a
     product input's shape for a jet with ``n`` constituents is ``a + b n + c n²`` per
     dimension (pairs of constituents are quadratic), read from three probe runs of the real
-    graph. Inputs
-    that are not weights (the activations, a bias computed in the graph) become zero-filled
-    graph inputs.
+    graph. Inputs that are not weights (the activations, a bias computed in the graph)
+    become zero-filled graph inputs.
     """
     import onnx
     import onnxruntime as ort
@@ -214,7 +218,8 @@ def floor_graph(path: Path, level: str, samples: list[dict], out: Path) -> dict[
     products = weight_products(model)
     inits = {t.name: t for t in model.graph.initializer}
     fed = list(dict.fromkeys(x for n in products for x in n.input if x and x not in inits))
-    probe = optimized_graph(path, level)  # the real graph, with the fed values as outputs
+    probe = onnx.ModelProto()  # the real graph, with the fed values as outputs
+    probe.CopyFrom(model)
     probe.graph.output.extend(
         [helper.make_tensor_value_info(x, TensorProto.FLOAT, None) for x in fed]
     )
@@ -222,11 +227,10 @@ def floor_graph(path: Path, level: str, samples: list[dict], out: Path) -> dict[
         probe.SerializeToString(), session_options(1, "basic"), providers=["CPUExecutionProvider"]
     )
     outs = [o.name for o in sess.get_outputs()]
-    const_name = next(k for k in samples[0] if k != "jet_features")
     probes, shapes = (3, 5, 8), []
     for n in probes:
-        base = next(s for s in samples if s[const_name].shape[0] >= n)
-        feed = {k: (v[:n] if k == const_name else v) for k, v in base.items()}
+        base = next(s for s in samples if n_constituents(s) >= n)
+        feed = {k: (v if k == "jet_features" else v[:n]) for k, v in base.items()}
         got = dict(zip(outs, sess.run(outs, {i.name: feed[i.name] for i in sess.get_inputs()})))
         shapes.append({x: got[x].shape for x in fed})
     inputs = {}
@@ -273,7 +277,7 @@ def floor_samples(info: dict[str, Any], samples: list[dict]) -> list[dict]:
     """The floor graph's feeds: zeros of each input's shape for each jet."""
     feeds = []
     for s in samples:
-        n = next((v.shape[0] for k, v in s.items() if k != "jet_features"), 0)
+        n = n_constituents(s)
         feeds.append(
             {
                 x: np.zeros([a + b * n + c * n * n for a, b, c in dims], np.float32)
@@ -433,7 +437,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             measure(path, peer, samples, t, args.level, passes, floor) for t in args.threads
         ]
         result["variants"][variant] = entry
-    n_const = [next((v.shape[0] for k, v in s.items() if k != "jet_features"), 0) for s in samples]
+    n_const = [n_constituents(s) for s in samples]
     result["njets"] = len(samples)
     result["mean_valid_constituents"] = float(np.mean(n_const)) if n_const else 0.0
     result["uptime_after"] = subprocess.run(

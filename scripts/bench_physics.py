@@ -428,10 +428,11 @@ def curves(results: list[dict]) -> dict[int, dict[str, float]]:
 def summarise(runs: dict[str, list[dict]]) -> dict[str, Any]:
     """Per-variant statistics, ratios to salt-ml, curves, targets."""
     summary: dict[str, Any] = {"variants": {}, "ratios": {}, "curves": {}, "targets": []}
+    finals_of: dict[str, list[dict[str, float]]] = {}
     for name, results in runs.items():
         if not results:
             continue
-        finals = [final_values(r) for r in results]
+        finals = finals_of[name] = [final_values(r) for r in results]
         keys = sorted(set.intersection(*(set(f) for f in finals)))
         summary["variants"][name] = {
             "seeds": [r["seed"] for r in results],
@@ -464,8 +465,8 @@ def summarise(runs: dict[str, list[dict]]) -> dict[str, Any]:
         for variant, key, _, threshold, text in checks:
             if variant in rat and key in rat[variant]:
                 value = rat[variant][key]
-                ours = [final_values(r)[key] for r in runs[variant]]
-                ref_values = [final_values(r)[key] for r in salt]
+                ours = [f[key] for f in finals_of[variant]]
+                ref_values = [f[key] for f in finals_of["salt-ml"]]
                 lo, hi = ratio_interval(ours, ref_values)
                 summary["targets"].append(
                     {
