@@ -1,4 +1,4 @@
-"""The host allocator setting: freed large tensors are reused without new page faults."""
+"""The host allocator setting: freed large tensors stay in the heap and are reused."""
 
 from __future__ import annotations
 
@@ -8,19 +8,35 @@ import sys
 
 import pytest
 
+# A 64 MiB tensor is allocated, filled and freed again and again. The child reports, per
+# round, the minor page faults and glibc's own account (mallinfo2) while the tensor lives:
+# `mmapped` is the memory in mmap'd blocks, `arena_free` the free memory kept in the heap
+# after the tensor is freed.
 CHILD = """
-import json, resource, sys, torch
+import ctypes, json, resource, sys, torch
 from saltx.engine.allocator import reuse_freed_memory
 configured = reuse_freed_memory() if sys.argv[1] == "on" else False
+FIELDS = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in FIELDS.split()]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = Info
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(8):  # 64 MiB allocated, touched and freed: the heap settles
+for _ in range(16):  # the heap settles
     torch.ones(16 * 2**20).sum()
-before = faults()
-for _ in range(5):
-    torch.ones(16 * 2**20).sum()
-print(json.dumps({"configured": configured, "faults": faults() - before}))
+rounds = []
+for _ in range(20):
+    before = faults()
+    t = torch.ones(16 * 2**20)
+    n = faults() - before
+    mmapped = libc.mallinfo2().hblkhd
+    del t
+    rounds.append({"faults": n, "mmapped": mmapped, "arena_free": libc.mallinfo2().fordblks})
+print(json.dumps({"configured": configured, "rounds": rounds}))
 """
+MIB = 2**20
+PAGES = 64 * MIB // 4096  # pages of one tensor
 
 
 def _run(mode: str) -> dict:
@@ -31,9 +47,17 @@ def _run(mode: str) -> dict:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
-def test_freed_blocks_are_reused_without_page_faults():
+def test_freed_blocks_stay_in_the_heap_and_are_reused():
     off, on = _run("off"), _run("on")
     assert on["configured"]
-    pages = 5 * 64 * 2**20 // 4096
-    assert off["faults"] > pages // 2  # each 64 MiB tensor is a fresh mapping
-    assert on["faults"] < pages // 50  # the same heap block every time
+    # glibc's default: every 64 MiB tensor is its own mapping, unmapped when freed, so
+    # every round faults all its pages in again
+    assert all(r["mmapped"] >= 64 * MIB for r in off["rounds"])
+    assert sum(r["faults"] for r in off["rounds"]) > 20 * PAGES // 2
+    # configured: the tensor comes from the heap and its block stays there when freed
+    assert all(r["mmapped"] < 64 * MIB for r in on["rounds"])
+    assert all(r["arena_free"] >= 64 * MIB for r in on["rounds"])
+    # so the rounds reuse it without faults. A round may still fault when the heap's
+    # layout shifts (seen under memory churn from other processes: one round in a few
+    # hundred), so the bound is on the total, far below one fresh tensor per round.
+    assert sum(r["faults"] for r in on["rounds"]) < 5 * PAGES

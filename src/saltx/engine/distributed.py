@@ -18,9 +18,11 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import pickle
 import signal
 import socket
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -126,10 +128,31 @@ def barrier(info: DistInfo) -> None:
             dist.barrier()
 
 
+# Tensors of the latest collectives, still referenced from Python: see keep_referenced.
+_HANDED_TO_COLLECTIVES: deque[torch.Tensor] = deque(maxlen=64)
+
+
+def keep_referenced(*tensors: torch.Tensor) -> None:
+    """Keep the tensors of a finished collective referenced from Python for a while.
+
+    gloo runs every collective on a worker thread, and that thread drops its references to
+    the collective's tensors a moment after the caller's wait has returned (a barrier keeps
+    the earlier collectives' tensors until it is freed itself). When Python has dropped a
+    tensor first, torch hands the tensor's Python object to the C++ tensor, and the worker
+    must take the GIL to free it. If the interpreter is exiting by then, taking the GIL ends
+    the thread, and the process aborts ("terminate called without an active exception",
+    SIGABRT) after a run that finished. A rank under load hit this once in about 60 exits.
+    The tensors of the last 64 collectives stay referenced here, so the worker never holds
+    the last reference to a Python object.
+    """
+    _HANDED_TO_COLLECTIVES.extend(tensors)
+
+
 def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     """Sum ``tensor`` over ranks in place and return it."""
     if info.enabled:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        keep_referenced(tensor)
     return tensor
 
 
@@ -137,18 +160,49 @@ def all_reduce_max(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     """Maximum of ``tensor`` over ranks, in place."""
     if info.enabled:
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        keep_referenced(tensor)
     return tensor
 
 
 def broadcast_object(obj: Any, info: DistInfo) -> Any:
-    """Rank 0's ``obj`` on every rank."""
+    """Rank 0's ``obj`` (any picklable object) on every rank."""
     if not info.enabled:
         return obj
-    box = [obj]
-    dist.broadcast_object_list(
-        box, src=0, device=info.device if info.device.type == "cuda" else None
-    )
-    return box[0]
+    data = _to_bytes(obj if info.is_main else None, info.device)
+    size = torch.tensor([data.numel()], dtype=torch.int64, device=info.device)
+    dist.broadcast(size, src=0)
+    if not info.is_main:
+        data = torch.empty(int(size.item()), dtype=torch.uint8, device=info.device)
+    dist.broadcast(data, src=0)
+    keep_referenced(size, data)
+    return _from_bytes(data)
+
+
+def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
+    """Every rank's ``obj`` (any picklable object), in rank order, on every rank."""
+    if not info.enabled:
+        return [obj]
+    data = _to_bytes(obj, info.device)
+    size = torch.tensor([data.numel()], dtype=torch.int64, device=info.device)
+    sizes = [torch.empty_like(size) for _ in range(info.world_size)]
+    dist.all_gather(sizes, size)
+    longest = max(int(s.item()) for s in sizes)
+    padded = torch.zeros(longest, dtype=torch.uint8, device=info.device)
+    padded[: data.numel()] = data
+    rows = [torch.empty_like(padded) for _ in range(info.world_size)]
+    dist.all_gather(rows, padded)
+    keep_referenced(size, *sizes, padded, *rows)
+    return [_from_bytes(row[: int(n.item())]) for row, n in zip(rows, sizes, strict=True)]
+
+
+def _to_bytes(obj: Any, device: torch.device) -> torch.Tensor:
+    raw = bytearray(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+    return torch.frombuffer(raw, dtype=torch.uint8).to(device)
+
+
+def _from_bytes(data: torch.Tensor) -> Any:
+    # the bytes come from this job's own ranks, as in torch's object collectives
+    return pickle.loads(data.cpu().numpy().tobytes())
 
 
 def free_port() -> int:

@@ -42,6 +42,7 @@ from saltx.engine.distributed import (
     broadcast_object,
     check_resume_world_size,
     cleanup,
+    gather_objects,
     setup_distributed,
     unwrap,
 )
@@ -332,12 +333,7 @@ def save_checkpoint(
 def _gather_rng(info: DistInfo) -> list[dict[str, Any]]:
     from saltx.engine.state import capture_rng
 
-    mine = capture_rng()
-    if not info.enabled:
-        return [mine]
-    out: list[Any] = [None] * info.world_size
-    torch.distributed.all_gather_object(out, mine)
-    return out
+    return gather_objects(capture_rng(), info)
 
 
 # -- the run ----------------------------------------------------------------------------------
