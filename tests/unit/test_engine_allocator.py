@@ -57,7 +57,8 @@ def test_freed_blocks_stay_in_the_heap_and_are_reused():
     # configured: the tensor comes from the heap and its block stays there when freed
     assert all(r["mmapped"] < 64 * MIB for r in on["rounds"])
     assert all(r["arena_free"] >= 64 * MIB for r in on["rounds"])
-    # so the rounds reuse it without faults. A round may still fault when the heap's
-    # layout shifts (seen under memory churn from other processes: one round in a few
-    # hundred), so the bound is on the total, far below one fresh tensor per round.
+    # so the rounds reuse it without faults. A round may still fault in full when the
+    # heap's layout shifts (once in a CI run: 3 of 5 rounds; next to a process that
+    # allocates and frees 2 GB in a loop: 1 round in 500), so the bound is on the total,
+    # a quarter of one fresh tensor per round.
     assert sum(r["faults"] for r in on["rounds"]) < 5 * PAGES

@@ -1,5 +1,6 @@
-"""The object and tensor collectives on two gloo ranks: results, and the tensors they hand
-to gloo stay referenced from Python after the call (the exit-abort guard)."""
+"""The object and tensor collectives on two gloo ranks: their results, and the exit-abort
+guard: every finished collective's work, with its tensors, stays referenced from Python, so
+gloo's worker thread never frees it (which takes the GIL, fatal at interpreter exit)."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ def _job(out_dir: str) -> None:
 
         return call
 
-    for name in ("all_reduce", "all_gather", "broadcast"):
+    for name in ("all_reduce", "all_gather", "broadcast", "barrier"):
         setattr(dist, name, recording(getattr(dist, name)))
     try:
         result = {
@@ -42,16 +43,19 @@ def _job(out_dir: str) -> None:
             "sum": D.all_reduce_sum(torch.full((3,), info.rank + 1.0), info).tolist(),
             "max": D.all_reduce_max(torch.tensor([float(info.rank)]), info).tolist(),
         }
+        D.barrier(info)
         gc.collect()
         result["handed"] = len(handed)
         result["alive"] = sum(r() is not None for r in handed)
+        result["kept"] = len(D._FINISHED_WORK)
+        result["completed"] = all(w.is_completed() for w in D._FINISHED_WORK)
         Path(out_dir, f"{info.rank}.json").write_text(json.dumps(result))
     finally:
         D.cleanup()
 
 
 @pytest.mark.slow
-def test_collectives_on_two_ranks_keep_their_tensors(tmp_path: Path) -> None:
+def test_collectives_on_two_ranks_keep_their_finished_work(tmp_path: Path) -> None:
     D.spawn(_job, 2, (str(tmp_path),))
     results = [json.loads((tmp_path / f"{r}.json").read_text()) for r in (0, 1)]
     for r in results:
@@ -59,9 +63,9 @@ def test_collectives_on_two_ranks_keep_their_tensors(tmp_path: Path) -> None:
         assert r["gathered"] == [{"rank": 0, "pad": ""}, {"rank": 1, "pad": "y" * 50}]
         assert r["sum"] == [3.0, 3.0, 3.0]
         assert r["max"] == [1.0]
-        # every tensor a helper handed to gloo outlives the call: gloo's worker thread never
-        # drops the last reference to a Python tensor (which needs the GIL: at interpreter
-        # exit that aborts the rank)
+        # 2 + 2 + 1 + 1 collectives and the barrier: each work is kept, and with it every
+        # tensor a helper handed to gloo
+        assert r["kept"] == 7 and r["completed"]
         assert r["handed"] >= 10
         assert r["alive"] == r["handed"]
 

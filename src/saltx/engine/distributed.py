@@ -122,45 +122,41 @@ def cleanup() -> None:
 def barrier(info: DistInfo) -> None:
     """Wait for every rank (no-op on one rank)."""
     if info.enabled:
-        if info.device.type == "cuda":
-            dist.barrier(device_ids=[info.device.index])
-        else:
-            dist.barrier()
+        ids = [info.device.index] if info.device.type == "cuda" else None
+        _complete(dist.barrier(async_op=True, device_ids=ids))
 
 
-# Tensors of the latest collectives, still referenced from Python: see keep_referenced.
-_HANDED_TO_COLLECTIVES: deque[torch.Tensor] = deque(maxlen=64)
+# The latest finished collectives, still referenced from Python: see _complete.
+_FINISHED_WORK: deque[Any] = deque(maxlen=64)
 
 
-def keep_referenced(*tensors: torch.Tensor) -> None:
-    """Keep the tensors of a finished collective referenced from Python for a while.
+def _complete(work: Any) -> None:
+    """Wait for a collective and keep its work object referenced from Python for a while.
 
-    gloo runs every collective on a worker thread, and that thread drops its references to
-    the collective's tensors a moment after the caller's wait has returned (a barrier keeps
-    the earlier collectives' tensors until it is freed itself). When Python has dropped a
-    tensor first, torch hands the tensor's Python object to the C++ tensor, and the worker
-    must take the GIL to free it. If the interpreter is exiting by then, taking the GIL ends
-    the thread, and the process aborts ("terminate called without an active exception",
-    SIGABRT) after a run that finished. A rank under load hit this once in about 60 exits.
-    The tensors of the last 64 collectives stay referenced here, so the worker never holds
-    the last reference to a Python object.
+    gloo runs every collective on a worker thread, and that thread lets go of the work a
+    moment after the caller's wait has returned (a barrier also holds the works before it
+    until it is freed). Freeing a work frees its tensors, and freeing a tensor that Python
+    has seen takes the GIL. If the worker lets go last while the interpreter is exiting,
+    taking the GIL ends the thread and the process aborts ("terminate called without an
+    active exception", SIGABRT) after a run that finished: 2 of 65 exits of a two-rank
+    job on two loaded cores. The last 64 works stay referenced here, so they are freed by
+    Python, with the GIL, and never by the worker.
     """
-    _HANDED_TO_COLLECTIVES.extend(tensors)
+    work.wait()
+    _FINISHED_WORK.append(work)
 
 
 def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     """Sum ``tensor`` over ranks in place and return it."""
     if info.enabled:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-        keep_referenced(tensor)
+        _complete(dist.all_reduce(tensor, op=dist.ReduceOp.SUM, async_op=True))
     return tensor
 
 
 def all_reduce_max(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     """Maximum of ``tensor`` over ranks, in place."""
     if info.enabled:
-        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-        keep_referenced(tensor)
+        _complete(dist.all_reduce(tensor, op=dist.ReduceOp.MAX, async_op=True))
     return tensor
 
 
@@ -170,11 +166,10 @@ def broadcast_object(obj: Any, info: DistInfo) -> Any:
         return obj
     data = _to_bytes(obj if info.is_main else None, info.device)
     size = torch.tensor([data.numel()], dtype=torch.int64, device=info.device)
-    dist.broadcast(size, src=0)
+    _complete(dist.broadcast(size, src=0, async_op=True))
     if not info.is_main:
         data = torch.empty(int(size.item()), dtype=torch.uint8, device=info.device)
-    dist.broadcast(data, src=0)
-    keep_referenced(size, data)
+    _complete(dist.broadcast(data, src=0, async_op=True))
     return _from_bytes(data)
 
 
@@ -185,13 +180,12 @@ def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
     data = _to_bytes(obj, info.device)
     size = torch.tensor([data.numel()], dtype=torch.int64, device=info.device)
     sizes = [torch.empty_like(size) for _ in range(info.world_size)]
-    dist.all_gather(sizes, size)
+    _complete(dist.all_gather(sizes, size, async_op=True))
     longest = max(int(s.item()) for s in sizes)
     padded = torch.zeros(longest, dtype=torch.uint8, device=info.device)
     padded[: data.numel()] = data
     rows = [torch.empty_like(padded) for _ in range(info.world_size)]
-    dist.all_gather(rows, padded)
-    keep_referenced(size, *sizes, padded, *rows)
+    _complete(dist.all_gather(rows, padded, async_op=True))
     return [_from_bytes(row[: int(n.item())]) for row, n in zip(rows, sizes, strict=True)]
 
 
