@@ -146,28 +146,30 @@ def _complete(work: Any) -> None:
     _FINISHED_WORK.append(work)
 
 
+def _all_reduce(tensor: torch.Tensor, op: Any, info: DistInfo) -> torch.Tensor:
+    if info.enabled:
+        _complete(dist.all_reduce(tensor, op=op, async_op=True))
+    return tensor
+
+
 def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     """Sum ``tensor`` over ranks in place and return it."""
-    if info.enabled:
-        _complete(dist.all_reduce(tensor, op=dist.ReduceOp.SUM, async_op=True))
-    return tensor
+    return _all_reduce(tensor, dist.ReduceOp.SUM, info)
 
 
 def all_reduce_max(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     """Maximum of ``tensor`` over ranks, in place."""
-    if info.enabled:
-        _complete(dist.all_reduce(tensor, op=dist.ReduceOp.MAX, async_op=True))
-    return tensor
+    return _all_reduce(tensor, dist.ReduceOp.MAX, info)
 
 
 def broadcast_object(obj: Any, info: DistInfo) -> Any:
     """Rank 0's ``obj`` (any picklable object) on every rank."""
     if not info.enabled:
         return obj
-    data = _to_bytes(obj if info.is_main else None, info.device)
-    size = torch.tensor([data.numel()], dtype=torch.int64, device=info.device)
+    data = _to_bytes(obj, info.device) if info.is_main else None  # others only receive
+    size = torch.tensor([0 if data is None else data.numel()], device=info.device)
     _complete(dist.broadcast(size, src=0, async_op=True))
-    if not info.is_main:
+    if data is None:
         data = torch.empty(int(size.item()), dtype=torch.uint8, device=info.device)
     _complete(dist.broadcast(data, src=0, async_op=True))
     return _from_bytes(data)
