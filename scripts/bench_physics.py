@@ -21,6 +21,21 @@ pct_start 0.01, weight decay 1e-5), for every seed. The variants:
 * ``saltx-fast``: saltx's recipe for short trainings (``+experiment=gn2_fast``: the 0.13
   architecture with its own schedule and optimizer settings), same sizes, data and epochs.
 
+The paired comparison (not run by default: ``--variants salt-ml-paired,saltx-salt013-paired``)
+removes the two sources of seed noise that the frameworks draw differently, so that a small
+difference between them can be resolved with few seeds:
+
+* ``salt-ml-paired``: ``salt-ml``, except that its training batches come in saltx's order
+  for the seed (the same contiguous batches, permuted by saltx's generator instead of
+  ``torch.randperm``), and that it saves its initial weights (``salt_learning_cb``);
+* ``saltx-salt013-paired``: ``saltx-salt013`` started from those initial weights
+  (converted by ``python -m saltx.salt checkpoint``, passed as ``ckpt_path``), with the same
+  seed and so the same batch order (checked against the order salt-ml recorded).
+
+What is left between a pair is the arithmetic of the two implementations (float rounding,
+bfloat16 matmuls at salt's "medium" precision); the ratios of the paired variant are taken
+against its partner, with an interval that resamples whole pairs.
+
 Data: ``saltx.data.synthetic`` at ``--difficulty`` (rejections not saturated), written once
 per setting into the work folder. Per run: per-task validation losses every
 ``--val-every`` steps (the learning curve), and light and c rejections at 70 % and 77 %
@@ -104,6 +119,11 @@ class Variant:
     overrides: tuple[str, ...] = ()
     same_schedule: bool = True  # uses salt-ml's schedule (compared step by step)
     note: str = ""
+    # salt: train in saltx's batch order for the seed and save the initial weights
+    replay_order: bool = False
+    # saltx: start from the initial weights of this (replay_order) salt variant's run of the
+    # same seed; its ratios are taken against that variant, pair by pair
+    start_from: str = ""
 
 
 VARIANTS: dict[str, Variant] = {
@@ -116,6 +136,20 @@ VARIANTS: dict[str, Variant] = {
             "gn2_salt013",
             (*SMALL, *GN2_SCHEDULE),
             note="salt-ml 0.13's architecture and hyperparameters",
+        ),
+        Variant(
+            "salt-ml-paired",
+            "salt",
+            replay_order=True,
+            note="salt-ml 0.13, batches in saltx's order for the seed, initial weights saved",
+        ),
+        Variant(
+            "saltx-salt013-paired",
+            "saltx",
+            "gn2_salt013",
+            (*SMALL, *GN2_SCHEDULE),
+            start_from="salt-ml-paired",
+            note="saltx-salt013 from salt-ml-paired's initial weights, same batch order",
         ),
         Variant(
             "saltx-gn2",
@@ -242,7 +276,56 @@ def rejections(pred_file: Path) -> dict[str, float]:
 
 
 # -------------------------------------------------------------------------------- saltx
-def train_saltx(v: Variant, seed: int, s: Settings, data: Path, rundir: Path, env) -> dict:
+def saltx_batch_order(seed: int, s: Settings) -> dict[str, list[int]]:
+    """The batch numbers saltx's training sampler yields in each epoch for ``seed``."""
+    from saltx.data.sampler import SliceSampler
+
+    sampler = SliceSampler(s.n_train, s.batch_size, shuffle=True, drop_last=True, seed=seed)
+    order = {}
+    for epoch in range(s.epochs):
+        sampler.set_epoch(epoch)
+        order[str(epoch)] = [int(b) for b in sampler.batch_ids()]
+    return order
+
+
+# callbacks of the bench's salt-ml runs (timing, curves) that a converted config must not name
+BENCH_CALLBACKS = ("salt_bench_cb.", "salt_learning_cb.")
+
+
+def convert_salt_init(salt_rundir: Path, out: Path, env) -> Path:
+    """saltx's checkpoint of the initial weights a ``replay_order`` salt-ml run saved."""
+    init = salt_rundir / "init.ckpt"
+    configs = sorted(glob.glob(str(salt_rundir / "logs" / "*" / "config.yaml")))
+    if not init.exists() or not configs:
+        raise RuntimeError(
+            f"{salt_rundir} holds no init.ckpt and logs/*/config.yaml: run its salt-ml "
+            "variant (replay_order) for this seed first, in the same invocation"
+        )
+    config = yaml.safe_load(Path(configs[0]).read_text())
+    callbacks = config.get("trainer", {}).get("callbacks") or []
+    config["trainer"]["callbacks"] = [
+        c for c in callbacks if not str(c.get("class_path", "")).startswith(BENCH_CALLBACKS)
+    ]
+    salt_config = out.parent / f"{out.name}_salt_config.yaml"
+    salt_config.write_text(yaml.safe_dump(config, sort_keys=False))
+    cmd = [sys.executable, "-m", "saltx.salt", "checkpoint", init, "--config", salt_config]
+    run([*cmd, "-o", out, "--force"], out.parent / f"{out.name}.log", env)
+    found = sorted(glob.glob(str(out / "checkpoints" / "*.pt")))
+    if len(found) != 1:
+        raise RuntimeError(f"the conversion of {init} left {found or 'no'} checkpoints in {out}")
+    return Path(found[0])
+
+
+def train_saltx(
+    v: Variant,
+    seed: int,
+    s: Settings,
+    data: Path,
+    rundir: Path,
+    env,
+    init_ckpt: Path | None = None,
+) -> dict:
+    """One saltx run; ``init_ckpt``: start from these weights (``ckpt_path``)."""
     py = sys.executable
     cmd = [
         py,
@@ -266,7 +349,14 @@ def train_saltx(v: Variant, seed: int, s: Settings, data: Path, rundir: Path, en
         "trainer.adapt_threads=false",  # fixed threads, as salt-ml's: a seed is one result
         "logger=none",
     ]
-    t_train = run(cmd, rundir.parent / f"{rundir.name}_train.log", env)
+    if init_ckpt is not None:
+        cmd.append(f"ckpt_path={init_ckpt}")
+    train_log = rundir.parent / f"{rundir.name}_train.log"
+    t_train = run(cmd, train_log, env)
+    if init_ckpt is not None and f"starting from the weights of {init_ckpt} at step 0" not in (
+        train_log.read_text()
+    ):
+        raise RuntimeError(f"{train_log} does not say it started from the weights of {init_ckpt}")
     cmd = [py, "-m", "saltx.evaluate", f"run_dir={rundir}", "ckpt=best", "plots=false"]
     t_test = run(cmd, rundir.parent / f"{rundir.name}_test.log", env)
     preds = sorted(glob.glob(str(rundir / "predictions" / "*.h5")))
@@ -281,7 +371,7 @@ def train_saltx(v: Variant, seed: int, s: Settings, data: Path, rundir: Path, en
         if "train/lr" in row:
             lr.append([step, row["train/lr"]])
     meta = yaml.safe_load((rundir / "metadata.yaml").read_text())
-    return {
+    result = {
         "val": val,
         "lr": lr,
         "params": int(meta["trainable_params"]),
@@ -289,6 +379,9 @@ def train_saltx(v: Variant, seed: int, s: Settings, data: Path, rundir: Path, en
         "test_s": t_test,
         **rejections(Path(preds[0])),
     }
+    if init_ckpt is not None:
+        result["init_from"] = str(init_ckpt)
+    return result
 
 
 # --------------------------------------------------------------------------------- salt
@@ -304,7 +397,10 @@ def ensure_salt_venv() -> None:
         raise SystemExit(f"{KIT}/setup.sh failed")
 
 
-def train_salt(seed: int, s: Settings, data: Path, rundir: Path, env) -> dict:
+def train_salt(
+    seed: int, s: Settings, data: Path, rundir: Path, env, replay_order: bool = False
+) -> dict:
+    """One salt-ml run; ``replay_order``: in saltx's batch order, initial weights saved."""
     rundir.mkdir(parents=True, exist_ok=True)
     curve = rundir / "curve.json"
     env = dict(
@@ -314,6 +410,10 @@ def train_salt(seed: int, s: Settings, data: Path, rundir: Path, env) -> dict:
         SALTX_CURVE_OUT=str(curve),
         PYTHONPATH=os.pathsep.join(filter(None, [str(SCRIPTS), env.get("PYTHONPATH")])),
     )
+    for key in ("SALTX_INIT_OUT", "SALTX_BATCH_ORDER_SEED"):
+        env.pop(key, None)
+    if replay_order:
+        env.update(SALTX_INIT_OUT=str(rundir / "init.ckpt"), SALTX_BATCH_ORDER_SEED=str(seed))
     for key in ("SALT_TRAIN", "SALT_VAL", "SALT_TEST", "SALT_NORM_DICT", "SALT_CLASS_DICT"):
         env.pop(key, None)
     cmd = [
@@ -344,7 +444,7 @@ def train_salt(seed: int, s: Settings, data: Path, rundir: Path, env) -> dict:
         {"step": row["step"], **{SALT_TASKS[t]: row[f"val/{t}_loss"] for t in SALT_TASKS}}
         for row in data_curve["val"]
     ]
-    return {
+    result = {
         "val": val,
         "lr": [[step, lr_] for step, lr_, _ in data_curve["lr"]],
         "beta1": [[step, b] for step, _, b in data_curve["lr"]],
@@ -353,6 +453,15 @@ def train_salt(seed: int, s: Settings, data: Path, rundir: Path, env) -> dict:
         "test_s": t_test,
         **rejections(Path(preds[0])),
     }
+    if replay_order:
+        used, expected = data_curve.get("batch_order"), saltx_batch_order(seed, s)
+        if used != expected:
+            raise RuntimeError(
+                f"salt-ml's batch order ({curve}) is not saltx's for seed {seed}: the paired "
+                "comparison would not be paired"
+            )
+        result["batch_order_as_saltx"] = True
+    return result
 
 
 # ----------------------------------------------------------------------------- analysis
@@ -397,6 +506,31 @@ def ratio_interval(
     return float(lo), float(hi)
 
 
+def paired_ratio_interval(
+    ours: Sequence[float], ref: Sequence[float], level: float = 0.95, draws: int = 20_000
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of mean(ours) / mean(ref) for paired runs (``ours[i]``
+    started from the weights and batch order of ``ref[i]``): whole pairs are resampled."""
+    rng = np.random.default_rng(0)
+    a, b = np.asarray(ours, float), np.asarray(ref, float)
+    pick = rng.integers(0, len(a), (draws, len(a)))
+    lo, hi = np.quantile(
+        a[pick].mean(axis=1) / b[pick].mean(axis=1), [(1 - level) / 2, (1 + level) / 2]
+    )
+    return float(lo), float(hi)
+
+
+def pairs(runs: dict[str, list[dict]], name: str) -> tuple[list[int], list[dict], list[dict]]:
+    """The seeds that ``name`` and its partner both ran, and the final values of each side."""
+    partner = {r["seed"]: r for r in runs.get(VARIANTS[name].start_from, [])}
+    matched = [(r, partner[r["seed"]]) for r in runs[name] if r["seed"] in partner]
+    return (
+        [r["seed"] for r, _ in matched],
+        [final_values(a) for a, _ in matched],
+        [final_values(b) for _, b in matched],
+    )
+
+
 def schedule_difference(salt_runs: list[dict], saltx_runs: list[dict]) -> dict | None:
     """Largest relative difference of the learning rate at the same step (salt vs saltx)."""
     if not salt_runs or not saltx_runs:
@@ -427,7 +561,13 @@ def curves(results: list[dict]) -> dict[int, dict[str, float]]:
 
 def summarise(runs: dict[str, list[dict]]) -> dict[str, Any]:
     """Per-variant statistics, ratios to salt-ml, curves, targets."""
-    summary: dict[str, Any] = {"variants": {}, "ratios": {}, "curves": {}, "targets": []}
+    summary: dict[str, Any] = {
+        "variants": {},
+        "ratios": {},
+        "paired": {},
+        "curves": {},
+        "targets": [],
+    }
     finals_of: dict[str, list[dict[str, float]]] = {}
     for name, results in runs.items():
         if not results:
@@ -440,19 +580,48 @@ def summarise(runs: dict[str, list[dict]]) -> dict[str, Any]:
             **{k: stats([f[k] for f in finals]) for k in keys},
         }
         summary["curves"][name] = curves(results)
+    for name in summary["variants"]:
+        partner = VARIANTS[name].start_from
+        if partner:  # the means over the seeds both ran
+            seeds, ours, theirs = pairs(runs, name)
+            if seeds:
+                summary["paired"][name] = {
+                    "partner": partner,
+                    "seeds": seeds,
+                    **{
+                        k: {
+                            "ours": stats([f[k] for f in ours]),
+                            "partner": stats([f[k] for f in theirs]),
+                            "difference": stats([a[k] - b[k] for a, b in zip(ours, theirs)]),
+                            "ratio": statistics.fmean(f[k] for f in ours)
+                            / statistics.fmean(f[k] for f in theirs),
+                            "interval_95": paired_ratio_interval(
+                                [f[k] for f in ours], [f[k] for f in theirs]
+                            ),
+                        }
+                        for k in (*METRICS, "val_origin_loss", "val_vertexing_loss")
+                        if all(k in f for f in ours + theirs)
+                    },
+                }
     ref = summary["variants"].get("salt-ml")
     if ref:
         for name, var in summary["variants"].items():
-            if name == "salt-ml":
+            if VARIANTS[name].framework == "salt" or VARIANTS[name].start_from:
                 continue
             summary["ratios"][name] = {
                 k: var[k]["mean"] / ref[k]["mean"]
                 for k in METRICS
                 if k in var and k in ref and ref[k]["mean"]
             }
-        salt = runs.get("salt-ml", [])
+    for name, pair in summary["paired"].items():
+        summary["ratios"][name] = {k: pair[k]["ratio"] for k in METRICS if k in pair}
+    salt = runs.get("salt-ml") or runs.get("salt-ml-paired", [])
+    if salt:
         same = [
-            r for n, rs in runs.items() if n != "salt-ml" and VARIANTS[n].same_schedule for r in rs
+            r
+            for n, rs in runs.items()
+            if VARIANTS[n].framework == "saltx" and VARIANTS[n].same_schedule
+            for r in rs
         ]
         summary["schedule"] = schedule_difference(salt, same)
         rat = summary["ratios"]
@@ -461,13 +630,32 @@ def summarise(runs: dict[str, list[dict]]) -> dict[str, Any]:
             ("saltx-salt013", "c_rej_77", ">=", 1.0, "parity: c rejection @77% no worse (>= 1.0x)"),
             ("saltx-fast", "light_rej_77", ">=", 1.3, "beyond: light rejection @77% >= 1.3x"),
             ("saltx-fast", "c_rej_77", ">=", 1.15, "beyond: c rejection @77% >= 1.15x"),
+            (
+                "saltx-salt013-paired",
+                "light_rej_77",
+                ">=",
+                0.95,
+                "paired parity: light rejection @77% >= 0.95x",
+            ),
+            (
+                "saltx-salt013-paired",
+                "c_rej_77",
+                ">=",
+                1.0,
+                "paired parity: c rejection @77% no worse (>= 1.0x)",
+            ),
         ]
         for variant, key, _, threshold, text in checks:
             if variant in rat and key in rat[variant]:
                 value = rat[variant][key]
-                ours = [f[key] for f in finals_of[variant]]
-                ref_values = [f[key] for f in finals_of["salt-ml"]]
-                lo, hi = ratio_interval(ours, ref_values)
+                if variant in summary["paired"]:  # pairs: resampled together
+                    lo, hi = summary["paired"][variant][key]["interval_95"]
+                    seeds = [len(summary["paired"][variant]["seeds"])] * 2
+                else:
+                    ours = [f[key] for f in finals_of[variant]]
+                    ref_values = [f[key] for f in finals_of["salt-ml"]]
+                    lo, hi = ratio_interval(ours, ref_values)
+                    seeds = [len(ours), len(ref_values)]
                 summary["targets"].append(
                     {
                         "target": text,
@@ -475,7 +663,7 @@ def summarise(runs: dict[str, list[dict]]) -> dict[str, Any]:
                         "met": bool(value >= threshold),
                         "interval_95": [lo, hi],
                         "threshold": threshold,
-                        "seeds": [len(ours), len(ref_values)],
+                        "seeds": seeds,
                     }
                 )
     return summary
@@ -516,7 +704,8 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any], runs: dict[str, list
     if summary["ratios"]:
         lines += [
             "",
-            "Ratio of the means, saltx / salt-ml:",
+            "Ratio of the means, saltx / salt-ml (a paired variant: against its partner, "
+            "over the seeds both ran):",
             "",
             "| variant | light rej @77% | c rej @77% | light rej @70% | c rej @70% "
             "| val jet loss |",
@@ -528,11 +717,34 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any], runs: dict[str, list
                 for k in ("light_rej_77", "c_rej_77", "light_rej_70", "c_rej_70", "val_jet_loss")
             )
             lines.append(f"| {name} | {cells} |")
+    for name, pair in summary["paired"].items():
+        lines += [
+            "",
+            f"Paired: {name} against {pair['partner']}, {len(pair['seeds'])} pairs (each saltx "
+            "run started from the salt-ml run's initial weights, in the same batch order); the "
+            "spread of the per-pair differences against the spread over seeds shows what "
+            "the pairing removes; the interval resamples whole pairs:",
+            "",
+            f"| figure | {pair['partner']} | {name} | difference per pair | ratio [95 %] |",
+            "|---|---|---|---|---|",
+        ]
+        for k, row in pair.items():
+            if not isinstance(row, dict):
+                continue
+            digits = 1 if k.startswith("light") else 3
+            d = row["difference"]
+            lo, hi = row["interval_95"]
+            lines.append(
+                f"| {k} | {fmt(row['partner'], digits)} | {fmt(row['ours'], digits)} | "
+                f"{d['mean']:+.{digits + 1}f} ± {d['std']:.{digits + 1}f} | "
+                f"{row['ratio']:.4f} [{lo:.4f}, {hi:.4f}] |"
+            )
     if summary["targets"]:
         lines += [
             "",
             "Targets (issue 17), by the ratio of the means; in brackets the 95 % bootstrap "
-            "interval of that ratio over the seeds (`ratio_interval`):",
+            "interval of that ratio over the seeds (`ratio_interval`; for a paired variant "
+            "`paired_ratio_interval`, which resamples whole pairs):",
             "",
         ]
         for t in summary["targets"]:
@@ -720,6 +932,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         raise SystemExit(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+    for i, n in enumerate(names):
+        partner = VARIANTS[n].start_from
+        if partner and partner not in names[:i]:
+            raise SystemExit(
+                f"--variants: {n} starts from {partner}'s weights: list {partner} first"
+            )
     out = args.out or (CACHE / "physics-quick" if args.quick else ROOT / "bench")
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     work = args.work or (CACHE / "physics")
@@ -746,7 +964,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             t1 = time.perf_counter()
             try:
                 if v.framework == "salt":
-                    result = train_salt(seed, settings, data, rundir, env)
+                    result = train_salt(seed, settings, data, rundir, env, v.replay_order)
+                elif v.start_from:
+                    if not any(r["seed"] == seed for r in runs[v.start_from]):
+                        raise RuntimeError(f"{v.start_from} seed {seed} did not complete")
+                    partner = runs_dir / f"{v.start_from}_seed{seed}"
+                    init = convert_salt_init(partner, runs_dir / f"{name}_seed{seed}_init", env)
+                    result = train_saltx(v, seed, settings, data, rundir, env, init)
                 else:
                     result = train_saltx(v, seed, settings, data, rundir, env)
             except RuntimeError as err:

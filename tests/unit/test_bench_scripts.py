@@ -401,3 +401,30 @@ def test_physics_ratio_interval_brackets_the_ratio_and_separates_only_real_gaps(
     assert 1.0 < lo < 1.3 < hi  # a 30 % gap over this spread: 1 is excluded
     lo, hi = physics.ratio_interval([3.9, 3.9, 3.9], [3.8, 4.0, 3.9])
     assert lo < 1.0 < hi
+
+
+def _paired_run(seed: int, c_rej: float) -> dict:
+    val = [{"step": 100, "jet_classification": 0.8, "track_origin": 0.5, "track_vertexing": 0.9}]
+    figures = {"light_rej_77": 70.0, "light_rej_70": 150.0, "c_rej_70": 5.5}
+    run = {"seed": seed, "params": 1, "train_s": 1.0, "val": val, "lr": [[0, 1e-7]]}
+    return {**run, "c_rej_77": c_rej, **figures}
+
+
+def test_physics_pairs_resolve_what_the_seed_spread_hides():
+    physics = _load("bench_physics")
+    spread = [3.70, 4.05, 3.85, 3.95, 3.78, 4.10]  # seed to seed, shared by a pair
+    partner = [_paired_run(s, c) for s, c in enumerate(spread, 1)]
+    ours = [_paired_run(s, c * 1.01 + 0.002 * (-1) ** s) for s, c in enumerate(spread, 1)]
+    ours.append(_paired_run(99, 9.0))  # a seed its partner did not run: not a pair
+    runs = {"salt-ml-paired": partner, "saltx-salt013-paired": ours}
+    pair = physics.summarise(runs)["paired"]["saltx-salt013-paired"]
+    assert pair["partner"] == "salt-ml-paired" and pair["seeds"] == [1, 2, 3, 4, 5, 6]
+    c = pair["c_rej_77"]
+    assert c["ratio"] == pytest.approx(1.01, abs=1e-3)
+    lo, hi = c["interval_95"]
+    assert 1.0 < lo < c["ratio"] < hi < 1.02  # pairs: a 1 % gain is resolved
+    unpaired = physics.ratio_interval([r["c_rej_77"] for r in ours[:-1]], spread)
+    assert unpaired[0] < 1.0 < unpaired[1]  # the same runs unpaired: it is not
+    assert c["difference"]["std"] < 0.01 < c["partner"]["std"]
+    target = [t for t in physics.summarise(runs)["targets"] if "paired parity: c" in t["target"]]
+    assert target[0]["met"] and target[0]["seeds"] == [6, 6]
