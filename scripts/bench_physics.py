@@ -410,12 +410,12 @@ def train_salt(
         SALTX_CURVE_OUT=str(curve),
         PYTHONPATH=os.pathsep.join(filter(None, [str(SCRIPTS), env.get("PYTHONPATH")])),
     )
-    for key in ("SALTX_INIT_OUT", "SALTX_BATCH_ORDER_SEED"):
+    for key in ("SALT_TRAIN", "SALT_VAL", "SALT_TEST", "SALT_NORM_DICT", "SALT_CLASS_DICT"):
+        env.pop(key, None)
+    for key in ("SALTX_INIT_OUT", "SALTX_BATCH_ORDER_SEED"):  # set only for a paired run
         env.pop(key, None)
     if replay_order:
         env.update(SALTX_INIT_OUT=str(rundir / "init.ckpt"), SALTX_BATCH_ORDER_SEED=str(seed))
-    for key in ("SALT_TRAIN", "SALT_VAL", "SALT_TEST", "SALT_NORM_DICT", "SALT_CLASS_DICT"):
-        env.pop(key, None)
     cmd = [
         "bash",
         KIT / "run_train.sh",
@@ -493,36 +493,37 @@ def stats(values: Sequence[float]) -> dict[str, float]:
 
 
 def ratio_interval(
-    ours: Sequence[float], ref: Sequence[float], level: float = 0.95, draws: int = 20_000
+    ours: Sequence[float],
+    ref: Sequence[float],
+    level: float = 0.95,
+    draws: int = 20_000,
+    paired: bool = False,
 ) -> tuple[float, float]:
     """Percentile bootstrap interval of mean(ours) / mean(ref): the seeds of each side are
-    resampled with replacement, independently (the frameworks' seeds are not paired).
-    Fixed generator, so the same runs always give the same interval."""
+    resampled with replacement, independently (the frameworks' seeds are not paired), or,
+    with ``paired`` (``ours[i]`` started from the weights and batch order of ``ref[i]``),
+    as whole pairs. Fixed generator, so the same runs always give the same interval."""
     rng = np.random.default_rng(0)
     a, b = np.asarray(ours, float), np.asarray(ref, float)
-    ma = a[rng.integers(0, len(a), (draws, len(a)))].mean(axis=1)
-    mb = b[rng.integers(0, len(b), (draws, len(b)))].mean(axis=1)
-    lo, hi = np.quantile(ma / mb, [(1 - level) / 2, (1 + level) / 2])
+    pick_a = rng.integers(0, len(a), (draws, len(a)))
+    pick_b = pick_a if paired else rng.integers(0, len(b), (draws, len(b)))
+    ratios = a[pick_a].mean(axis=1) / b[pick_b].mean(axis=1)
+    lo, hi = np.quantile(ratios, [(1 - level) / 2, (1 + level) / 2])
     return float(lo), float(hi)
 
 
-def paired_ratio_interval(
-    ours: Sequence[float], ref: Sequence[float], level: float = 0.95, draws: int = 20_000
-) -> tuple[float, float]:
-    """Percentile bootstrap interval of mean(ours) / mean(ref) for paired runs (``ours[i]``
-    started from the weights and batch order of ``ref[i]``): whole pairs are resampled."""
-    rng = np.random.default_rng(0)
-    a, b = np.asarray(ours, float), np.asarray(ref, float)
-    pick = rng.integers(0, len(a), (draws, len(a)))
-    lo, hi = np.quantile(
-        a[pick].mean(axis=1) / b[pick].mean(axis=1), [(1 - level) / 2, (1 + level) / 2]
-    )
-    return float(lo), float(hi)
-
-
-def with_standard_error(st: dict[str, float]) -> dict[str, float]:
-    """``st`` plus the standard error of its mean (``se``: std / sqrt(n))."""
-    return {**st, "se": st["std"] / math.sqrt(st["n"])}
+def paired_figure(ours: Sequence[float], ref: Sequence[float]) -> dict[str, Any]:
+    """One figure of paired runs: each side's statistics, the per-pair difference (with the
+    standard error of its mean, ``se``), the ratio of the means and its paired interval."""
+    ours_st, ref_st = stats(ours), stats(ref)
+    diff = stats([a - b for a, b in zip(ours, ref, strict=True)])
+    return {
+        "ours": ours_st,
+        "partner": ref_st,
+        "difference": {**diff, "se": diff["std"] / math.sqrt(diff["n"])},
+        "ratio": ours_st["mean"] / ref_st["mean"],
+        "interval_95": ratio_interval(ours, ref, paired=True),
+    }
 
 
 def pairs(runs: dict[str, list[dict]], name: str) -> tuple[list[int], list[dict], list[dict]]:
@@ -594,18 +595,7 @@ def summarise(runs: dict[str, list[dict]]) -> dict[str, Any]:
                     "partner": partner,
                     "seeds": seeds,
                     **{
-                        k: {
-                            "ours": stats([f[k] for f in ours]),
-                            "partner": stats([f[k] for f in theirs]),
-                            "difference": with_standard_error(
-                                stats([a[k] - b[k] for a, b in zip(ours, theirs)])
-                            ),
-                            "ratio": statistics.fmean(f[k] for f in ours)
-                            / statistics.fmean(f[k] for f in theirs),
-                            "interval_95": paired_ratio_interval(
-                                [f[k] for f in ours], [f[k] for f in theirs]
-                            ),
-                        }
+                        k: paired_figure([f[k] for f in ours], [f[k] for f in theirs])
                         for k in (*METRICS, "val_origin_loss", "val_vertexing_loss")
                         if all(k in f for f in ours + theirs)
                     },
@@ -755,7 +745,7 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any], runs: dict[str, list
             "",
             "Targets (issue 17), by the ratio of the means; in brackets the 95 % bootstrap "
             "interval of that ratio over the seeds (`ratio_interval`; for a paired variant "
-            "`paired_ratio_interval`, which resamples whole pairs):",
+            "with `paired=True`, which resamples whole pairs):",
             "",
         ]
         for t in summary["targets"]:
